@@ -1,0 +1,1 @@
+"""ckptboard.dashboard: Plotly figure builders, the Streamlit app, the export and the CLI."""

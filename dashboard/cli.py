@@ -1,0 +1,52 @@
+"""The ``ckptboard`` command: one subcommand per module in ``dashboard/commands``.
+
+Every subcommand module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. The dispatcher catches
+:class:`CkptboardError` only, prints ``TypeName: message`` on one line and exits 1; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ckptboard.core.errors import CkptboardError
+
+__all__ = ["main", "build_parser"]
+
+_COMMANDS = ("inspect", "summarize", "export", "serve", "flops")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckptboard",
+        description="See inside the PyTorch checkpoints a training run already saved.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"ckptboard.dashboard.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"ckptboard.dashboard.commands.{name}":
+                raise
+            continue  # subcommand not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CkptboardError as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
