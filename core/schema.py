@@ -7,6 +7,10 @@ checkpoint's path relative to ROOT, POSIX separators) so that rows join across t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
+import pandas as pd
+
 __all__ = [
     "PERCENTILES",
     "PERCENTILE_COLUMNS",
@@ -18,6 +22,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "ERROR_COLUMNS",
     "percentile_column",
+    "StatsTables",
 ]
 
 # TensorBoard's distribution basis points (its compressed-histogram bps), then the usual extras.
@@ -46,8 +51,10 @@ TENSOR_COLUMNS: tuple[str, ...] = (
     "mean", "std", "min", "max", "abs_mean", "norm", "zeros", "nans", "posinfs", "neginfs", "infs",
 ) + PERCENTILE_COLUMNS
 
-# One row per tensor per checkpoint: the distribution; ``edges`` has len(counts) + 1 floats.
-HISTOGRAM_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "group", "name", "edges", "counts")
+# One row per tensor per checkpoint: the distribution of its finite values as sorted, non-overlapping bins
+# [lo[i], hi[i]) holding counts[i] values (lists of equal length; empty bins may be left out). The dashboard
+# re-bins them onto one common range across steps with ``ckptboard.core.histogram.rebin``.
+HISTOGRAM_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "group", "name", "lo", "hi", "counts")
 
 # Between consecutive checkpoints of a run, per tensor present in both with the same shape.
 UPDATE_COLUMNS: tuple[str, ...] = (
@@ -65,3 +72,31 @@ EVENT_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "group", "name", 
 
 # One row per file that could not be summarised.
 ERROR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "error", "message")
+
+
+@dataclass
+class StatsTables:
+    """Everything ``load_stats`` returns: one DataFrame per table above, columns as listed there."""
+
+    checkpoints: pd.DataFrame
+    tensors: pd.DataFrame
+    histograms: pd.DataFrame
+    updates: pd.DataFrame
+    batchnorm: pd.DataFrame
+    events: pd.DataFrame
+    errors: pd.DataFrame
+
+    @classmethod
+    def empty(cls) -> "StatsTables":
+        return cls(**{f.name: pd.DataFrame(columns=list(_COLUMNS_BY_TABLE[f.name])) for f in fields(cls)})
+
+
+_COLUMNS_BY_TABLE = {
+    "checkpoints": CHECKPOINT_COLUMNS,
+    "tensors": TENSOR_COLUMNS,
+    "histograms": HISTOGRAM_COLUMNS,
+    "updates": UPDATE_COLUMNS,
+    "batchnorm": BATCHNORM_COLUMNS,
+    "events": EVENT_COLUMNS,
+    "errors": ERROR_COLUMNS,
+}
