@@ -1,0 +1,159 @@
+"""Building a model from a ``--model SPEC``: ``path/to/file.py:factory`` or ``package.module:factory``.
+
+The factory is a class or a function called with no arguments. It runs under ``with torch.device(device):``
+(``meta`` by default) so that building even a large model spends no memory. A file is imported under a fresh
+module name with its folder first on ``sys.path`` (sibling imports work); both are undone afterwards, together
+with any sibling modules it imported, so two specs in different folders never see each other's modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckptboard.core.errors import ModelSpecError, UsageError
+
+__all__ = ["load_model", "resolve_factory", "parse_spec"]
+
+_counter = itertools.count()
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split SPEC into ``(target, attribute path)``; raise :class:`ModelSpecError` when it is malformed."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ModelSpecError(
+            f"--model {spec!r}: expected 'path/to/file.py:factory' or 'package.module:factory' (no ':' found)"
+        )
+    target, _, attr = spec.rpartition(":")  # rpartition: a Windows drive letter keeps its colon
+    if not target or not attr:
+        raise ModelSpecError(f"--model {spec!r}: both the file/module before ':' and the factory after it are needed")
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise ModelSpecError(f"--model {spec!r}: factory {attr!r} is not a Python name (e.g. 'Net' or 'make_model')")
+    return target, attr
+
+
+def resolve_factory(spec: str) -> Callable[[], Any]:
+    """Import SPEC's file or module and return its factory (not called)."""
+    with _resolved(spec) as factory:
+        return factory
+
+
+def load_model(spec: str, *, device: str | torch.device = "meta") -> nn.Module:
+    """Build SPEC's model on ``device`` (``meta``: no memory spent) and return it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"--device {device!r}: not a torch device ({e}); use e.g. 'meta', 'cpu' or 'cuda:0'") from e
+    with _resolved(spec) as factory:
+        try:
+            with dev:
+                model = factory()
+        except Exception as e:
+            raise ModelSpecError(
+                f"--model {spec}: the factory raised {type(e).__name__}: {_one_line(e)} "
+                f"(built with no arguments on device '{dev}')"
+            ) from e
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(
+            f"--model {spec}: the factory returned {type(model).__module__}.{type(model).__qualname__}, "
+            "not a torch.nn.Module; point SPEC at a class or a zero-argument function that builds the model"
+        )
+    return model
+
+
+@contextmanager
+def _resolved(spec: str) -> Iterator[Callable[[], Any]]:
+    """Yield SPEC's factory; a file's module and its siblings stay importable only inside the block."""
+    target, attr = parse_spec(spec)
+    if _is_file_target(target):
+        with _file_module(spec, Path(target)) as module:
+            yield _factory(spec, module, attr)
+    else:
+        yield _factory(spec, _import_module(spec, target), attr)
+
+
+def _is_file_target(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def _import_module(spec: str, name: str) -> Any:
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise ModelSpecError(f"--model {spec}: {name!r} is neither a .py file nor a dotted module name")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise ModelSpecError(
+                f"--model {spec}: module {name!r} is not importable (no module named {e.name!r}); "
+                "install it or give a file path instead"
+            ) from e
+        raise ModelSpecError(f"--model {spec}: importing {name!r} failed: {type(e).__name__}: {_one_line(e)}") from e
+    except Exception as e:
+        raise ModelSpecError(f"--model {spec}: importing {name!r} failed: {type(e).__name__}: {_one_line(e)}") from e
+
+
+@contextmanager
+def _file_module(spec: str, path: Path) -> Iterator[Any]:
+    path = path.expanduser()
+    if not path.is_file():
+        problem = "is a folder, not a .py file" if path.is_dir() else "does not exist"
+        raise ModelSpecError(f"--model {spec}: file {path} {problem}")
+    path = path.resolve()
+    folder = str(path.parent)
+    name = f"_ckptboard_model_{path.stem if path.stem.isidentifier() else 'file'}_{next(_counter)}"
+    before = set(sys.modules)
+    sys.path.insert(0, folder)
+    try:
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ModelSpecError(f"--model {spec}: {path} cannot be imported as a Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # dataclasses and pickling look classes up here while the file runs
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            raise ModelSpecError(f"--model {spec}: importing {path} failed: {type(e).__name__}: {_one_line(e)}") from e
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+        _drop_sibling_modules(before, path.parent)
+        try:
+            sys.path.remove(folder)
+        except ValueError:  # pragma: no cover - the factory removed it itself
+            pass
+
+
+def _drop_sibling_modules(before: set[str], folder: Path) -> None:
+    """Forget modules imported from ``folder`` during the load, so another spec's siblings are not shadowed."""
+    for mod_name in set(sys.modules) - before:
+        file = getattr(sys.modules[mod_name], "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder):
+            del sys.modules[mod_name]
+
+
+def _factory(spec: str, module: Any, attr: str) -> Callable[[], Any]:
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            where = getattr(module, "__file__", None) or module.__name__
+            raise ModelSpecError(f"--model {spec}: {where} has no attribute {attr!r}; check the name after ':'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelSpecError(
+            f"--model {spec}: {attr!r} is a {type(obj).__name__}, not a class or function that builds the model"
+        )
+    return obj
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("…" if len(text) > 300 else "")
