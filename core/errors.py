@@ -9,6 +9,7 @@
     │   └── IncompleteCheckpointError  still being written by a running job: retry later
     ├── ModelSpecError              ``--model SPEC`` cannot be resolved or built
     ├── CacheError                  the stats cache cannot be read or written
+    ├── FlopCountError              the model's forward fails on the given input shapes, on meta and on CPU
     └── UsageError                  bad user input caught at the boundary (paths, options)
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "ModelSpecError",
     "CacheError",
+    "FlopCountError",
     "UsageError",
 ]
 
@@ -64,6 +66,10 @@ class ModelSpecError(CkptboardError):
 
 class CacheError(CkptboardError):
     """The stats cache cannot be used."""
+
+
+class FlopCountError(CkptboardError):
+    """FLOPs cannot be counted: the forward fails on the given input shapes (the message names them)."""
 
 
 class UsageError(CkptboardError):
