@@ -1,21 +1,74 @@
-"""Helpers shared by the figure builders: step decimation, tensor selection, the colour ramp, empty figures."""
+"""Helpers shared by the figure builders: step decimation, tensor selection, labels, the colour ramp, empty figures.
+
+Tensors are identified by ``(group, name)``; :func:`tensor_label` writes that as ``name`` for the bare state_dict
+(group ``""``) and ``group:name`` otherwise, and the builders accept either spelling wherever they take names.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative, sample_colorscale
 
+from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import StatsTables
 
-__all__ = ["decimate_steps", "select_tensors", "empty_figure"]
+__all__ = [
+    "decimate_steps",
+    "select_tensors",
+    "empty_figure",
+    "tensor_label",
+    "format_bytes",
+    "format_shape",
+    "module_prefix",
+    "module_group",
+    "compile_pattern",
+    "step_ramp",
+    "series_color",
+]
+
+# Old steps dark, recent steps bright, like TensorBoard's histogram ramp.
+_RAMP = "Plasma"
 
 
 def decimate_steps(steps: Sequence[int] | np.ndarray, max_points: int = 500) -> np.ndarray:
-    """At most ``max_points`` of the sorted unique ``steps``, evenly spread, always keeping the first and last."""
-    raise NotImplementedError
+    """At most ``max_points`` of the sorted unique ``steps``, evenly spread, always keeping the first and last.
+
+    Even spacing rather than TensorBoard's reservoir sampling so that a reload draws the same points again.
+    """
+    unique = np.unique(np.asarray(pd.Series(steps).dropna(), dtype=float))
+    if max_points < 2:
+        raise UsageError(f"max_points must be at least 2 (keeps the first and last step), got {max_points}")
+    if len(unique) <= max_points:
+        return unique
+    idx = np.unique(np.rint(np.linspace(0, len(unique) - 1, max_points)).astype(int))
+    return unique[idx]
+
+
+def tensor_label(group: str, name: str) -> str:
+    """``name`` for the bare state_dict, ``group:name`` for a tensor inside a named group (e.g. ``ema:fc.weight``)."""
+    return f"{group}:{name}" if group else name
+
+
+def module_prefix(module: pd.Series, prefix: str) -> pd.Series:
+    """Rows whose module is ``prefix`` or lies under it (``""`` matches every module)."""
+    if not prefix:
+        return pd.Series(True, index=module.index)
+    module = module.fillna("").astype(str)
+    return (module == prefix) | module.str.startswith(prefix + ".")
+
+
+def compile_pattern(pattern: str) -> re.Pattern:
+    """The user's regex, case-insensitive; a bad one is a :class:`UsageError` naming it."""
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as e:
+        raise UsageError(f"tensor filter {pattern!r} is not a valid regular expression ({e}); fix or clear it") from e
 
 
 def select_tensors(
@@ -25,12 +78,80 @@ def select_tensors(
     kinds: Sequence[str] | None = None,
     module: str | None = None,
     depth: int | None = None,
+    *,
+    checkpoint: str | None = None,
 ) -> pd.DataFrame:
-    """Rows of ``tables.tensors`` matching run(s), a name regex, kinds and a module prefix; ``depth`` adds a
-    ``module_group`` column (the module path cut to ``depth`` dotted parts)."""
-    raise NotImplementedError
+    """Rows of ``tables.tensors`` matching run(s), a name regex, kinds, a module prefix (and a checkpoint);
+    ``depth`` adds a ``module_group`` column (the module path cut to ``depth`` dotted parts)."""
+    df = tables.tensors
+    if checkpoint is not None:
+        df = df[df["checkpoint"] == checkpoint]
+    mask = pd.Series(True, index=df.index)
+    if run is not None:
+        runs = [run] if isinstance(run, str) else list(run)
+        mask &= df["run"].isin(runs)
+    if kinds:
+        mask &= df["kind"].isin([str(k) for k in kinds])
+    if module:
+        mask &= module_prefix(df["module"], module)
+    if pattern:
+        rx = compile_pattern(pattern)
+        labels = df["name"].astype(str)
+        mask &= labels.str.contains(rx) | (df["group"].astype(str) + ":" + labels).str.contains(rx)
+    out = df[mask]
+    if depth is not None:
+        out = out.assign(module_group=module_group(out["module"], depth))
+    return out
+
+
+def module_group(module: pd.Series, depth: int) -> pd.Series:
+    """Module paths cut to their first ``depth`` dotted parts (``0`` groups everything under ``""``)."""
+    if depth < 0:
+        raise UsageError(f"module depth must be 0 or more, got {depth}")
+    parts = module.fillna("").astype(str).str.split(".", n=depth, regex=False)
+    return parts.map(lambda p: ".".join(p[:depth]))
 
 
 def empty_figure(message: str) -> go.Figure:
     """A blank figure carrying ``message`` as an annotation, for views with nothing to draw."""
-    raise NotImplementedError
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14})
+    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=240, meta={"empty": True})
+    return fig
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 MiB``: binary units, one decimal."""
+    if n is None or pd.isna(n):
+        return ""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover - loop always returns
+
+
+def format_shape(shape) -> str:
+    """``[64, 3, 3, 3]`` from a JSON string, list, tuple or array; ``[]`` for a 0-d tensor."""
+    if isinstance(shape, str):
+        try:
+            shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
+        except ValueError:
+            return shape
+    if shape is None or (np.isscalar(shape) and pd.isna(shape)):
+        return ""
+    return "[" + ", ".join(str(int(d)) for d in np.asarray(shape).ravel()) + "]"
+
+
+def step_ramp(n: int) -> list[str]:
+    """``n`` colours from oldest (dark) to newest (bright)."""
+    if n <= 0:
+        return []
+    return sample_colorscale(_RAMP, [0.0] if n == 1 else list(np.linspace(0.0, 0.9, n)))
+
+
+def series_color(i: int) -> str:
+    """The ``i``-th categorical colour (runs, tensors), cycling."""
+    palette = qualitative.Plotly
+    return palette[i % len(palette)]

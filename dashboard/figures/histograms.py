@@ -1,12 +1,66 @@
-"""Histograms view: TensorBoard's offset/overlay histograms on one common binning, and the distribution view."""
+"""Histograms view: TensorBoard's offset/overlay histograms on one common binning, and the distribution view.
+
+Every drawn step is re-binned onto ``bins`` equal bins over the union of the steps' finite ranges (the outer
+edges of their sparse bins), so that shapes compare across steps. A range of zero width (a constant tensor, a
+one-element tensor) is widened to ``[v − 0.5, v + 0.5]`` as TensorBoard does. A step with no finite values (an
+all-NaN tensor) has no bins and is left out of the histogram; its percentiles are NaN, drawn as a gap.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.errors import UsageError
+from ckptboard.core.schema import StatsTables, percentile_column
+from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, step_ramp, tensor_label
 
-__all__ = ["histogram_figure", "distribution_figure"]
+__all__ = ["HISTOGRAM_MODES", "DISTRIBUTION_BANDS", "common_edges", "histogram_figure", "distribution_figure"]
+
+HISTOGRAM_MODES = ("offset", "overlay")
+# TensorBoard's distribution bands, outermost first: (lower, upper) percentiles.
+DISTRIBUTION_BANDS: tuple[tuple[float, float], ...] = ((0.0, 100.0), (6.68, 93.32), (15.87, 84.13), (30.85, 69.15))
+_BAND_OPACITY = (0.18, 0.3, 0.42, 0.55)
+# In offset mode the tallest bin rises this fraction of the drawn step span above its baseline (TensorBoard-like
+# ridges that overlap their older neighbours), and at least one step spacing.
+_RIDGE_HEIGHT = 0.2
+
+try:  # the stats engineer's re-binning, when it has landed
+    from ckptboard.core.histogram import rebin as _rebin
+except ImportError:  # pragma: no cover - depends on the merge order of the core
+
+    def _rebin(lo, hi, counts, edges) -> np.ndarray:
+        """Spread each sparse bin's count over ``edges`` in proportion to overlap; a zero-width bin lands whole."""
+        lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+        counts, edges = np.asarray(counts, dtype=float), np.asarray(edges, dtype=float)
+        out = np.zeros(len(edges) - 1)
+        for a, b, c in zip(lo, hi, counts):
+            if b <= a:
+                out[int(np.clip(np.searchsorted(edges, a, side="right") - 1, 0, len(out) - 1))] += c
+                continue
+            overlap = np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0.0, None)
+            out += c * overlap / (b - a)
+        return out
+
+
+def _tensor_rows(frame: pd.DataFrame, run: str, group: str, name: str) -> pd.DataFrame:
+    """One tensor's rows of ``frame`` in one run, sorted by step."""
+    rows = frame[(frame["run"] == run) & (frame["group"] == group) & (frame["name"] == name)]
+    return rows.sort_values("step", kind="stable")
+
+
+def common_edges(lo_lists, hi_lists, bins: int) -> np.ndarray | None:
+    """``bins + 1`` equal edges over the union of the finite ``[lo[0], hi[-1]]`` ranges; ``None`` if none is finite."""
+    starts = [float(lo[0]) for lo in lo_lists if len(lo)]
+    ends = [float(hi[-1]) for hi in hi_lists if len(hi)]
+    finite = [x for x in starts + ends if np.isfinite(x)]
+    if not finite:
+        return None
+    a, b = min(finite), max(finite)
+    if a == b:
+        a, b = a - 0.5, b + 0.5
+    return np.linspace(a, b, bins + 1)
 
 
 def histogram_figure(
@@ -19,10 +73,91 @@ def histogram_figure(
     bins: int = 60,
     max_steps: int = 50,
 ) -> go.Figure:
-    """A tensor's histograms over training: ``offset`` (stacked, oldest at the back) or ``overlay``."""
-    raise NotImplementedError
+    """A tensor's histograms over training, one trace per drawn step, oldest first (so at the back), coloured
+    from dark (old) to bright (new): ``offset`` stacks filled outlines with the y baseline at the step,
+    ``overlay`` draws the outlines on one count axis."""
+    if mode not in HISTOGRAM_MODES:
+        raise UsageError(f"histogram mode must be one of {', '.join(HISTOGRAM_MODES)}, got {mode!r}")
+    if bins < 1:
+        raise UsageError(f"bins must be at least 1, got {bins}")
+    label = tensor_label(group, name)
+    rows = _tensor_rows(tables.histograms, run, group, name)
+    rows = rows[rows["counts"].map(lambda c: 0 if c is None else len(c)) > 0]
+    if rows.empty:
+        return empty_figure(f"No finite values to histogram for {label} in {run}")
+    rows = rows[rows["step"].isin(decimate_steps(rows["step"], max_steps))].drop_duplicates("step", keep="last")
+    edges = common_edges(rows["lo"], rows["hi"], bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    steps = rows["step"].to_numpy()
+    counts = np.stack([_rebin(lo, hi, c, edges) for lo, hi, c in zip(rows["lo"], rows["hi"], rows["counts"])])
+    colors = step_ramp(len(steps))
+    fig = go.Figure()
+    if mode == "overlay":
+        for step, y, color in zip(steps, counts, colors):
+            fig.add_trace(go.Scatter(
+                x=centers, y=y, mode="lines", line={"color": color, "width": 1.5, "shape": "hvh"},
+                name=f"step {step}", meta={"step": int(step)},
+                hovertemplate=f"step {step}<br>x %{{x:.4g}}<br>count %{{y:.4g}}<extra></extra>",
+            ))
+        fig.update_layout(yaxis_title="count")
+    else:
+        spacing = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+        height = max(_RIDGE_HEIGHT * float(steps[-1] - steps[0]), spacing)
+        scale = height / max(float(counts.max()), 1e-300)
+        x = np.concatenate([[edges[0]], centers, [edges[-1]]])
+        for step, y, color in zip(steps, counts, colors):
+            # y axis is reversed (oldest at the top, at the back); a ridge rises towards smaller y.
+            ridge = step - scale * np.concatenate([[0.0], y, [0.0]])
+            fig.add_trace(go.Scatter(
+                x=x, y=ridge, mode="lines", fill="toself", fillcolor=_blend_white(color, 0.75),
+                line={"color": color, "width": 1}, name=f"step {step}", meta={"step": int(step)},
+                customdata=np.concatenate([[0.0], y, [0.0]]),
+                hovertemplate=f"step {step}<br>x %{{x:.4g}}<br>count %{{customdata:.4g}}<extra></extra>",
+            ))
+        # Ticks only at drawn steps: the space above the oldest baseline holds ridges, not steps.
+        fig.update_yaxes(autorange="reversed", tickvals=decimate_steps(steps, 8))
+        fig.update_layout(yaxis_title="step")
+    fig.update_layout(title=f"{label} — histograms ({run})", xaxis_title="value", showlegend=False, height=460,
+                      hovermode="closest")
+    return fig
+
+
+def _blend_white(color: str, amount: float) -> str:
+    """An opaque ``rgb()`` between ``color`` (``rgb(r, g, b)`` or ``#rrggbb``) and white: front ridges hide back ones."""
+    if color.startswith("#"):
+        rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
+    else:
+        rgb = [float(v) for v in color[color.index("(") + 1 : color.index(")")].split(",")[:3]]
+    r, g, b = (round(c + (255 - c) * amount) for c in rgb)
+    return f"rgb({r}, {g}, {b})"
 
 
 def distribution_figure(tables: StatsTables, run: str, group: str, name: str, *, max_steps: int = 500) -> go.Figure:
-    """Percentile bands at TensorBoard's basis points (min–max, …) and the median line over step."""
-    raise NotImplementedError
+    """Bands between TensorBoard's symmetric basis-point percentiles (min–max, 6.68–93.32, 15.87–84.13,
+    30.85–69.15) and the median line over step: two traces per band (lower, then upper filled to it), median last."""
+    label = tensor_label(group, name)
+    rows = _tensor_rows(tables.tensors, run, group, name)
+    if rows.empty:
+        return empty_figure(f"No statistics for {label} in {run}")
+    rows = rows[rows["step"].isin(decimate_steps(rows["step"], max_steps))]
+    x = rows["step"].to_numpy()
+    fig = go.Figure()
+    for (q_lo, q_hi), opacity in zip(DISTRIBUTION_BANDS, _BAND_OPACITY):
+        band = f"p{q_lo:g}–p{q_hi:g}"
+        fig.add_trace(go.Scatter(
+            x=x, y=rows[percentile_column(q_lo)].to_numpy(dtype=float), mode="lines", line={"width": 0},
+            showlegend=False, hoverinfo="skip", name=f"{band} lower", meta={"band": band, "q": q_lo},
+        ))
+        fig.add_trace(go.Scatter(
+            x=x, y=rows[percentile_column(q_hi)].to_numpy(dtype=float), mode="lines", line={"width": 0},
+            fill="tonexty", fillcolor=f"rgba(255, 112, 67, {opacity})", name=band, meta={"band": band, "q": q_hi},
+            hoverinfo="skip",
+        ))
+    fig.add_trace(go.Scatter(
+        x=x, y=rows[percentile_column(50.0)].to_numpy(dtype=float), mode="lines",
+        line={"color": "rgb(191, 54, 12)", "width": 2}, name="median", meta={"q": 50.0},
+        hovertemplate="step %{x}<br>median %{y:.4g}<extra></extra>",
+    ))
+    fig.update_layout(title=f"{label} — distribution ({run})", xaxis_title="step", yaxis_title="value", height=420,
+                      hovermode="x unified")
+    return fig

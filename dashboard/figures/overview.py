@@ -4,22 +4,68 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from ckptboard.core.schema import StatsTables
+from ckptboard.dashboard.figures._common import empty_figure, format_bytes, series_color
 
 __all__ = ["checkpoints_table", "runs_overview_figure", "error_cards"]
 
+_TABLE_COLUMNS = (
+    "run", "checkpoint", "step", "step_source", "format", "size", "size_bytes", "n_tensors", "n_parameters",
+    "n_trainable", "n_frozen", "n_buffers", "parameter_bytes", "buffer_bytes", "optimizer", "metadata_json",
+)
+
 
 def checkpoints_table(tables: StatsTables, run: str | None = None) -> pd.DataFrame:
-    """The checkpoints of one run (or all), sorted by run and step, with display columns."""
-    raise NotImplementedError
+    """The checkpoints of one run (or all), sorted by run and step, with a human ``size`` column."""
+    df = tables.checkpoints
+    if run is not None:
+        df = df[df["run"] == run]
+    df = df.sort_values(["run", "step", "checkpoint"], kind="stable", na_position="last")
+    df = df.assign(size=df["size_bytes"].map(format_bytes))
+    return df.reindex(columns=[c for c in _TABLE_COLUMNS if c in df.columns or c == "size"]).reset_index(drop=True)
+
+
+def _parameter_elements(tables: StatsTables) -> pd.Series:
+    """Number of parameter elements per checkpoint, counted from the tensors table (tied tensors once)."""
+    t = tables.tensors
+    params = t[(t["kind"] == "parameter") & t["tied_to"].isna()]
+    return params.groupby("checkpoint", sort=False)["numel"].sum()
 
 
 def runs_overview_figure(tables: StatsTables) -> go.Figure:
-    """Checkpoint size and parameter count over step, one trace per run."""
-    raise NotImplementedError
+    """Checkpoint file size and parameter count over step, one trace per run in each of two stacked panels."""
+    ck = tables.checkpoints
+    if ck.empty:
+        return empty_figure("No checkpoints summarised yet")
+    ck = ck.sort_values(["run", "step", "checkpoint"], kind="stable")
+    elements = _parameter_elements(tables)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("checkpoint size", "parameters (elements)"))
+    for i, (run, df) in enumerate(ck.groupby("run", sort=True)):
+        x = df["step"] if df["step"].notna().any() else pd.Series(range(len(df)), index=df.index)
+        style = {"mode": "lines+markers", "legendgroup": str(run), "line": {"color": series_color(i)}}
+        fig.add_trace(go.Scatter(
+            x=x, y=df["size_bytes"], name=str(run), customdata=df[["checkpoint"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>step %{x}<br>%{y:.4s}B<extra></extra>", **style,
+        ), row=1, col=1)
+        fig.add_trace(go.Scatter(
+            x=x, y=df["checkpoint"].map(elements).to_numpy(dtype=float), name=str(run), showlegend=False,
+            customdata=df[["checkpoint"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>step %{x}<br>%{y:,} parameters<extra></extra>", **style,
+        ), row=2, col=1)
+    fig.update_yaxes(title_text="bytes", row=1, col=1)
+    fig.update_yaxes(title_text="parameters", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=2, col=1)
+    fig.update_layout(title="Runs", height=520, hovermode="closest", legend_title_text="run")
+    return fig
 
 
 def error_cards(tables: StatsTables) -> list[dict]:
-    """One ``{run, checkpoint, error, message}`` dict per file that could not be summarised."""
-    raise NotImplementedError
+    """One ``{run, checkpoint, error, message}`` dict per file that could not be summarised, in path order."""
+    err = tables.errors.sort_values(["run", "checkpoint"], kind="stable")
+    return [
+        {k: ("" if pd.isna(row[k]) else str(row[k])) for k in ("run", "checkpoint", "error", "message")}
+        for _, row in err.iterrows()
+    ]

@@ -1,15 +1,31 @@
-"""Scalars view: a statistic over steps for chosen tensors or modules, runs overlaid, TensorBoard's smoothing."""
+"""Scalars view: a statistic over steps for chosen tensors or modules, runs overlaid, TensorBoard's smoothing.
+
+A module's value aggregates its parameters (buffers are left out: a BatchNorm's ``num_batches_tracked`` would
+swamp every norm): norms and distances as the root of the summed squares (the exact norm of the concatenated
+parameters), ratios as that norm over the same aggregate of the denominators, means weighted by element count,
+``std`` pooled (exact for population std), counts summed, extremes as extremes. ``cosine`` is an element-weighted
+mean of the tensors' cosines, an approximation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.errors import UsageError
+from ckptboard.core.schema import PERCENTILE_COLUMNS, UPDATE_COLUMNS, StatsTables
+from ckptboard.dashboard.figures._common import (
+    decimate_steps,
+    empty_figure,
+    module_prefix,
+    series_color,
+    tensor_label,
+)
 
-__all__ = ["STATISTICS", "smooth", "scalar_figure"]
+__all__ = ["STATISTICS", "smooth", "scalar_figure", "scalar_series"]
 
 # column -> label, for the statistic picker; tensor-table columns first, then update-table columns.
 STATISTICS: dict[str, str] = {
@@ -30,10 +46,135 @@ STATISTICS: dict[str, str] = {
     "rel_dist_from_first": "relative distance from first",
 }
 
+# How a module aggregates each statistic over its parameters.
+_RSS = ("norm", "update_norm", "dist_from_first")
+_SUM = ("zeros", "nans", "infs", "posinfs", "neginfs")
+_WEIGHTED = ("mean", "abs_mean", "cosine")
+_MODULE_STATS = frozenset(_RSS + _SUM + _WEIGHTED + ("std", "min", "max", "max_abs", "update_ratio",
+                                                      "rel_dist_from_first"))
+_KEYS = ["run", "checkpoint", "step"]
+
 
 def smooth(values: Sequence[float] | np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard's debiased exponential moving average; NaN/Inf values pass through and do not poison it."""
-    raise NotImplementedError
+    """TensorBoard's debiased exponential moving average; NaN/Inf values pass through and do not poison it.
+
+    ``last = last·w + (1−w)·x`` over the finite values, each divided by ``1 − w^t`` (t = finite values so far);
+    a constant series is returned as is, like TensorBoard.
+    """
+    if not 0.0 <= weight < 1.0:
+        raise UsageError(f"smoothing weight must be in [0, 1), got {weight}")
+    y = np.asarray(values, dtype=float)
+    finite = np.isfinite(y)
+    if weight == 0.0 or not finite.any() or np.ptp(y[finite]) == 0.0:
+        return y.copy()
+    out = y.copy()
+    last, t = 0.0, 0
+    for i in np.flatnonzero(finite):
+        last = last * weight + (1.0 - weight) * y[i]
+        t += 1
+        out[i] = last / (1.0 - weight**t)
+    return out
+
+
+def _tensor_values(tables: StatsTables, stat: str) -> pd.DataFrame:
+    """Long rows ``run, checkpoint, step, group, name, module, kind, numel, value`` of ``stat`` per tensor
+    (update statistics also carry ``prev_checkpoint``, ``update_norm`` and ``dist_from_first``)."""
+    t = tables.tensors
+    base = t[_KEYS + ["group", "name", "module", "kind", "numel"]]
+    if stat in UPDATE_COLUMNS:
+        extra = [c for c in ("prev_checkpoint", "update_norm", "dist_from_first") if c != stat]
+        u = tables.updates[_KEYS + ["group", "name", stat] + extra]
+        return u.merge(base, on=_KEYS + ["group", "name"], how="inner").rename(columns={stat: "value"})
+    if stat == "max_abs":
+        value = np.fmax(t["min"].abs(), t["max"].abs())
+    elif stat == "infs" and "posinfs" in t:
+        value = t["posinfs"].fillna(0) + t["neginfs"].fillna(0)
+    elif stat in t.columns and (stat in STATISTICS or stat in PERCENTILE_COLUMNS):
+        value = t[stat]
+    else:
+        raise UsageError(f"unknown statistic {stat!r}; choose one of {', '.join(STATISTICS)} or a percentile column")
+    return base.assign(value=pd.to_numeric(value, errors="coerce"))
+
+
+def _norm_at(tables: StatsTables, rows: pd.DataFrame, checkpoint: pd.Series) -> np.ndarray:
+    """The norm of each row's tensor at ``checkpoint`` (same run, group, name), NaN where absent."""
+    t = tables.tensors[["run", "checkpoint", "group", "name", "norm"]]
+    key = rows[["run", "group", "name"]].assign(checkpoint=checkpoint.to_numpy())
+    return key.merge(t, on=["run", "checkpoint", "group", "name"], how="left")["norm"].to_numpy(dtype=float)
+
+
+def _module_values(tables: StatsTables, stat: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate ``rows`` (one module's parameters) to one value per checkpoint, as the module doc says; a NaN in
+    any tensor makes the module's value NaN (its norm really is NaN)."""
+    if stat not in _MODULE_STATS:
+        raise UsageError(f"statistic {stat!r} cannot be aggregated over a module; pick tensors instead")
+    v, w = rows["value"].to_numpy(dtype=float), rows["numel"].to_numpy(dtype=float)
+    g = rows[_KEYS].assign(x=v)
+    if stat == "update_ratio":  # ‖Δ‖ over ‖w_prev‖, both over the whole module
+        num, den = rows["update_norm"].to_numpy(dtype=float), _norm_at(tables, rows, rows["prev_checkpoint"])
+    elif stat == "rel_dist_from_first":  # ‖w − w₀‖ over ‖w₀‖
+        first = tables.checkpoints.sort_values("step", kind="stable").groupby("run")["checkpoint"].first()
+        num, den = rows["dist_from_first"].to_numpy(dtype=float), _norm_at(tables, rows, rows["run"].map(first))
+    if stat in ("update_ratio", "rel_dist_from_first"):
+        g = g.assign(x=num, num=num**2, den=den**2)
+        agg = g.groupby(_KEYS, sort=False)[["num", "den"]].sum()
+        value = np.sqrt(agg["num"] / agg["den"].replace(0.0, np.nan))
+    elif stat in _RSS:
+        value = np.sqrt(g.assign(x2=v**2).groupby(_KEYS, sort=False)["x2"].sum())
+    elif stat in _SUM:
+        value = g.groupby(_KEYS, sort=False)["x"].sum()
+    elif stat in ("max", "max_abs"):
+        value = g.groupby(_KEYS, sort=False)["x"].max()
+    elif stat == "min":
+        value = g.groupby(_KEYS, sort=False)["x"].min()
+    elif stat in _WEIGHTED:
+        agg = g.assign(xw=v * w, w=w).groupby(_KEYS, sort=False)[["xw", "w"]].sum()
+        value = agg["xw"] / agg["w"]
+    else:  # std, pooled from each tensor's mean and std
+        mean = _tensor_values(tables, "mean").set_index(_KEYS + ["group", "name"])["value"]
+        mu = mean.reindex(pd.MultiIndex.from_frame(rows[_KEYS + ["group", "name"]])).to_numpy(dtype=float)
+        g = g.assign(x=v + mu, s=w * (v**2 + mu**2), m=w * mu, w=w)
+        agg = g.groupby(_KEYS, sort=False)[["s", "m", "w"]].sum()
+        value = np.sqrt(np.maximum(agg["s"] / agg["w"] - (agg["m"] / agg["w"]) ** 2, 0.0))
+    has_nan = g.assign(n=np.isnan(g["x"].to_numpy(dtype=float))).groupby(_KEYS, sort=False)["n"].any()
+    return value.mask(has_nan.reindex(value.index, fill_value=False)).rename("value").reset_index()
+
+
+def scalar_series(
+    tables: StatsTables,
+    stat: str,
+    *,
+    tensors: Sequence[str] | None = None,
+    modules: Sequence[str] | None = None,
+    runs: Sequence[str] | None = None,
+    step_range: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """Long ``run, series, step, value`` rows behind :func:`scalar_figure`, sorted by run, series, step."""
+    values = _tensor_values(tables, stat)
+    if runs is not None:
+        values = values[values["run"].isin(list(runs))]
+    if step_range is not None:
+        values = values[values["step"].between(step_range[0], step_range[1])]
+    parts = []
+    if tensors:
+        wanted = set(tensors)
+        labels = [tensor_label(g, n) for g, n in zip(values["group"], values["name"])]
+        hit = values["name"].isin(wanted).to_numpy() | np.isin(labels, list(wanted))
+        sel = values[hit]
+        parts.append(sel[["run", "step", "value"]].assign(
+            series=[tensor_label(g, n) for g, n in zip(sel["group"], sel["name"])]))
+    if modules or not tensors:
+        params = values[values["kind"] == "parameter"]
+        for module in (modules or [""]):
+            rows = params[module_prefix(params["module"], module)]
+            if rows.empty:
+                continue
+            agg = _module_values(tables, stat, rows)
+            parts.append(agg[["run", "step", "value"]].assign(series=module or "(all parameters)"))
+    if not parts:
+        return pd.DataFrame(columns=["run", "series", "step", "value"])
+    out = pd.concat(parts, ignore_index=True)[["run", "series", "step", "value"]]
+    return out.sort_values(["run", "series", "step"], kind="stable").reset_index(drop=True)
 
 
 def scalar_figure(
@@ -48,5 +189,31 @@ def scalar_figure(
     step_range: tuple[int, int] | None = None,
     max_points: int = 500,
 ) -> go.Figure:
-    """``stat`` over step, one line per (run, tensor or module); runs overlaid."""
-    raise NotImplementedError
+    """``stat`` over step, one line per (run, tensor or module), runs overlaid; with smoothing the raw line stays
+    faint behind the smoothed one, as in TensorBoard. Nothing chosen means all parameters of each run."""
+    smooth([], smoothing)  # validates the weight before any work
+    data = scalar_series(tables, stat, tensors=tensors, modules=modules, runs=runs, step_range=step_range)
+    label = STATISTICS.get(stat, stat)
+    if data.empty:
+        return empty_figure(f"No {label} values for this selection")
+    fig = go.Figure()
+    n_runs = data["run"].nunique()
+    for i, ((run, series), df) in enumerate(data.groupby(["run", "series"], sort=True)):
+        keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
+        x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
+        name = f"{series} · {run}" if n_runs > 1 else str(series)
+        color = series_color(i)
+        if smoothing > 0:
+            fig.add_trace(go.Scatter(
+                x=x, y=raw[keep], mode="lines", line={"color": color, "width": 1}, opacity=0.25,
+                legendgroup=name, showlegend=False, hoverinfo="skip", name=name,
+                meta={"run": run, "series": series, "raw": True},
+            ))
+        fig.add_trace(go.Scatter(
+            x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={"color": color, "width": 2}, name=name,
+            legendgroup=name, meta={"run": run, "series": series, "raw": False},
+            hovertemplate=f"{name}<br>step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>",
+        ))
+    fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified", height=420,
+                      yaxis_type="log" if log_y else "linear")
+    return fig

@@ -7,8 +7,14 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ckptboard.core.schema import StatsTables
+from ckptboard.dashboard.figures._common import format_bytes, format_shape, select_tensors
 
-__all__ = ["tensor_table"]
+__all__ = ["TENSOR_TABLE_COLUMNS", "tensor_table"]
+
+TENSOR_TABLE_COLUMNS: tuple[str, ...] = (
+    "group", "name", "module", "kind", "trainable", "source", "shape", "dtype", "numel", "nbytes", "size",
+    "tied_to", "mean", "std", "min", "max", "norm", "nonfinite",
+)
 
 
 def tensor_table(
@@ -19,5 +25,12 @@ def tensor_table(
     kinds: Sequence[str] | None = None,
     module: str | None = None,
 ) -> pd.DataFrame:
-    """The tensors of ``checkpoint`` (kind, trainable, source, shape, dtype, size, a few statistics)."""
-    raise NotImplementedError
+    """The tensors of ``checkpoint`` in file order: kind, trainable, source of the verdict, shape, dtype, size,
+    a few statistics and ``nonfinite`` (NaN + ±Inf count); ``pattern`` is a case-insensitive regex on the name."""
+    rows = select_tensors(tables, pattern=pattern, kinds=kinds, module=module, checkpoint=checkpoint)
+    out = rows.assign(
+        shape=rows["shape"].map(format_shape),
+        size=rows["nbytes"].map(format_bytes),
+        nonfinite=rows["nans"].fillna(0) + rows["posinfs"].fillna(0) + rows["neginfs"].fillna(0),
+    )
+    return out.reindex(columns=list(TENSOR_TABLE_COLUMNS)).reset_index(drop=True)
