@@ -1,0 +1,25 @@
+"""The ckptboard dashboard (Streamlit): ``ckptboard serve ROOT`` or ``streamlit run dashboard/app.py -- ROOT``.
+
+Reads the stats cache of ROOT (summarizing what is missing, with progress), draws the sidebar, then one view.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ckptboard.dashboard import state
+from ckptboard.dashboard.views import VIEW_KEY, View, render
+
+st.set_page_config(page_title="ckptboard", page_icon=":bar_chart:", layout="wide")
+
+config = state.app_config()
+tables, fingerprint = state.load_tables(config)
+view = st.segmented_control(
+    "View", list(View), key=VIEW_KEY, default=View.OVERVIEW, required=True,
+    label_visibility="collapsed", bind="query-params", width="stretch",
+)  # fmt: skip
+ctx = state.sidebar(config, tables, fingerprint)
+if not ctx.runs:
+    st.info("Choose at least one run in the sidebar.")
+    st.stop()
+render(View(view or View.OVERVIEW), ctx)

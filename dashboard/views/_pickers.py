@@ -1,0 +1,43 @@
+"""Pickers several views share: a checkpoint, a run, a tensor of a run. Each keeps its choice for the session."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ckptboard.dashboard.state import ViewContext, pick_default
+
+__all__ = ["checkpoint_picker", "run_picker", "tensor_picker"]
+
+
+def checkpoint_picker(ctx: ViewContext, key: str, label: str = "Checkpoint", *, index: int = -1) -> str:
+    """A checkpoint of the chosen runs (default: the ``index``-th, the latest by default); stops when none."""
+    names = ctx.checkpoints()
+    if not names:
+        st.info("No readable checkpoints in the chosen runs and step range.")
+        st.stop()
+    pick_default(key, names, names[index])
+    return st.selectbox(label, names, key=key, format_func=ctx.checkpoint_label, persist_state="session")
+
+
+def run_picker(ctx: ViewContext, key: str, label: str = "Run") -> str:
+    """One of the chosen runs."""
+    pick_default(key, ctx.runs, ctx.runs[0])
+    return st.selectbox(label, ctx.runs, key=key, persist_state="session")
+
+
+def tensor_picker(ctx: ViewContext, run: str, key: str, label: str = "Tensor") -> tuple[str, str]:
+    """A ``(group, name)`` of ``run`` matching the sidebar filter; stops with a hint when there is none."""
+    frame = ctx.tables.tensors
+    frame = frame.loc[frame["run"] == run, ["group", "name"]].drop_duplicates().sort_values(["group", "name"])
+    if ctx.pattern:
+        frame = frame[frame["name"].str.contains(ctx.pattern, regex=True)]
+    options = list(frame.itertuples(index=False, name=None))
+    if not options:
+        st.info(f"No tensor of run {run!r} matches the sidebar filter.")
+        st.stop()
+    several_groups = frame["group"].nunique() > 1
+    pick_default(key, options, options[0])
+    return st.selectbox(
+        label, options, key=key, persist_state="session",
+        format_func=lambda gn: f"{gn[0]} › {gn[1]}" if several_groups and gn[0] else gn[1],
+    )  # fmt: skip

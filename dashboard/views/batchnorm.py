@@ -1,0 +1,38 @@
+"""BatchNorm: running mean/var per layer over training, a channel × step heatmap, ``num_batches_tracked``."""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+from ckptboard.dashboard.figures.batchnorm import batchnorm_heatmap, batchnorm_layers_figure, num_batches_tracked_figure
+from ckptboard.dashboard.state import ViewContext, memo, pick_default
+from ckptboard.dashboard.views._pickers import run_picker
+
+__all__ = ["render", "STATS"]
+
+STATS = ("running_mean", "running_var")
+
+
+def render(ctx: ViewContext) -> None:
+    left, right = st.columns([3, 2])
+    with left:
+        run = run_picker(ctx, "bn_run")
+    bn = ctx.tables.batchnorm
+    layers = sorted(bn.loc[bn["run"] == run, "module"].unique())
+    if ctx.pattern:
+        layers = [m for m in layers if re.search(ctx.pattern, m)]
+    if not layers:
+        st.info(f"Run {run!r} has no BatchNorm-style running statistics" + (" matching the filter." if ctx.pattern else "."))
+        st.stop()
+    with right:
+        pick_default("bn_stat", STATS, STATS[0])
+        stat = st.segmented_control("Statistic", STATS, key="bn_stat", required=True, persist_state="session")
+    st.plotly_chart(memo(batchnorm_layers_figure, ctx, run, stat, modules=layers), key="bn_layers_chart")
+    pick_default("bn_layer", layers, layers[0])
+    layer = st.selectbox("Channels of layer", layers, key="bn_layer", persist_state="session")
+    st.plotly_chart(memo(batchnorm_heatmap, ctx, run, layer, stat), key="bn_heatmap_chart")
+    st.subheader("num_batches_tracked")
+    st.plotly_chart(memo(num_batches_tracked_figure, ctx, run), key="bn_tracked_chart")
+

@@ -1,0 +1,79 @@
+"""Compare: two checkpoints, or two runs at a step — tensors added, removed, reshaped and the largest changes."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from ckptboard.dashboard.figures.compare import compare_checkpoints, compare_figure
+from ckptboard.dashboard.state import ViewContext, finite_steps, memo, pick_default
+from ckptboard.dashboard.views._pickers import checkpoint_picker, run_picker
+
+__all__ = ["render", "MODES"]
+
+TWO_CHECKPOINTS, TWO_RUNS = "Two checkpoints", "Two runs at a step"
+MODES = (TWO_CHECKPOINTS, TWO_RUNS)
+
+
+def render(ctx: ViewContext) -> None:
+    pick_default("compare_mode", MODES, TWO_CHECKPOINTS)
+    mode = st.segmented_control("Compare", MODES, key="compare_mode", required=True, persist_state="session")
+    a, b = _two_runs(ctx) if mode == TWO_RUNS else _two_checkpoints(ctx)
+    if a == b:
+        st.info("Choose two different checkpoints.")
+        st.stop()
+    result = memo(compare_checkpoints, ctx, a, b)
+    cols = st.columns(4)
+    cols[0].metric("Added", len(result.added))
+    cols[1].metric("Removed", len(result.removed))
+    cols[2].metric("Reshaped", len(result.reshaped))
+    cols[3].metric("Compared", len(result.changes))
+    _lists(result)
+    top = st.slider("Largest changes shown", 5, 100, key="compare_top", value=20, persist_state="session")
+    st.plotly_chart(compare_figure(result, top=top), key="compare_chart")
+    st.dataframe(result.changes, hide_index=True, key="compare_table")
+
+
+def _two_checkpoints(ctx: ViewContext) -> tuple[str, str]:
+    left, right = st.columns(2)
+    with left:
+        a = checkpoint_picker(ctx, "compare_a", "From", index=0)
+    with right:
+        b = checkpoint_picker(ctx, "compare_b", "To", index=-1)
+    return a, b
+
+
+def _two_runs(ctx: ViewContext) -> tuple[str, str]:
+    if len(ctx.runs) < 2:
+        st.info("Choose at least two runs in the sidebar to compare runs.")
+        st.stop()
+    cols = st.columns(3)
+    with cols[0]:
+        run_a = run_picker(ctx, "compare_run_a", "Run A")
+    with cols[1]:
+        pick_default("compare_run_b", ctx.runs, next(r for r in ctx.runs if r != run_a))
+        run_b = st.selectbox("Run B", ctx.runs, key="compare_run_b", persist_state="session")
+    frame = ctx.tables.checkpoints
+    steps_a, steps_b = (finite_steps(frame[frame["run"] == r]) for r in (run_a, run_b))
+    common = sorted(set(steps_a.tolist()) & set(steps_b.tolist()))
+    if not common:
+        st.info(f"Runs {run_a!r} and {run_b!r} share no step; compare two checkpoints instead.")
+        st.stop()
+    with cols[2]:
+        pick_default("compare_step", common, common[-1])
+        step = st.selectbox("Step", common, key="compare_step", persist_state="session")
+    return _at_step(frame, run_a, step), _at_step(frame, run_b, step)
+
+
+def _at_step(frame: pd.DataFrame, run: str, step: int) -> str:
+    rows = frame[(frame["run"] == run) & (pd.to_numeric(frame["step"], errors="coerce") == step)]
+    return str(rows.sort_values("checkpoint")["checkpoint"].iloc[-1])
+
+
+def _lists(result) -> None:
+    if result.added or result.removed or result.reshaped:
+        with st.expander("Tensors added, removed or reshaped", expanded=False):
+            rows = [{"tensor": n, "change": "added", "detail": ""} for n in result.added]
+            rows += [{"tensor": n, "change": "removed", "detail": ""} for n in result.removed]
+            rows += [{"tensor": n, "change": "reshaped", "detail": f"{sa} → {sb}"} for n, sa, sb in result.reshaped]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, key="compare_events")

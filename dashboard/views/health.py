@@ -1,0 +1,84 @@
+"""Health: non-finite values, unchanged parameters, dead BN channels, exploding norms, largest update ratios.
+
+Each finding leads to its tensor's charts: choosing it and pressing a button sets the other views' pickers and
+switches to that view.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from ckptboard.dashboard.figures.health import health_table
+from ckptboard.dashboard.state import ViewContext, memo
+from ckptboard.dashboard.views import VIEW_KEY, View
+from ckptboard.dashboard.views.scalars import BY_TENSOR
+
+__all__ = ["render", "open_finding"]
+
+# The statistic a finding is best seen in, by check; unknown checks fall back to the norm.
+_STAT_FOR_CHECK = {
+    "non-finite": "nans",
+    "unchanged-across-run": "update_norm",
+    "exploding-norm": "norm",
+    "largest-update-ratio": "update_ratio",
+    "dead-bn-channel": "norm",
+}
+
+
+def render(ctx: ViewContext) -> None:
+    left, right, _ = st.columns([2, 2, 3])
+    with left:
+        dead_var = st.number_input(
+            "Dead channel: running var below", min_value=0.0, value=1e-8, format="%.1e", key="health_dead_var",
+            persist_state="session",
+        )  # fmt: skip
+    with right:
+        explode = st.number_input(
+            "Exploding: norm grows more than ×", min_value=1.0, value=10.0, key="health_explode",
+            persist_state="session",
+        )  # fmt: skip
+    table = memo(health_table, ctx, dead_var=dead_var, explode_factor=explode)
+    if table.empty:
+        st.success("No findings: every tensor is finite, changes, and no norm explodes.")
+        st.stop()
+    st.dataframe(table, hide_index=True, key="health_table", height=360)
+    findings = list(range(len(table)))
+    choice = st.selectbox(
+        "Open a finding", findings, key="health_finding", format_func=lambda i: _label(table.iloc[i]),
+    )  # fmt: skip
+    row = table.iloc[choice]
+    cols = st.columns(3)
+    cols[0].button("Scalars", key="health_open_scalars", on_click=open_finding, args=(row.to_dict(), View.SCALARS),
+                   icon=":material/show_chart:", width="stretch")
+    cols[1].button("Histograms", key="health_open_histograms", on_click=open_finding,
+                   args=(row.to_dict(), View.HISTOGRAMS), icon=":material/bar_chart:", width="stretch")
+    if row["check"] == "dead-bn-channel":
+        cols[2].button("BatchNorm", key="health_open_batchnorm", on_click=open_finding,
+                       args=(row.to_dict(), View.BATCHNORM), icon=":material/stacked_line_chart:", width="stretch")
+
+
+def _label(row: pd.Series) -> str:
+    step = "" if pd.isna(row["step"]) else f" @ step {int(row['step'])}"
+    return f"{row['severity']} · {row['check']} · {row['run']} · {row['name']}{step}"
+
+
+def open_finding(row: dict, view: View) -> None:
+    """Callback: point the target view's pickers at the finding's tensor and switch to it."""
+    state = st.session_state
+    run, group, name = row["run"], row["group"], row["name"]
+    if run not in state.get("sidebar_runs", [run]):
+        state["sidebar_runs"] = [*state["sidebar_runs"], run]
+    state["sidebar_filter"] = ""  # the tensor must be visible in the pickers
+    if view == View.SCALARS:
+        state["scalars_by"] = BY_TENSOR
+        state["scalars_tensors"] = [name]
+        state["scalars_stat"] = _STAT_FOR_CHECK.get(row["check"], "norm")
+    elif view == View.HISTOGRAMS:
+        state["hist_run"] = run
+        state["hist_tensor"] = (group, name)
+    elif view == View.BATCHNORM:
+        state["bn_run"] = run
+        state["bn_layer"] = name.rpartition(".")[0] if name.endswith(("running_var", "running_mean")) else name
+        state["bn_stat"] = "running_var"
+    state[VIEW_KEY] = view

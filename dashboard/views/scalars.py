@@ -1,0 +1,58 @@
+"""Scalars: a statistic over steps for chosen tensors or whole modules, runs overlaid, TensorBoard's smoothing."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
+from ckptboard.dashboard.state import ViewContext, memo, pick_default
+
+__all__ = ["render", "BY_TENSOR", "BY_MODULE"]
+
+BY_TENSOR, BY_MODULE = "Tensors", "Modules"
+_DEFAULT_LINES = 4
+
+
+def render(ctx: ViewContext) -> None:
+    top = st.columns([2, 2, 3, 1])
+    with top[0]:
+        pick_default("scalars_stat", list(STATISTICS), "norm")
+        stat = st.selectbox(
+            "Statistic", list(STATISTICS), key="scalars_stat", format_func=STATISTICS.get, persist_state="session"
+        )
+    with top[1]:
+        pick_default("scalars_by", [BY_TENSOR, BY_MODULE], BY_TENSOR)
+        by = st.segmented_control(
+            "Lines per", [BY_TENSOR, BY_MODULE], key="scalars_by", required=True, persist_state="session"
+        )
+    with top[2]:
+        st.session_state.setdefault("scalars_smoothing", 0.6)  # TensorBoard's default
+        smoothing = st.slider("Smoothing", 0.0, 0.99, step=0.01, key="scalars_smoothing", persist_state="session")
+    with top[3]:
+        log_y = st.toggle("Log y", key="scalars_log_y", persist_state="session")
+
+    tensors = modules = None
+    if by == BY_MODULE:
+        options = ctx.modules()
+        pick_default("scalars_modules", options, options[:_DEFAULT_LINES])
+        modules = st.multiselect(
+            "Modules", options, key="scalars_modules", persist_state="session",
+            placeholder="type to search; the sidebar sets the grouping depth",
+        )  # fmt: skip
+        chosen = modules
+    else:
+        options = ctx.tensor_names()
+        pick_default("scalars_tensors", options, options[:_DEFAULT_LINES])
+        tensors = st.multiselect(
+            "Tensors", options, key="scalars_tensors", persist_state="session",
+            placeholder="type to search; the sidebar filter narrows the list",
+        )  # fmt: skip
+        chosen = tensors
+    if not chosen:
+        st.info(f"Choose one or more {by.lower()} above to draw {STATISTICS[stat]} over training.")
+        st.stop()
+    fig = memo(
+        scalar_figure, ctx, stat, tensors=tensors, modules=modules, runs=ctx.runs, smoothing=smoothing,
+        log_y=log_y, step_range=ctx.step_range,
+    )  # fmt: skip
+    st.plotly_chart(fig, key="scalars_chart")

@@ -1,0 +1,56 @@
+"""Fixtures for the app tests: a copy of ``sample_ckpts/`` (so the cache is written there) and an AppTest on it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "dashboard" / "app.py"
+SAMPLES = REPO / "sample_ckpts"
+RUN_TIMEOUT_S = 60  # the first run of a fresh copy summarizes its checkpoints
+
+__all__ = ["APP", "SAMPLES", "RUN_TIMEOUT_S", "copy_samples", "app_test", "write_tiny_run"]
+
+
+def copy_samples(dst: Path) -> Path:
+    """``sample_ckpts/`` copied to ``dst`` without any cache or bytecode; returns ``dst``."""
+    shutil.copytree(SAMPLES, dst, ignore=shutil.ignore_patterns(".ckptboard", "__pycache__"))
+    return dst
+
+
+def app_test(*argv: str) -> AppTest:
+    """The app, not yet run, started with ``argv`` (what follows ``--`` on the command line)."""
+    at = AppTest.from_file(str(APP), default_timeout=RUN_TIMEOUT_S)
+    at.session_state["app_argv"] = list(argv)
+    return at
+
+
+class _TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.bn = nn.BatchNorm1d(2)
+
+
+def write_tiny_run(run_dir: Path, steps: list[int], seed: int = 0) -> list[Path]:
+    """``step_<N>.pt`` state_dicts of a tiny Linear+BatchNorm net whose weights move by a seeded step each time."""
+    torch.manual_seed(seed)
+    net = _TinyNet()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for step in steps:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+            net.bn.running_var.mul_(0.9)
+            net.bn.num_batches_tracked.fill_(step)
+        path = run_dir / f"step_{step}.pt"
+        torch.save(net.state_dict(), path)
+        paths.append(path)
+    return paths
