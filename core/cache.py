@@ -1,0 +1,136 @@
+"""The stats cache: one Parquet fragment per checkpoint in ``ROOT/.ckptboard/`` (or ``cache_dir``).
+
+A fragment is named after its checkpoint's relative path and holds, in its footer, the format version and the key
+it was computed for: the checkpoint's relative path, size and mtime_ns, the same identity of the previous and the
+first checkpoint of its run (its update statistics depend on them), and a fingerprint of the ``--model`` used for
+classification. A fragment whose key differs is stale and recomputed quietly; one that is unreadable or of another
+format version is recomputed too, with one :class:`CacheWarning` per command naming them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckptboard.core._fragment import TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
+from ckptboard.core.errors import CacheError
+
+__all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "warn_invalid"]
+
+CACHE_DIRNAME = ".ckptboard"
+_SUFFIX = ".parquet"
+_STALE_TMP_S = 3600.0  # a temp file this old belongs to a writer that died
+
+
+class CacheWarning(UserWarning):
+    """A cache fragment was unreadable or of another format version and is recomputed (or skipped)."""
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the cache holds for one checkpoint: ``hit`` (key matches), ``miss``/``stale``, or ``invalid``."""
+
+    status: str
+    header: Header | None = None
+    problem: str = ""
+
+    @property
+    def hit(self) -> bool:
+        return self.status == "hit"
+
+
+class StatsCache:
+    """The fragments of one ROOT: where they live, which are current, atomic writes, pruning."""
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
+        self.root = Path(root)
+        self.dir = Path(cache_dir) if cache_dir is not None else self.root / CACHE_DIRNAME
+
+    def __repr__(self) -> str:
+        return f"StatsCache({str(self.dir)!r})"
+
+    def ensure(self) -> Path:
+        """Create the cache folder; :class:`CacheError` (saying to pass ``--cache-dir``) when it cannot be."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f"{TMP_PREFIX}probe-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise CacheError(
+                f"{self.dir}: cannot write the stats cache here ({e.strerror or e}); "
+                "pass --cache-dir DIR (cache_dir=...) pointing at a writable folder"
+            ) from e
+        return self.dir
+
+    def fragment_path(self, relpath: str) -> Path:
+        """The fragment file of the checkpoint at ``relpath`` (POSIX, relative to ROOT)."""
+        digest = hashlib.sha1(relpath.encode()).hexdigest()[:16]
+        readable = re.sub(r"[^A-Za-z0-9._-]+", "_", relpath)[-80:].lstrip("._-") or "root"
+        return self.dir / f"{readable}-{digest}{_SUFFIX}"
+
+    def lookup(self, relpath: str, key: dict[str, Any]) -> Lookup:
+        """Compare the stored key of ``relpath``'s fragment with ``key``."""
+        path = self.fragment_path(relpath)
+        if not path.exists():
+            return Lookup("miss")
+        try:
+            stored = read_header(path)
+        except FragmentReadError as e:
+            return Lookup("invalid", problem=f"{path.name}: {e}")
+        return Lookup("hit" if stored.key == key else "stale", header=stored)
+
+    def write(self, relpath: str, header: Header, rows: dict[str, list[dict[str, Any]]]) -> Path:
+        """Write ``relpath``'s fragment atomically (temp file, fsync, rename) and return its path."""
+        path = self.fragment_path(relpath)
+        try:
+            write_fragment(path, header, rows)
+        except OSError as e:
+            raise CacheError(f"{path}: cannot write the cache fragment of {relpath} ({e})") from e
+        return path
+
+    def fragments(self) -> list[Path]:
+        """Every fragment file in the cache folder (temp files excluded)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.iterdir() if p.suffix == _SUFFIX and not p.name.startswith(TMP_PREFIX))
+
+    def prune(self, keep: Iterable[str]) -> int:
+        """Remove fragments of checkpoints neither in ``keep`` nor on disk, and dead writers' temp files."""
+        keep_names = {self.fragment_path(r).name for r in keep}
+        removed = 0
+        for path in self.fragments():
+            if path.name in keep_names:
+                continue
+            try:
+                relpath = read_header(path).key.get("relpath")
+            except FragmentReadError:
+                relpath = None
+            if relpath is not None and (self.root / relpath).exists():
+                continue  # another process may be summarising it right now
+            path.unlink(missing_ok=True)
+            removed += 1
+        if self.dir.is_dir():
+            cutoff = time.time() - _STALE_TMP_S
+            for tmp in self.dir.glob(f"{TMP_PREFIX}*"):
+                try:
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                except OSError:
+                    pass
+        return removed
+
+
+def warn_invalid(problems: list[str], action: str) -> None:
+    """One :class:`CacheWarning` for all the fragments found unreadable or of another version."""
+    if not problems:
+        return
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    warnings.warn(f"{len(problems)} stats cache fragment(s) {action}: {shown}", CacheWarning, stacklevel=3)

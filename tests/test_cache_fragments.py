@@ -1,0 +1,132 @@
+"""Cache fragments: round trip, key lookup, atomic writes (an injected failure, a killed writer), bad fragments."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from ckptboard.core import _fragment
+from ckptboard.core._fragment import FORMAT_VERSION, FragmentReadError, Header, read_fragment, read_header
+from ckptboard.core.cache import StatsCache
+from ckptboard.core.errors import CacheError
+from ckptboard.core.schema import TENSOR_COLUMNS
+
+_KEY = {"relpath": "run/a.pt", "size": 10, "mtime_ns": 5}
+_ROWS = {
+    "tensors": [{"run": "run", "checkpoint": "run/a.pt", "step": 3, "name": "fc.weight", "mean": 0.25, "numel": 6}],
+    "histograms": [{"run": "run", "name": "fc.weight", "lo": [0.0, 0.5], "hi": [0.5, 1.0], "counts": [2, 4]}],
+}
+
+
+def test_fragment_round_trip_keeps_rows_key_and_columns(tmp_path):
+    path = tmp_path / "f.parquet"
+    _fragment.write_fragment(path, Header(_KEY, {"status": "ok"}), _ROWS)
+    header, tables = read_fragment(path)
+    assert header == Header(_KEY, {"status": "ok"})
+    assert tuple(tables["tensors"].column_names) == TENSOR_COLUMNS
+    row = tables["tensors"].to_pylist()[0]
+    assert (row["step"], row["name"], row["mean"], row["numel"], row["std"]) == (3, "fc.weight", 0.25, 6, None)
+    assert tables["histograms"].to_pylist()[0]["counts"] == [2, 4]
+    assert tables["updates"].num_rows == 0 and tables["errors"].num_rows == 0
+
+
+def test_lookup_hit_stale_miss(tmp_path):
+    cache = StatsCache(tmp_path, tmp_path / "cache")
+    cache.ensure()
+    assert cache.lookup("run/a.pt", _KEY).status == "miss"
+    cache.write("run/a.pt", Header(_KEY, {}), _ROWS)
+    assert cache.lookup("run/a.pt", _KEY).hit
+    assert cache.lookup("run/a.pt", {**_KEY, "mtime_ns": 6}).status == "stale"
+
+
+def test_fragment_of_another_format_version_is_invalid(tmp_path):
+    path = tmp_path / "old.parquet"
+    _fragment.write_fragment(path, Header(_KEY, {}), _ROWS)
+    table = pq.read_table(path)
+    metadata = {**table.schema.metadata, b"ckptboard.format_version": str(FORMAT_VERSION - 1).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+    with pytest.raises(FragmentReadError, match=f"format version {FORMAT_VERSION - 1}, this ckptboard reads"):
+        read_header(path)
+
+
+def test_truncated_fragment_is_invalid(tmp_path):
+    cache = StatsCache(tmp_path, tmp_path / "cache")
+    cache.ensure()
+    path = cache.write("run/a.pt", Header(_KEY, {}), _ROWS)
+    path.write_bytes(path.read_bytes()[:-100])
+    lookup = cache.lookup("run/a.pt", _KEY)
+    assert lookup.status == "invalid" and "unreadable" in lookup.problem
+
+
+def test_failure_between_temp_write_and_rename_leaves_no_fragment(tmp_path):
+    target = tmp_path / "f.parquet"
+
+    def write_then_fail(f):
+        f.write(b"PAR1 half a fragment")
+        raise OSError("disk full")  # stands in for anything failing before os.replace
+
+    with pytest.raises(OSError, match="disk full"):
+        _fragment._atomic_write(target, write_then_fail)
+    assert list(tmp_path.iterdir()) == []  # neither the fragment nor the temp file
+
+
+def test_writer_killed_mid_write_leaves_previous_fragment_intact(tmp_path):
+    cache = StatsCache(tmp_path, tmp_path / "cache")
+    cache.ensure()
+    path = cache.write("run/a.pt", Header(_KEY, {"status": "ok"}), _ROWS)
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from ckptboard.core import _fragment
+        def slow(f):
+            f.write(b"PAR1 the first half of a new fragment")
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+        _fragment._atomic_write(Path({str(path)!r}), slow)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert read_header(path) == Header(_KEY, {"status": "ok"})  # the old fragment, whole
+    assert cache.fragments() == [path]  # the dead writer's temp file is no fragment
+    temps = [p for p in cache.dir.iterdir() if p.name.startswith(_fragment.TMP_PREFIX)]
+    assert len(temps) == 1
+    old = time.time() - 2 * 3600
+    os.utime(temps[0], (old, old))
+    cache.prune(["run/a.pt"])  # a temp file older than an hour belongs to a dead writer
+    assert list(cache.dir.iterdir()) == [path]
+
+
+def test_prune_removes_fragments_of_deleted_checkpoints_only(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "kept.pt").write_bytes(b"x")
+    cache = StatsCache(tmp_path, tmp_path / "cache")
+    cache.ensure()
+    for relpath in ("run/kept.pt", "run/deleted.pt"):
+        cache.write(relpath, Header({**_KEY, "relpath": relpath}, {}), {})
+    assert cache.prune([]) == 1  # kept.pt still exists on disk, so it stays even if not listed
+    assert [p.name for p in cache.fragments()] == [cache.fragment_path("run/kept.pt").name]
+
+
+def test_unwritable_cache_dir_says_to_pass_cache_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(CacheError, match="pass --cache-dir DIR"):
+        StatsCache(tmp_path, blocker / "cache").ensure()  # a folder cannot be made under a file, even as root
+
+
+def test_fragment_names_are_distinct_and_readable(tmp_path):
+    cache = StatsCache(tmp_path)
+    a, b = cache.fragment_path("run/a b.pt"), cache.fragment_path("run/a_b.pt")
+    assert a != b and a.name.startswith("run_a_b.pt-") and a.parent == tmp_path / ".ckptboard"
