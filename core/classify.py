@@ -1,0 +1,386 @@
+"""Classification: every tensor of a checkpoint is a parameter (trainable, frozen or unknown) or a buffer.
+
+With a model, its ``named_parameters()`` (trainable = ``requires_grad``) and ``named_buffers()`` decide. Without
+one, in order: exact buffer rules by suffix and structure (BatchNorm statistics, spectral-norm ``_u``/``_v``,
+quantization observers, attention masks, position ids, rotary caches), then non-float dtypes are buffers, then the
+remaining floating-point entries are parameters whose ``trainable`` comes from the optimizer state when it lines
+up with them (held: trainable, not held: frozen). Every verdict names its :class:`Rule` in ``TensorInfo.source``.
+No substring guessing: names are compared whole, component by component.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ckptboard.core.model_report import ModelReport, build_report, index_model, match_group
+from ckptboard.core.records import OptimizerState, StrEnum, TensorGroup, TensorInfo, TensorKind, Trainable
+
+__all__ = ["Rule", "Classification", "classify", "classify_tensors", "buffer_rule", "is_floating_dtype"]
+
+
+class Rule(StrEnum):
+    """What decided a tensor's verdict (``TensorInfo.source``)."""
+
+    MODEL_PARAMETER = "model:named_parameters"
+    MODEL_BUFFER = "model:named_buffers"
+    OPTIMIZER_HELD = "optimizer:held"
+    OPTIMIZER_HELD_WITHOUT_STATE = "optimizer:held-without-state"  # no state while its param group has some
+    OPTIMIZER_NOT_HELD = "optimizer:not-held"
+    OPTIMIZER_AMBIGUOUS = "optimizer:ambiguous"  # equal shapes in a row: held or not cannot be told apart
+    BATCHNORM_RUNNING_STATS = "rule:batchnorm-running-stats"
+    NUM_BATCHES_TRACKED = "rule:num-batches-tracked"
+    SPECTRAL_NORM_UV = "rule:spectral-norm-uv"
+    QUANT_OBSERVER = "rule:quant-observer"
+    ATTENTION_MASK = "rule:attention-mask"
+    POSITION_IDS = "rule:position-ids"
+    ROTARY_CACHE = "rule:rotary-cache"
+    NORM_LAYER = "structure:norm-layer"
+    NON_FLOAT = "dtype:non-float"
+    FLOAT_PARAMETER = "default:float-parameter"
+
+
+@dataclass
+class Classification:
+    """What :func:`classify_tensors` found besides the verdicts written into the records."""
+
+    report: ModelReport | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def classify(ckpt: Any, model: nn.Module | None = None) -> ModelReport | None:
+    """Classify every tensor of ``ckpt`` in place; a trusted pickled module stands in for a missing ``model``.
+
+    Notes (an optimizer that does not line up, ambiguous entries) are appended to ``ckpt.notes``.
+    """
+    if model is None:
+        model = getattr(ckpt, "module", None)
+    result = classify_tensors(ckpt.groups, ckpt.optimizers, model)
+    ckpt.notes.extend(result.notes)
+    return result.report
+
+
+def classify_tensors(
+    groups: Sequence[TensorGroup], optimizers: Sequence[OptimizerState] = (), model: nn.Module | None = None
+) -> Classification:
+    """Set ``kind``/``trainable``/``source`` of every tensor of ``groups``; the pure core of :func:`classify`."""
+    result = Classification()
+    optimizer_verdicts: dict[int, str] = {}
+    for group in groups:
+        _classify_by_rules(group)
+    for gi, verdicts in _align_optimizers(groups, optimizers, result.notes).items():
+        for info, rule in zip(_candidates(groups[gi]), verdicts):
+            _set_optimizer_verdict(info, rule)
+            optimizer_verdicts[id(info)] = rule
+    for group in groups:
+        _copy_tied(group)
+    if model is not None:
+        result.report = _classify_by_model(groups, model, optimizer_verdicts)
+    return result
+
+
+# -- exact rules -------------------------------------------------------------------------------------------------
+
+_QUANT_MODULE_FLAGS = frozenset({"fake_quant_enabled", "observer_enabled", "scale", "zero_point"})
+_OBSERVER_LEAVES = frozenset({"min_val", "max_val", "eps", "histogram"})
+_ATTENTION_MASKS = frozenset({"mask", "attn_mask", "causal_mask", "masked_bias"})
+_ROTARY = frozenset({"inv_freq", "cos_cached", "sin_cached", "_cos_cached", "_sin_cached", "freqs_cis"})
+_FLOAT_PREFIXES = ("float", "bfloat", "complex")
+
+
+def is_floating_dtype(dtype: str) -> bool:
+    """``float32``, ``bfloat16``, ``float8_e4m3fn``, ``complex64``: true; integer, bool and quantized: false."""
+    return dtype.startswith(_FLOAT_PREFIXES) or dtype in {"half", "double"}
+
+
+def buffer_rule(info: TensorInfo, leaves: set[str]) -> Rule | None:
+    """The exact rule saying ``info`` is a buffer of a known module type, or ``None``.
+
+    ``leaves`` holds the last name components of every tensor of the same module (its siblings and itself).
+    """
+    parts = info.name.split(".")
+    leaf = parts[-1]
+    if leaf == "num_batches_tracked":
+        return Rule.NUM_BATCHES_TRACKED
+    if leaf in ("running_mean", "running_var") and {"running_mean", "running_var"} <= leaves:
+        return Rule.BATCHNORM_RUNNING_STATS
+    if _is_spectral_uv(parts, leaves):
+        return Rule.SPECTRAL_NORM_UV
+    if _is_quant(parts, leaves):
+        return Rule.QUANT_OBSERVER
+    if leaf in _ATTENTION_MASKS or (
+        # GPT-2 style attention keeps its causal mask as ``attn.bias``, a bool/uint8 (1, 1, n, n) tensor.
+        leaf == "bias" and info.dtype in ("bool", "uint8") and len(info.shape) == 4 and info.shape[-1] == info.shape[-2]
+    ):
+        return Rule.ATTENTION_MASK
+    if leaf in ("position_ids", "token_type_ids") and not is_floating_dtype(info.dtype):
+        return Rule.POSITION_IDS
+    if leaf in _ROTARY:
+        return Rule.ROTARY_CACHE
+    return None
+
+
+def _is_spectral_uv(parts: list[str], leaves: set[str]) -> bool:
+    leaf = parts[-1]
+    # torch.nn.utils.spectral_norm: ``weight_orig`` (parameter) beside ``weight_u``/``weight_v`` (buffers); the
+    # sibling test keeps weight_norm's ``weight_v`` (a parameter, beside ``weight_g``) out.
+    if leaf.endswith(("_u", "_v")) and f"{leaf[:-2]}_orig" in leaves:
+        return True
+    # torch.nn.utils.parametrizations.spectral_norm: ``<module>.parametrizations.<name>.<i>._u``.
+    return leaf in ("_u", "_v") and len(parts) >= 4 and parts[-4] == "parametrizations" and parts[-2].isdigit()
+
+
+def _is_quant(parts: list[str], leaves: set[str]) -> bool:
+    leaf, modules = parts[-1], parts[:-1]
+    # prepare/prepare_qat name their observers and fake-quant modules exactly so.
+    if any(m == "activation_post_process" or m.startswith("activation_post_process_") for m in modules):
+        return True
+    if any(m.endswith("_fake_quant") for m in modules):
+        return True
+    if leaf in _QUANT_MODULE_FLAGS and {"scale", "zero_point"} <= leaves:
+        return True
+    return leaf in _OBSERVER_LEAVES and {"min_val", "max_val"} <= leaves
+
+
+def _leaves_by_module(group: TensorGroup) -> dict[str, set[str]]:
+    leaves: dict[str, set[str]] = defaultdict(set)
+    for info in group.tensors:
+        leaves[info.module].add(info.name.rpartition(".")[2])
+    return leaves
+
+
+def _set(info: TensorInfo, kind: TensorKind, trainable: Trainable, rule: Rule) -> None:
+    info.kind, info.trainable, info.source = kind, trainable, rule
+
+
+def _classify_by_rules(group: TensorGroup) -> None:
+    leaves = _leaves_by_module(group)
+    for info in group.tensors:
+        module_leaves = leaves[info.module]
+        rule = buffer_rule(info, module_leaves)
+        if rule is not None:
+            _set(info, TensorKind.BUFFER, Trainable.FALSE, rule)
+        elif not is_floating_dtype(info.dtype):
+            _set(info, TensorKind.BUFFER, Trainable.FALSE, Rule.NON_FLOAT)
+        elif info.name.rpartition(".")[2] in ("weight", "bias") and {"running_mean", "running_var"} <= module_leaves:
+            _set(info, TensorKind.PARAMETER, Trainable.UNKNOWN, Rule.NORM_LAYER)
+        else:
+            _set(info, TensorKind.PARAMETER, Trainable.UNKNOWN, Rule.FLOAT_PARAMETER)
+
+
+def _copy_tied(group: TensorGroup) -> None:
+    """A tensor viewing another's storage (tied weights) gets the verdict of the first one."""
+    by_name = {info.name: info for info in group.tensors}
+    for info in group.tensors:
+        target = by_name.get(info.tied_to or "")
+        if target is not None and target is not info:
+            info.kind, info.trainable, info.source = target.kind, target.trainable, target.source
+
+
+# -- optimizer state ---------------------------------------------------------------------------------------------
+
+# Optimizer states with the parameter's own shape (torch.optim: Adam/AdamW/NAdam/RAdam/Adamax/SGD/RMSprop/Adagrad/
+# Adadelta/ASGD/Rprop). ``step`` and other scalars say nothing about the parameter's shape.
+_PARAM_SHAPED_STATES = (
+    "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "grad_avg", "acc_delta", "sum",
+    "exp_inf", "ax", "prev", "step_size",
+)
+
+
+@dataclass
+class _Slot:
+    """One parameter an optimizer holds, as far as its state tells."""
+
+    shape: tuple[int, ...] | None  # None: no parameter-shaped state, matches any entry
+    stateless_among_stateful: bool  # no state while others in its param group have some
+
+
+def _candidates(group: TensorGroup) -> list[TensorInfo]:
+    """The entries an optimizer may hold: floating-point, not a buffer by an exact rule, not a tied view."""
+    return [i for i in group.tensors if i.kind == TensorKind.PARAMETER and not i.tied_to]
+
+
+def _slots(optimizer: OptimizerState) -> list[list[_Slot]]:
+    """The optimizer's parameters, one list per param group in param_groups order."""
+    by_group: dict[int, list] = defaultdict(list)
+    for p in optimizer.params:
+        by_group[p.group_index].append(p)
+    units = []
+    for _, params in sorted(by_group.items()):
+        any_state = any(p.state_shapes for p in params)
+        units.append([
+            _Slot(
+                next((tuple(p.state_shapes[s]) for s in _PARAM_SHAPED_STATES if s in p.state_shapes), None),
+                any_state and not p.state_shapes,
+            )
+            for p in params
+        ])
+    return units
+
+
+def _matches(slot: _Slot, info: TensorInfo) -> bool:
+    return slot.shape is None or tuple(slot.shape) == tuple(info.shape)
+
+
+def _embedding_bounds(slots: Sequence[_Slot], cands: Sequence[TensorInfo]) -> tuple[list[int], list[int]] | None:
+    """Leftmost and rightmost in-order placements of ``slots`` among ``cands``; ``None`` when none exists.
+
+    Every placement lies position-wise between the two, so a slot whose bounds agree is placed there in all.
+    """
+    left, j = [], 0
+    for slot in slots:
+        while j < len(cands) and not _matches(slot, cands[j]):
+            j += 1
+        if j == len(cands):
+            return None
+        left.append(j)
+        j += 1
+    right, j = [], len(cands) - 1
+    for slot in reversed(slots):
+        while j >= 0 and not _matches(slot, cands[j]):
+            j -= 1
+        right.append(j)
+        j -= 1
+    return left, right[::-1]
+
+
+@dataclass
+class _Placement:
+    """Per candidate position: held for sure (and by which slot), or possibly held."""
+
+    certain: dict[int, _Slot] = field(default_factory=dict)
+    possible: set[int] = field(default_factory=set)
+
+    def add(self, slots: Sequence[_Slot], cands: Sequence[TensorInfo], bounds: tuple[list[int], list[int]]) -> None:
+        for slot, lo, hi in zip(slots, *bounds):
+            if lo == hi:
+                self.certain[lo] = slot
+            self.possible.update(j for j in range(lo, hi + 1) if _matches(slot, cands[j]))
+
+
+def _place(optimizer: OptimizerState, cands: Sequence[TensorInfo]) -> _Placement | None:
+    """Line the optimizer's parameters up with ``cands``: all groups in a row, else group by group."""
+    units = _slots(optimizer)
+    placement = _Placement()
+    bounds = _embedding_bounds([s for u in units for s in u], cands)
+    if bounds is not None:
+        placement.add([s for u in units for s in u], cands, bounds)
+        return placement
+    if len(units) < 2:
+        return None
+    # Param groups split across the model (e.g. weight decay on weights, none on biases and norms).
+    for unit in units:
+        bounds = _embedding_bounds(unit, cands)
+        if bounds is None:
+            return None
+        placement.add(unit, cands, bounds)
+    return placement
+
+
+def _align_optimizers(
+    groups: Sequence[TensorGroup], optimizers: Iterable[OptimizerState], notes: list[str]
+) -> dict[int, list[Rule]]:
+    """Per group index an optimizer lined up with: the rule of each candidate, in :func:`_candidates` order."""
+    placements: dict[int, list[_Placement]] = defaultdict(list)
+    for opt in optimizers:
+        if not opt.params:
+            continue
+        fits = []
+        for gi, group in enumerate(groups):
+            cands = _candidates(group)
+            placement = _place(opt, cands)
+            if placement is not None:
+                fits.append((len(cands) != len(opt.params), gi, placement))
+        label = f"optimizer {opt.key_path or '<root>'!r} ({len(opt.params)} parameters)"
+        if not fits:
+            notes.append(
+                f"{label} does not line up with the floating-point entries of any group (shapes or order differ); "
+                "trainable left unknown"
+            )
+            continue
+        fits.sort(key=lambda f: (f[0], f[1]))  # a group it covers exactly first, then file order
+        _, gi, placement = fits[0]
+        if len(fits) > 1:
+            others = ", ".join(repr(groups[f[1]].name) for f in fits[1:])
+            notes.append(f"{label} also lines up with group(s) {others}; used for group {groups[gi].name!r}")
+        placements[gi].append(placement)
+    out = {}
+    for gi, group_placements in placements.items():
+        group = groups[gi]
+        verdicts = [_verdict(j, group_placements) for j in range(len(_candidates(group)))]
+        ambiguous = verdicts.count(Rule.OPTIMIZER_AMBIGUOUS)
+        if ambiguous:
+            notes.append(
+                f"group {group.name!r}: {ambiguous} entries may or may not be held by the optimizer (equal shapes in "
+                "a row or no parameter-shaped state); their trainable is unknown"
+            )
+        out[gi] = verdicts
+    return out
+
+
+def _verdict(j: int, placements: Sequence[_Placement]) -> Rule:
+    slots = [p.certain[j] for p in placements if j in p.certain]
+    if slots:
+        if all(s.stateless_among_stateful for s in slots):
+            return Rule.OPTIMIZER_HELD_WITHOUT_STATE
+        return Rule.OPTIMIZER_HELD
+    if any(j in p.possible for p in placements):
+        return Rule.OPTIMIZER_AMBIGUOUS
+    return Rule.OPTIMIZER_NOT_HELD
+
+
+_TRAINABLE_BY_RULE = {
+    Rule.OPTIMIZER_HELD: Trainable.TRUE,
+    Rule.OPTIMIZER_HELD_WITHOUT_STATE: Trainable.FALSE,  # frozen after the optimizer was built, or never got a grad
+    Rule.OPTIMIZER_NOT_HELD: Trainable.FALSE,
+    Rule.OPTIMIZER_AMBIGUOUS: Trainable.UNKNOWN,
+}
+
+
+def _set_optimizer_verdict(info: TensorInfo, rule: str) -> None:
+    _set(info, TensorKind.PARAMETER, _TRAINABLE_BY_RULE[Rule(rule)], Rule(rule))
+
+
+# -- with the model ----------------------------------------------------------------------------------------------
+
+
+def _classify_by_model(
+    groups: Sequence[TensorGroup], model: nn.Module, optimizer_verdicts: dict[int, str]
+) -> ModelReport:
+    index = index_model(model)
+    matches = [match_group(g, index) for g in groups] or [match_group(TensorGroup(""), index)]
+    best = max(matches, key=lambda m: len(m.mapping))  # first on a tie: file order
+    others = []
+    disagreements = []
+    for match in matches:
+        # Another group (an EMA copy, say) is classified by the model only where names and shapes both agree.
+        same_shape_only = match is not best
+        used = False
+        for info in match.group.tensors:
+            key = match.mapping.get(info.name)
+            if key is None:
+                continue
+            if key in index.params:
+                shape, requires_grad = index.params[key]
+                if same_shape_only and shape != tuple(info.shape):
+                    continue
+                trainable = Trainable.TRUE if requires_grad else Trainable.FALSE
+                said = optimizer_verdicts.get(id(info))
+                if said in (Rule.OPTIMIZER_HELD, Rule.OPTIMIZER_NOT_HELD) and _TRAINABLE_BY_RULE[Rule(said)] != trainable:
+                    disagreements.append(f"{info.name}: requires_grad={requires_grad} but {said}")
+                _set(info, TensorKind.PARAMETER, trainable, Rule.MODEL_PARAMETER)
+                used = True
+            elif key in index.buffers:
+                if same_shape_only and index.buffers[key] != tuple(info.shape):
+                    continue
+                _set(info, TensorKind.BUFFER, Trainable.FALSE, Rule.MODEL_BUFFER)
+                used = True
+        if used and match is not best:
+            others.append(match.group.name)
+    report = build_report(best, index, others)
+    report.trainable_disagreements = sorted(disagreements)
+    return report
