@@ -1,0 +1,147 @@
+"""Writing the statistics tables to files, one writer per format, looked up in one registry.
+
+``csv`` writes ``stats.csv`` (the tensors table), ``updates.csv``, ``batchnorm.csv``, ``events.csv``,
+``checkpoints.csv`` and ``errors.csv``, columns exactly as in :mod:`ckptboard.core.schema`; ``parquet`` writes the
+same tables plus ``histograms.parquet``. ``html`` and ``png`` go through :func:`ckptboard.dashboard.report.
+write_report` when that module is importable, and are refused with a :class:`UsageError` otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ckptboard.core.errors import UsageError
+from ckptboard.core.records import StrEnum
+from ckptboard.core import schema
+from ckptboard.core.schema import StatsTables
+
+__all__ = ["ExportFormat", "TABLE_FILES", "parse_formats", "export_tables", "available_formats"]
+
+
+class ExportFormat(StrEnum):
+    CSV = "csv"
+    PARQUET = "parquet"
+    HTML = "html"
+    PNG = "png"
+
+
+# table -> file stem; histograms are lists per row, so only the parquet writer carries them.
+TABLE_FILES: dict[str, str] = {
+    "tensors": "stats",
+    "updates": "updates",
+    "batchnorm": "batchnorm",
+    "events": "events",
+    "checkpoints": "checkpoints",
+    "errors": "errors",
+    "histograms": "histograms",
+}
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "tensors": schema.TENSOR_COLUMNS,
+    "updates": schema.UPDATE_COLUMNS,
+    "batchnorm": schema.BATCHNORM_COLUMNS,
+    "events": schema.EVENT_COLUMNS,
+    "checkpoints": schema.CHECKPOINT_COLUMNS,
+    "errors": schema.ERROR_COLUMNS,
+    "histograms": schema.HISTOGRAM_COLUMNS,
+}
+
+Progress = Callable[[int, int, str], None]  # (done, total, what was just written)
+Writer = Callable[[StatsTables, Path, Sequence[ExportFormat], "Progress | None"], list[Path]]
+_WRITERS: dict[ExportFormat, Writer] = {}
+
+
+def _writer(*formats: ExportFormat) -> Callable[[Writer], Writer]:
+    """Register a writer for ``formats``; a format has exactly one writer."""
+
+    def register(fn: Writer) -> Writer:
+        for fmt in formats:
+            if fmt in _WRITERS:
+                raise ValueError(f"export format {fmt} already has a writer: {_WRITERS[fmt].__name__}")
+            _WRITERS[fmt] = fn
+        return fn
+
+    return register
+
+
+def available_formats() -> tuple[ExportFormat, ...]:
+    """Formats that can be written here (``html``/``png`` only with the report module)."""
+    return tuple(f for f in ExportFormat if f not in (ExportFormat.HTML, ExportFormat.PNG) or _report_module())
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[ExportFormat, ...]:
+    """``"csv,parquet"`` -> formats in the order given, duplicates dropped; :class:`UsageError` on anything else."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [item.strip().lower() for item in items if item.strip()]
+    if not names:
+        raise UsageError("--format: give at least one of csv, parquet, html, png (comma-separated)")
+    formats: list[ExportFormat] = []
+    for name in names:
+        try:
+            fmt = ExportFormat(name)
+        except ValueError:
+            raise UsageError(f"--format {name}: unknown; choose from {', '.join(f.value for f in ExportFormat)}")
+        if fmt not in available_formats():
+            raise UsageError(f"--format {name}: needs the report module (ckptboard.dashboard.report), which is "
+                             "not available in this installation; use csv or parquet")
+        if fmt not in formats:
+            formats.append(fmt)
+    return tuple(formats)
+
+
+def export_tables(tables: StatsTables, out_dir: str | Path, formats: Sequence[str],
+                  progress: Progress | None = None) -> list[Path]:
+    """Write ``tables`` under ``out_dir`` in every format; returns the files written."""
+    formats = parse_formats(list(formats))
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create the folder ({e.strerror or e})") from e
+    written: list[Path] = []
+    by_writer: dict[Writer, list[ExportFormat]] = {}
+    for fmt in formats:
+        by_writer.setdefault(_WRITERS[fmt], []).append(fmt)
+    for writer, group in by_writer.items():
+        written += writer(tables, out, group, progress)
+    return written
+
+
+@_writer(ExportFormat.CSV)
+def _write_csv(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
+    return _write_each(tables, out, "csv", lambda frame, path: frame.to_csv(path, index=False), progress)
+
+
+@_writer(ExportFormat.PARQUET)
+def _write_parquet(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
+    return _write_each(tables, out, "parquet", lambda frame, path: frame.to_parquet(path, index=False), progress)
+
+
+@_writer(ExportFormat.HTML, ExportFormat.PNG)
+def _write_report(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
+    result = _report_module().write_report(tables, out, [str(f) for f in formats], progress=progress)
+    return list(result.files)
+
+
+def _write_each(tables: StatsTables, out: Path, suffix: str, write: Callable[[pd.DataFrame, Path], None],
+                progress: Progress | None) -> list[Path]:
+    names = [n for n in TABLE_FILES if suffix == "parquet" or n != "histograms"]
+    written = []
+    for i, name in enumerate(names, 1):
+        path = out / f"{TABLE_FILES[name]}.{suffix}"
+        frame = getattr(tables, name).reindex(columns=list(_COLUMNS[name]))
+        write(frame, path)
+        written.append(path)
+        if progress is not None:
+            progress(i, len(names), path.name)
+    return written
+
+
+def _report_module():
+    try:
+        return importlib.import_module("ckptboard.dashboard.report")
+    except ImportError:
+        return None
