@@ -1,0 +1,155 @@
+"""A FLOP ESTIMATE from weight shapes alone, for a checkpoint without its model. Never mixed with counted FLOPs.
+
+A multiply-add is 2 FLOPs. Which layer a weight belongs to is decided by named rules, in this order:
+
+- ``embedding-name``: a 2-D ``weight`` whose module's last name part is exactly one of ``EMBEDDING_MODULE_NAMES``
+  (``wte``, ``embed_tokens``, …) is an embedding lookup: 0 FLOPs. With the model given, ``embedding-type`` decides
+  instead: the module is an ``nn.Embedding``/``nn.EmbeddingBag``.
+- ``linear-2d``: any other 2-D weight ``(out, in)`` is a matrix multiply: ``2·in·out`` FLOPs per token (per row of
+  the input: a sample for an MLP, a position for a sequence).
+- ``conv-nd``: a 3/4/5-D weight ``(C_out, C_in/groups, *kernel)`` is a Conv1d/2d/3d: ``2·(C_in/groups)·prod(kernel)
+  ·C_out`` FLOPs per output position. The input size is not in a checkpoint, so no total over positions is given.
+- ``rnn-2d``: ``weight_ih_l<k>``/``weight_hh_l<k>`` of RNN/LSTM/GRU, and ``in_proj_weight`` of MultiheadAttention,
+  follow ``linear-2d`` (per token, per time step).
+
+Weights named otherwise (``*.bias``, 1-D norm scales, 0-D scalars) are skipped. Tied weights are NOT skipped: a tied
+output head still multiplies. Biases, normalisation, activations and attention scores (they depend on the sequence
+length) are not estimated.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ckptboard.core.records import StrEnum, TensorKind
+
+__all__ = [
+    "EMBEDDING_MODULE_NAMES",
+    "LayerKind",
+    "LayerEstimate",
+    "FlopEstimate",
+    "estimate_flops",
+]
+
+# Exact module names (last dotted part) that hold embedding tables in common model code.
+EMBEDDING_MODULE_NAMES: frozenset[str] = frozenset({
+    "embed", "embedding", "embeddings", "embed_tokens", "embed_positions", "word_embeddings",
+    "position_embeddings", "token_type_embeddings", "tok_embeddings", "tok_emb", "pos_emb", "wte", "wpe",
+    "token_embedding", "position_embedding", "shared",
+})
+
+_RNN_WEIGHT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?")
+_LINEAR_LIKE_NAMES = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
+
+_LABEL = "ESTIMATE from weight shapes alone (no model, no input): not a counted figure"
+_CAVEATS = (
+    "conv FLOPs depend on the input size, which a checkpoint does not record: they are per output position",
+    "linear FLOPs are per token (a sample for an MLP, a position for a sequence model)",
+    "biases, normalisation, activations and attention scores are not estimated",
+    "a weight's layer is decided from its name and shape (rules in ckptboard.core.flop_estimate), not its module type",
+)
+
+
+class LayerKind(StrEnum):
+    LINEAR = "linear"
+    CONV1D = "conv1d"
+    CONV2D = "conv2d"
+    CONV3D = "conv3d"
+    EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class LayerEstimate:
+    """One weight's estimate: ``flops`` per ``per`` (a token, or an output position)."""
+
+    weight: str
+    module: str
+    kind: str  # LayerKind value
+    rule: str  # the rule that decided ``kind``
+    shape: tuple[int, ...]
+    flops: int
+    per: str  # "token" | "output position" | "lookup"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weight": self.weight, "module": self.module, "kind": self.kind, "rule": self.rule,
+            "shape": list(self.shape), "flops": self.flops, "per": self.per,
+        }
+
+
+@dataclass
+class FlopEstimate:
+    """The shape-based estimate of a checkpoint: per-weight figures and the per-token total of the linear layers."""
+
+    layers: list[LayerEstimate] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # parameters with no rule (biases, norms)
+    label: str = _LABEL
+    caveats: list[str] = field(default_factory=lambda: list(_CAVEATS))
+
+    @property
+    def linear_flops_per_token(self) -> int:
+        return sum(layer.flops for layer in self.layers if layer.kind == LayerKind.LINEAR)
+
+    @property
+    def conv_flops_per_output_position(self) -> dict[str, int]:
+        """Per conv weight, since positions differ between layers and cannot be summed without the input."""
+        return {layer.weight: layer.flops for layer in self.layers if layer.kind.startswith("conv")}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``estimate`` object of the CLI's JSON."""
+        return {
+            "label": self.label,
+            "unit": "FLOP",
+            "linear_flops_per_token": self.linear_flops_per_token,
+            "layers": [layer.to_json() for layer in self.layers],
+            "skipped": list(self.skipped),
+            "caveats": list(self.caveats),
+        }
+
+
+def estimate_flops(records: Iterable[Any], model: nn.Module | None = None) -> FlopEstimate:
+    """Estimate FLOPs from TensorInfo-like records (``name``, ``shape``, ``kind``); ``model`` only names embeddings."""
+    embedding_modules = _embedding_modules(model) if model is not None else None
+    out = FlopEstimate()
+    for r in records:
+        if str(getattr(r, "kind", TensorKind.PARAMETER)) != TensorKind.PARAMETER:
+            continue
+        layer = _layer(str(r.name), tuple(int(d) for d in r.shape), embedding_modules)
+        if layer is None:
+            out.skipped.append(str(r.name))
+        else:
+            out.layers.append(layer)
+    return out
+
+
+def _layer(name: str, shape: tuple[int, ...], embedding_modules: set[str] | None) -> LayerEstimate | None:
+    module, _, leaf = name.rpartition(".")
+    ndim = len(shape)
+    if leaf == "weight" and ndim == 2 and _is_embedding(module, embedding_modules):
+        rule = "embedding-name" if embedding_modules is None else "embedding-type"
+        return LayerEstimate(name, module, LayerKind.EMBEDDING.value, rule, shape, 0, "lookup")
+    if leaf == "weight" and ndim == 2:
+        return LayerEstimate(name, module, LayerKind.LINEAR.value, "linear-2d", shape, 2 * math.prod(shape), "token")
+    if (_RNN_WEIGHT.fullmatch(leaf) or leaf in _LINEAR_LIKE_NAMES) and ndim == 2:
+        return LayerEstimate(name, module, LayerKind.LINEAR.value, "rnn-2d", shape, 2 * math.prod(shape), "token")
+    if leaf == "weight" and 3 <= ndim <= 5:
+        # (C_out, C_in/groups, *kernel): 2·(C_in/groups)·prod(kernel)·C_out is twice the weight's element count.
+        kind = LayerKind(f"conv{ndim - 2}d").value
+        return LayerEstimate(name, module, kind, "conv-nd", shape, 2 * math.prod(shape), "output position")
+    return None
+
+
+def _is_embedding(module: str, embedding_modules: set[str] | None) -> bool:
+    if embedding_modules is not None:
+        return module in embedding_modules
+    return module.rpartition(".")[2] in EMBEDDING_MODULE_NAMES
+
+
+def _embedding_modules(model: nn.Module) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}

@@ -1,0 +1,128 @@
+"""Size & FLOPs figures: a module treemap (or sunburst) of bytes, parameters or elements, bytes by dtype, a FLOP
+treemap, and the module table joining sizes and FLOPs (``module_table``, from ckptboard.core.flops)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import plotly.graph_objects as go
+
+from ckptboard.core.errors import UsageError
+from ckptboard.core.flops import FlopReport, module_table
+from ckptboard.core.records import StrEnum
+from ckptboard.core.size import SizeNode
+from ckptboard.dashboard.figures._common import empty_figure, format_bytes
+
+__all__ = ["SizeMetric", "ChartKind", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
+
+_ROOT_ID = "(model)"
+
+
+class SizeMetric(StrEnum):
+    BYTES = "bytes"
+    PARAMETERS = "parameters"  # parameter elements
+    ELEMENTS = "elements"  # parameter + buffer elements
+
+
+class ChartKind(StrEnum):
+    TREEMAP = "treemap"
+    SUNBURST = "sunburst"
+
+
+# Names the tensors table uses for the same measures.
+_METRIC_ALIASES = {"nbytes": SizeMetric.BYTES, "numel": SizeMetric.ELEMENTS}
+
+_METRIC_VALUE: dict[SizeMetric, Callable[[SizeNode], int]] = {
+    SizeMetric.BYTES: lambda n: n.bytes,
+    SizeMetric.PARAMETERS: lambda n: n.parameters,
+    SizeMetric.ELEMENTS: lambda n: n.parameters + n.buffers,
+}
+
+
+def size_treemap(
+    tree: SizeNode, metric: str = "bytes", *, chart: str = "treemap", max_depth: int | None = None
+) -> go.Figure:
+    """Modules as nested boxes (or rings) sized by ``metric``: "bytes", "parameters" or "elements"."""
+    kind, chart_kind = _metric(metric), _chart(chart)
+    nodes = list(tree.walk(max_depth))
+    values = [_METRIC_VALUE[kind](n) for n in nodes]
+    if not values[0]:
+        return empty_figure(f"no {kind} in this checkpoint")
+    hover = [
+        f"{n.module or _ROOT_ID}<br>{n.parameters:,} parameters ({n.trainable:,} trainable, {n.frozen:,} frozen)"
+        f"<br>{n.buffers:,} buffer elements<br>{n.bytes:,} bytes ({format_bytes(n.bytes)})"
+        + (f"<br>{n.tied} tied tensor(s), counted once elsewhere" if n.tied else "")
+        for n in nodes
+    ]
+    trace = _hierarchy(chart_kind, [n.module for n in nodes], values, hover, branchvalues="total")
+    fig = go.Figure(trace)
+    fig.update_layout(title=f"{kind} by module (total {_metric_text(kind, values[0])})", margin={"t": 40, "l": 0, "r": 0, "b": 0})
+    return fig
+
+
+def dtype_bars(tree: SizeNode) -> go.Figure:
+    """Bytes by dtype, one bar group per dtype: parameters beside buffers."""
+    dtypes = sorted(set(tree.parameter_bytes_by_dtype) | set(tree.buffer_bytes_by_dtype))
+    if not dtypes:
+        return empty_figure("no tensors in this checkpoint")
+    fig = go.Figure()
+    for name, by_dtype in (("parameters", tree.parameter_bytes_by_dtype), ("buffers", tree.buffer_bytes_by_dtype)):
+        ys = [by_dtype.get(d, 0) for d in dtypes]
+        fig.add_trace(go.Bar(name=name, x=dtypes, y=ys, text=[format_bytes(y) for y in ys], hovertemplate="%{x}: %{y:,} bytes"))
+    fig.update_layout(barmode="group", title="bytes by dtype", xaxis_title="dtype", yaxis_title="bytes")
+    return fig
+
+
+def flops_treemap(report: FlopReport, *, chart: str = "treemap", max_depth: int | None = None) -> go.Figure:
+    """Modules sized by the FLOPs counted in them (multiply-add = 2 FLOP); the title lists ops counted as 0."""
+    chart_kind = _chart(chart)
+    unsupported = f"; {len(report.unsupported_ops)} op(s) with no formula counted as 0" if report.unsupported_ops else ""
+    if report.total_flops <= 0:
+        return empty_figure(f"no FLOPs counted for {report.model}{unsupported}")
+    modules = [m for m in report.modules if max_depth is None or m.depth <= max_depth]
+    flops = {m.module: m.flops for m in modules}
+    children_sum: dict[str, int] = {}
+    for m in modules:
+        if m.module:
+            parent = m.module.rpartition(".")[0]
+            children_sum[parent] = children_sum.get(parent, 0) + m.flops
+    # Each box holds the FLOPs run in the module itself; its children's boxes add up to the rest.
+    own = [max(0, flops[m.module] - children_sum.get(m.module, 0)) for m in modules]
+    hover = [f"{m.module or _ROOT_ID}<br>{m.flops:,} FLOP<br>{m.macs:,} MAC" for m in modules]
+    trace = _hierarchy(chart_kind, [m.module for m in modules], own, hover, branchvalues="remainder")
+    fig = go.Figure(trace)
+    fig.update_layout(
+        title=f"FLOPs of {report.model} by module: {report.total_flops:,} FLOP on {report.device}{unsupported}",
+        margin={"t": 40, "l": 0, "r": 0, "b": 0},
+    )
+    return fig
+
+
+def _hierarchy(chart: ChartKind, paths: list[str], values: list[int], hover: list[str], *, branchvalues: str):
+    ids = [p or _ROOT_ID for p in paths]
+    parents = ["" if not p else (p.rpartition(".")[0] or _ROOT_ID) for p in paths]
+    labels = [p.rpartition(".")[2] if p else _ROOT_ID for p in paths]
+    cls = go.Treemap if chart == ChartKind.TREEMAP else go.Sunburst
+    return cls(
+        ids=ids, labels=labels, parents=parents, values=values, branchvalues=branchvalues,
+        hovertext=hover, hoverinfo="text",
+    )
+
+
+def _metric(metric: str) -> SizeMetric:
+    try:
+        return _METRIC_ALIASES.get(str(metric)) or SizeMetric(str(metric))
+    except ValueError:
+        choices = ", ".join(m.value for m in SizeMetric)
+        raise UsageError(f"size metric {metric!r} is not one of {choices}") from None
+
+
+def _chart(chart: str) -> ChartKind:
+    try:
+        return ChartKind(str(chart))
+    except ValueError:
+        raise UsageError(f"chart {chart!r} is not one of treemap, sunburst") from None
+
+
+def _metric_text(kind: SizeMetric, value: int) -> str:
+    return f"{value:,} bytes ({format_bytes(value)})" if kind == SizeMetric.BYTES else f"{value:,}"
