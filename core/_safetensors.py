@@ -1,0 +1,97 @@
+"""``.safetensors`` files: the JSON header lists every tensor; ``safe_open`` reads one tensor at a time."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ckptboard.core._sniff import _MAX_SAFETENSORS_HEADER
+from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
+from ckptboard.core.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride
+
+__all__ = ["SafetensorsReader", "SAFETENSORS_DTYPES"]
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
+    "C64": torch.complex64,
+}  # fmt: skip
+
+
+class SafetensorsReader:
+    """One ``.safetensors`` file; the header is parsed here so that damage is reported before any read."""
+
+    is_torchscript = False
+
+    def __init__(self, path: Path, label: str = ""):
+        self.path, self.label = path, label
+        self.notes: list[str] = []
+        self.skipped_globals: list[str] = []
+        self.metadata: dict[str, str] = {}
+        self._handles: dict[str, Any] = {}
+
+    def read_root(self) -> OrderedDict[str, LazyTensor]:
+        """Every tensor in file (data offset) order."""
+        header, data_size = self._header()
+        entries = []
+        for name, entry in header.items():
+            if name == "__metadata__":
+                self.metadata = entry if isinstance(entry, dict) else {}
+                continue
+            entries.append((*self._entry(name, entry, data_size), name))
+        entries.sort(key=lambda item: item[0])
+        return OrderedDict((name, lazy) for _, lazy, name in entries)
+
+    def materialise(self, lazy: LazyTensor, device: torch.device) -> torch.Tensor:
+        """One tensor through ``safe_open`` (kept open per device)."""
+        try:
+            if str(device) not in self._handles:
+                self._handles[str(device)] = safe_open(str(self.path), framework="pt", device=str(device))
+            return self._handles[str(device)].get_tensor(lazy.storage.key)
+        except Exception as e:  # safetensors raises its own error types
+            raise CorruptCheckpointError(self.path, f"cannot read tensor {lazy.storage.key} ({e})") from e
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def _header(self) -> tuple[dict[str, Any], int]:
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            size = f.seek(0, 2)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= n <= min(size - 8, _MAX_SAFETENSORS_HEADER):
+                raise CorruptCheckpointError(self.path, f"safetensors header length {n} does not fit the file")
+            f.seek(8)
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CorruptCheckpointError(self.path, f"safetensors header is not valid JSON ({e})") from e
+        if not isinstance(header, dict):
+            raise CorruptCheckpointError(self.path, "safetensors header is not a JSON object")
+        return header, size - 8 - n
+
+    def _entry(self, name: str, entry: Any, data_size: int) -> tuple[int, LazyTensor]:
+        """``(byte offset, record)`` of one header entry, checked against the file's size."""
+        try:
+            code, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
+                raise ValueError("negative or non-integer size")
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptCheckpointError(self.path, f"safetensors header entry for {name} is malformed ({e})") from e
+        if code not in SAFETENSORS_DTYPES:
+            raise CheckpointError(self.path, f"tensor {name} has dtype {code}, which ckptboard cannot read")
+        dtype = SAFETENSORS_DTYPES[code]
+        numel = prod(shape)
+        if end - begin != numel * dtype.itemsize or end > data_size:
+            problem = "is truncated" if end > data_size else "has a byte range that does not match its shape"
+            raise CorruptCheckpointError(self.path, f"tensor {name} {problem} (bytes {begin}..{end})")
+        storage = LazyStorage(name, dtype, numel, "cpu", reader=self)
+        return begin, LazyTensor(storage, 0, shape, contiguous_stride(shape), dtype)
