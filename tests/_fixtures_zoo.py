@@ -70,16 +70,21 @@ class _Tied(nn.Module):
         self.lm_head.weight = self.embed.weight
 
 
+class _ConvBNReLU(nn.Module):
+    """The classic QAT example: quant stub, conv, batch norm, relu, dequant stub."""
+
+    def __init__(self):
+        super().__init__()
+        import torch.ao.quantization as tq
+
+        self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+        self.conv, self.bn, self.relu = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()
+
+
 def _qat() -> nn.Module:
     import torch.ao.quantization as tq
 
-    class ConvBNReLU(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
-            self.conv, self.bn, self.relu = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()
-
-    model = ConvBNReLU().train()
+    model = _ConvBNReLU().train()
     model.qconfig = tq.get_default_qat_qconfig("x86")
     model = tq.fuse_modules_qat(model, [["conv", "bn", "relu"]])
     with warnings.catch_warnings():

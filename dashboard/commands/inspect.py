@@ -118,7 +118,7 @@ def _footer(data: dict[str, Any]) -> list[str]:
         for opt in data["optimizers"]:
             states = ", ".join(opt["states"]) or "no state"
             lines.append(
-                f"optimizer {opt['key_path'] or '<root>'}: {opt['params']} parameters in {opt['param_groups']} "
+                f"optimizer {opt['key_path']!r}: {opt['params']} parameters in {opt['param_groups']} "
                 f"param groups, state {states} ({human_bytes(opt['state_bytes'])})"
             )
     else:
