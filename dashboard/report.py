@@ -1,15 +1,71 @@
-"""The batch report: every view's figures for every run written to ``index.html`` (and PNGs with kaleido)."""
+"""The batch report: every view's figures for every run in one self-contained ``index.html`` (and PNGs via kaleido).
+
+``index.html`` embeds Plotly's JavaScript once, in ``<head>``; each figure is a ``<div class="plotly-graph-div">``
+drawn by an inline script, so the report works offline and loads nothing from the network. Tables are plain HTML.
+
+What goes in, per run (sections in this order, after the global Overview and Health sections):
+
+- Tensors: the last checkpoint's table, the ``TABLE_ROWS`` largest tensors by bytes when there are more.
+- Scalars: ``REPORT_STATISTICS`` over step, one line per top-level module (the ``SCALAR_MODULES`` largest by
+  parameter count; all parameters when the model has no top-level modules).
+- Histograms: offset histograms and distributions of at most ``HISTOGRAM_TENSORS`` parameters: first those the
+  health checks flag (non-finite, exploding norm), then the largest update ratio at the last step, then the
+  largest parameters by element count.
+- BatchNorm: per-layer running mean and variance, the heatmap of the widest layer, ``num_batches_tracked``.
+- Size (when ``dashboard/figures/size.py`` is there): treemap of bytes by module and bytes by dtype of the last
+  checkpoint (or the ``size_trees[run]`` given), the FLOP treemap when ``flop_reports[run]`` is given.
+- Compare: first vs last checkpoint: added/removed/reshaped tensors and the largest relative changes.
+
+``png`` writes each figure to ``png/NNN-<slug>.png`` with kaleido (Chromium found on PATH, or ``BROWSER_PATH``);
+tables are HTML only. When kaleido cannot render, the PNGs are left out and ``ReportResult.skipped`` says why.
+"""
 
 from __future__ import annotations
 
+import html
+import os
+import re
+import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptboard.core.schema import StatsTables
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
-__all__ = ["ReportResult", "write_report"]
+from ckptboard.core.errors import CkptboardError, UsageError
+from ckptboard.core.schema import StatsTables
+from ckptboard.dashboard.figures._common import format_bytes, tensor_label
+from ckptboard.dashboard.figures.batchnorm import (
+    batchnorm_heatmap,
+    batchnorm_layers_figure,
+    bn_modules,
+    num_batches_tracked_figure,
+)
+from ckptboard.dashboard.figures.compare import compare_checkpoints, compare_figure
+from ckptboard.dashboard.figures.health import health_table
+from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
+from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
+from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
+from ckptboard.dashboard.figures.tensors import tensor_table
+
+__all__ = [
+    "REPORT_FORMATS", "REPORT_STATISTICS", "TABLE_ROWS", "SCALAR_MODULES", "HISTOGRAM_TENSORS",
+    "ReportResult", "write_report",
+]
+
+REPORT_FORMATS = ("html", "png")
+REPORT_STATISTICS = ("norm", "std", "update_ratio", "rel_dist_from_first")
+TABLE_ROWS = 100
+SCALAR_MODULES = 10
+HISTOGRAM_TENSORS = 4
+_CONFIG = {"displaylogo": False, "responsive": True}
+
+Progress = Callable[[int, int, str], None]  # (done, total, title of what was just drawn)
 
 
 @dataclass
@@ -22,14 +78,300 @@ class ReportResult:
     skipped: list[str] = field(default_factory=list)  # one line per format/figure left out, with the reason
 
 
+@dataclass
+class _Item:
+    """One entry of the report: a figure to build, or a ready table / note."""
+
+    title: str
+    build: Callable[[], go.Figure] | None = None
+    table: pd.DataFrame | None = None
+    note: str = ""
+
+
+@dataclass
+class _Section:
+    anchor: str
+    title: str
+    items: list[_Item] = field(default_factory=list)
+
+
 def write_report(
     tables: StatsTables,
     out_dir: str | Path,
     formats: Sequence[str] = ("html",),
     *,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Progress | None = None,
     size_trees: Mapping[str, Any] | None = None,
     flop_reports: Mapping[str, Any] | None = None,
 ) -> ReportResult:
     """Write the report in ``formats`` ("html", "png") under ``out_dir``; ``progress(done, total, title)`` per figure."""
-    raise NotImplementedError
+    wanted = [str(f).strip().lower() for f in formats]
+    unknown = [f for f in wanted if f not in REPORT_FORMATS]
+    if unknown or not wanted:
+        raise UsageError(f"report format(s) {', '.join(unknown) or '(none)'} unknown; choose from html, png")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot create the report folder ({e.strerror or e})") from e
+    result = ReportResult(out)
+    sections = _plan(tables, size_trees or {}, flop_reports or {})
+    planned = [item for s in sections for item in s.items if item.build is not None]
+    total = len(planned) * len(wanted)
+    figures: list[tuple[str, go.Figure]] = []
+    for i, item in enumerate(planned, 1):
+        try:
+            fig = item.build()
+        except (CkptboardError, ValueError) as e:  # bad data for one figure must not lose the others
+            result.skipped.append(f"figure {item.title!r}: {type(e).__name__}: {e}")
+            item.build, item.note = None, f"Not drawn: {e}"
+        else:
+            item.build = lambda fig=fig: fig
+            figures.append((item.title, fig))
+        if progress is not None:
+            progress(i, total, item.title)
+    result.n_figures = len(figures)
+    if "html" in wanted:
+        result.files.append(_write_html(sections, out / "index.html"))
+    if "png" in wanted:
+        done = len(planned) * (len(wanted) - 1)
+        result.files += _write_pngs(figures, out / "png", result, progress, done, total)
+    return result
+
+
+# --- what goes in --------------------------------------------------------------------------------------------
+
+
+def _plan(tables: StatsTables, size_trees: Mapping[str, Any], flop_reports: Mapping[str, Any]) -> list[_Section]:
+    """Every section and item, figures not built yet (so that progress knows the total)."""
+    health = health_table(tables)
+    overview = _Section("overview", "Overview", [_Item("Runs", build=lambda: runs_overview_figure(tables))])
+    cards = pd.DataFrame(error_cards(tables), columns=["run", "checkpoint", "error", "message"])
+    overview.items.append(_Item("Files that could not be read", table=cards,
+                                note="" if len(cards) else "Every checkpoint file was read."))
+    overview.items.append(_Item("Checkpoints", table=_capped(checkpoints_table(tables).drop(columns="size_bytes"))))
+    sections = [overview, _Section("health", "Health", [_Item("Findings", table=_capped(health),
+                                                              note="" if len(health) else "No findings.")])]
+    runs = sorted(set(tables.checkpoints["run"].dropna().astype(str)))
+    for n, run in enumerate(runs):
+        sections += _run_sections(tables, run, f"run{n}", health, size_trees.get(run), flop_reports.get(run))
+    return sections
+
+
+def _run_sections(tables: StatsTables, run: str, anchor: str, health: pd.DataFrame, size_tree, flop_report):
+    ck = tables.checkpoints[tables.checkpoints["run"] == run].sort_values(["step", "checkpoint"], kind="stable")
+    first, last = str(ck["checkpoint"].iloc[0]), str(ck["checkpoint"].iloc[-1])
+    t = tables.tensors[tables.tensors["run"] == run]
+    where = f" ({run})"
+    out = []
+
+    rows = tensor_table(tables, last)
+    note = f"{last}: {len(rows)} tensors" + (f", the {TABLE_ROWS} largest by bytes shown" if len(rows) > TABLE_ROWS else "")
+    rows = rows.sort_values("nbytes", ascending=False, kind="stable").head(TABLE_ROWS) if len(rows) > TABLE_ROWS else rows
+    out.append(_Section(f"{anchor}-tensors", f"Tensors{where}", [_Item(f"Tensors of {last}", table=rows, note=note)]))
+
+    modules = _top_modules(t[t["checkpoint"] == last])
+    scalars = [
+        _Item(f"{STATISTICS[stat]}{where}", build=lambda stat=stat: scalar_figure(
+            tables, stat, modules=modules, runs=[run], smoothing=0.6 if stat == "update_ratio" else 0.0))
+        for stat in REPORT_STATISTICS
+    ]
+    out.append(_Section(f"{anchor}-scalars", f"Scalars{where}", scalars))
+
+    hist = []
+    for group, name in _histogram_tensors(tables, run, last, health):
+        hist.append(_Item(f"{tensor_label(group, name)} histograms{where}",
+                          build=lambda g=group, n=name: histogram_figure(tables, run, g, n, mode="offset")))
+        hist.append(_Item(f"{tensor_label(group, name)} distribution{where}",
+                          build=lambda g=group, n=name: distribution_figure(tables, run, g, n)))
+    out.append(_Section(f"{anchor}-histograms", f"Histograms{where}", hist))
+
+    layers = bn_modules(tables, run)
+    if len(layers):
+        widest = tensor_label(layers["group"].iloc[0], layers["module"].iloc[0])
+        out.append(_Section(f"{anchor}-batchnorm", f"BatchNorm{where}", [
+            _Item(f"running_mean per layer{where}", build=lambda: batchnorm_layers_figure(tables, run, "running_mean")),
+            _Item(f"running_var per layer{where}", build=lambda: batchnorm_layers_figure(tables, run, "running_var")),
+            _Item(f"{widest} running_var heatmap{where}",
+                  build=lambda: batchnorm_heatmap(tables, run, widest, "running_var")),
+            _Item(f"num_batches_tracked{where}", build=lambda: num_batches_tracked_figure(tables, run)),
+        ]))
+
+    size = _size_items(t[t["checkpoint"] == last], size_tree, flop_report, where)
+    if size:
+        out.append(_Section(f"{anchor}-size", f"Size & FLOPs{where}", size))
+
+    result = compare_checkpoints(tables, first, last)
+    events = pd.DataFrame(
+        [{"tensor": n, "change": "added", "detail": ""} for n in result.added]
+        + [{"tensor": n, "change": "removed", "detail": ""} for n in result.removed]
+        + [{"tensor": n, "change": "reshaped", "detail": f"{a} → {b}"} for n, a, b in result.reshaped],
+        columns=["tensor", "change", "detail"],
+    )
+    out.append(_Section(f"{anchor}-compare", f"Compare first vs last{where}", [
+        _Item(f"Largest relative changes {first} → {last}", build=lambda: compare_figure(result)),
+        _Item("Tensors added, removed or reshaped", table=events,
+              note="" if len(events) else "Same tensors with the same shapes."),
+        _Item("Changes", table=_capped(result.changes, 20)),
+    ]))
+    return out
+
+
+def _top_modules(rows: pd.DataFrame) -> list[str] | None:
+    """The ``SCALAR_MODULES`` largest top-level modules by parameter elements; ``None`` (all parameters) if none."""
+    params = rows[rows["kind"] == "parameter"]
+    top = params["module"].fillna("").astype(str).str.split(".", n=1).str[0]
+    sizes = params.groupby(top.to_numpy())["numel"].sum().drop("", errors="ignore")
+    if sizes.empty:
+        return None
+    return sizes.sort_values(ascending=False, kind="stable").head(SCALAR_MODULES).index.tolist()
+
+
+def _histogram_tensors(tables: StatsTables, run: str, last: str, health: pd.DataFrame) -> list[tuple[str, str]]:
+    """At most HISTOGRAM_TENSORS parameters: flagged by health, then the largest last update ratio, then largest."""
+    chosen: list[tuple[str, str]] = []
+
+    def add(keys) -> None:
+        for key in keys:
+            if key not in chosen and len(chosen) < HISTOGRAM_TENSORS:
+                chosen.append(key)
+
+    t = tables.tensors
+    params = t[(t["checkpoint"] == last) & (t["kind"] == "parameter")]
+    known = set(zip(params["group"], params["name"]))
+    flagged = health[(health["run"] == run) & health["check"].isin(["non-finite", "exploding-norm"])]
+    add(k for k in zip(flagged["group"], flagged["name"]) if k in known)
+    u = tables.updates[(tables.updates["checkpoint"] == last) & (tables.updates["kind"] == "parameter")]
+    u = u[np.isfinite(u["update_ratio"].to_numpy(dtype=float))].sort_values("update_ratio", ascending=False)
+    add(list(zip(u["group"], u["name"]))[:1])
+    biggest = params.sort_values("numel", ascending=False, kind="stable")
+    add(zip(biggest["group"], biggest["name"]))
+    return chosen
+
+
+def _size_items(rows: pd.DataFrame, tree, flop_report, where: str) -> list[_Item]:
+    """Size treemap and dtype bars (and the FLOP treemap), when the size figures module is installed."""
+    try:
+        from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
+        from ckptboard.core.size import size_tree_from_frame
+    except ImportError:
+        return []
+    if tree is None and len(rows):
+        groups = rows["group"].fillna("").astype(str)
+        main = "" if (groups == "").any() else groups.iloc[0]  # the model's own state_dict over EMA copies
+        tree = size_tree_from_frame(rows[groups == main])
+    items = []
+    if tree is not None:
+        items += [_Item(f"Bytes by module{where}", build=lambda: size_treemap(tree, "bytes")),
+                  _Item(f"Bytes by dtype{where}", build=lambda: dtype_bars(tree))]
+    if flop_report is not None:
+        items.append(_Item(f"FLOPs by module{where}", build=lambda: flops_treemap(flop_report)))
+    return items
+
+
+def _capped(df: pd.DataFrame, rows: int = TABLE_ROWS * 5) -> pd.DataFrame:
+    return df.head(rows)
+
+
+# --- HTML ----------------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0 2rem 4rem; color: #222; }
+nav { position: sticky; top: 0; background: #fff; padding: .5rem 0; border-bottom: 1px solid #ddd; z-index: 10; }
+nav a { margin-right: 1rem; font-size: .9rem; }
+h2 { margin-top: 2.5rem; border-bottom: 2px solid #f57c00; }
+table.ckpt { border-collapse: collapse; font-size: .8rem; margin: .5rem 0 1.5rem; }
+table.ckpt th, table.ckpt td { border: 1px solid #ddd; padding: 2px 6px; text-align: right; }
+table.ckpt th { background: #f5f5f5; }
+.note { color: #666; font-size: .85rem; }
+"""
+
+
+def _write_html(sections: list[_Section], path: Path) -> Path:
+    """Assemble ``index.html``: Plotly's JS once in the head, then each section's figures and tables."""
+    nav = " ".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections if s.items)
+    parts = [
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ckptboard report</title>",
+        f"<style>{_CSS}</style>",
+        f'<script type="text/javascript">{get_plotlyjs()}</script>',
+        f"</head><body><h1>ckptboard report</h1><nav>{nav}</nav>",
+    ]
+    n = 0
+    for section in sections:
+        if not section.items:
+            continue
+        parts.append(f'<section id="{section.anchor}"><h2>{html.escape(section.title)}</h2>')
+        for item in section.items:
+            parts.append(f"<h3>{html.escape(item.title)}</h3>")
+            if item.note:
+                parts.append(f'<p class="note">{html.escape(item.note)}</p>')
+            if item.build is not None:
+                n += 1
+                parts.append(item.build().to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{n}",
+                                                  config=_CONFIG))
+            elif item.table is not None and len(item.table):
+                parts.append(_table_html(item.table))
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    _atomic_write(path, "\n".join(parts))
+    return path
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    df = df.copy()
+    for col in ("nbytes", "size_bytes", "parameter_bytes", "buffer_bytes"):
+        if col in df.columns and "size" not in df.columns:
+            df[col] = df[col].map(format_bytes)
+    return df.to_html(index=False, na_rep="", border=0, classes="ckpt", escape=True,
+                      float_format=lambda x: f"{x:.4g}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, then rename: a killed export leaves no half report."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- PNG -----------------------------------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "figure"
+
+
+def _write_pngs(figures, folder: Path, result: ReportResult, progress: Progress | None, done: int, total: int):
+    """Each figure as a PNG through one kaleido browser session; on a rendering failure, note it and stop."""
+    try:
+        import kaleido
+    except ImportError as e:
+        result.skipped.append(f"png: kaleido is not installed ({e}); pip install kaleido, or use html")
+        return []
+    folder.mkdir(exist_ok=True)
+    written = []
+    # Kaleido's failures (no Chrome, a crashed browser, a timeout) come as many types; any of them means
+    # "no PNGs here", which the report states instead of losing the HTML already written.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # plotly warns that kaleido options are ignored with a server
+            kaleido.start_sync_server(silence_warnings=True)
+            try:
+                for i, (title, fig) in enumerate(figures, 1):
+                    path = folder / f"{i:03d}-{_slug(title)}.png"
+                    fig.write_image(path, width=1000, height=fig.layout.height or 500)
+                    written.append(path)
+                    if progress is not None:
+                        progress(done + i, total, f"png: {title}")
+            finally:
+                kaleido.stop_sync_server(silence_warnings=True)
+    except Exception as e:  # noqa: BLE001 - see above
+        result.skipped.append(
+            f"png: kaleido could not render ({type(e).__name__}: {e}); install Chromium or set BROWSER_PATH "
+            f"to a Chrome/Chromium binary, or use html ({len(written)} of {len(figures)} PNGs written)"
+        )
+    return written

@@ -93,7 +93,8 @@ def _tensor_values(tables: StatsTables, stat: str) -> pd.DataFrame:
         value = t[stat]
     else:
         raise UsageError(f"unknown statistic {stat!r}; choose one of {', '.join(STATISTICS)} or a percentile column")
-    return base.assign(value=pd.to_numeric(value, errors="coerce"))
+    out = base.assign(value=pd.to_numeric(value, errors="coerce"))
+    return out.assign(mean=pd.to_numeric(t["mean"], errors="coerce")) if stat == "std" else out
 
 
 def _norm_at(tables: StatsTables, rows: pd.DataFrame, checkpoint: pd.Series) -> np.ndarray:
@@ -104,12 +105,13 @@ def _norm_at(tables: StatsTables, rows: pd.DataFrame, checkpoint: pd.Series) -> 
 
 
 def _module_values(tables: StatsTables, stat: str, rows: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate ``rows`` (one module's parameters) to one value per checkpoint, as the module doc says; a NaN in
-    any tensor makes the module's value NaN (its norm really is NaN)."""
+    """Aggregate ``rows`` (parameters, each tagged with its module ``series``) to one value per series and
+    checkpoint, as the module doc says; a NaN in any tensor makes the module's value NaN (its norm really is)."""
     if stat not in _MODULE_STATS:
         raise UsageError(f"statistic {stat!r} cannot be aggregated over a module; pick tensors instead")
+    keys = ["series"] + _KEYS
     v, w = rows["value"].to_numpy(dtype=float), rows["numel"].to_numpy(dtype=float)
-    g = rows[_KEYS].assign(x=v)
+    g = rows[keys].assign(x=v)
     if stat == "update_ratio":  # ‖Δ‖ over ‖w_prev‖, both over the whole module
         num, den = rows["update_norm"].to_numpy(dtype=float), _norm_at(tables, rows, rows["prev_checkpoint"])
     elif stat == "rel_dist_from_first":  # ‖w − w₀‖ over ‖w₀‖
@@ -117,26 +119,25 @@ def _module_values(tables: StatsTables, stat: str, rows: pd.DataFrame) -> pd.Dat
         num, den = rows["dist_from_first"].to_numpy(dtype=float), _norm_at(tables, rows, rows["run"].map(first))
     if stat in ("update_ratio", "rel_dist_from_first"):
         g = g.assign(x=num, num=num**2, den=den**2)
-        agg = g.groupby(_KEYS, sort=False)[["num", "den"]].sum()
+        agg = g.groupby(keys, sort=False)[["num", "den"]].sum()
         value = np.sqrt(agg["num"] / agg["den"].replace(0.0, np.nan))
     elif stat in _RSS:
-        value = np.sqrt(g.assign(x2=v**2).groupby(_KEYS, sort=False)["x2"].sum())
+        value = np.sqrt(g.assign(x2=v**2).groupby(keys, sort=False)["x2"].sum())
     elif stat in _SUM:
-        value = g.groupby(_KEYS, sort=False)["x"].sum()
+        value = g.groupby(keys, sort=False)["x"].sum()
     elif stat in ("max", "max_abs"):
-        value = g.groupby(_KEYS, sort=False)["x"].max()
+        value = g.groupby(keys, sort=False)["x"].max()
     elif stat == "min":
-        value = g.groupby(_KEYS, sort=False)["x"].min()
+        value = g.groupby(keys, sort=False)["x"].min()
     elif stat in _WEIGHTED:
-        agg = g.assign(xw=v * w, w=w).groupby(_KEYS, sort=False)[["xw", "w"]].sum()
+        agg = g.assign(xw=v * w, w=w).groupby(keys, sort=False)[["xw", "w"]].sum()
         value = agg["xw"] / agg["w"]
     else:  # std, pooled from each tensor's mean and std
-        mean = _tensor_values(tables, "mean").set_index(_KEYS + ["group", "name"])["value"]
-        mu = mean.reindex(pd.MultiIndex.from_frame(rows[_KEYS + ["group", "name"]])).to_numpy(dtype=float)
+        mu = rows["mean"].to_numpy(dtype=float)
         g = g.assign(x=v + mu, s=w * (v**2 + mu**2), m=w * mu, w=w)
-        agg = g.groupby(_KEYS, sort=False)[["s", "m", "w"]].sum()
+        agg = g.groupby(keys, sort=False)[["s", "m", "w"]].sum()
         value = np.sqrt(np.maximum(agg["s"] / agg["w"] - (agg["m"] / agg["w"]) ** 2, 0.0))
-    has_nan = g.assign(n=np.isnan(g["x"].to_numpy(dtype=float))).groupby(_KEYS, sort=False)["n"].any()
+    has_nan = g.assign(n=np.isnan(g["x"].to_numpy(dtype=float))).groupby(keys, sort=False)["n"].any()
     return value.mask(has_nan.reindex(value.index, fill_value=False)).rename("value").reset_index()
 
 
@@ -165,12 +166,11 @@ def scalar_series(
             series=[tensor_label(g, n) for g, n in zip(sel["group"], sel["name"])]))
     if modules or not tensors:
         params = values[values["kind"] == "parameter"]
-        for module in (modules or [""]):
-            rows = params[module_prefix(params["module"], module)]
-            if rows.empty:
-                continue
-            agg = _module_values(tables, stat, rows)
-            parts.append(agg[["run", "step", "value"]].assign(series=module or "(all parameters)"))
+        tagged = [params[module_prefix(params["module"], m)].assign(series=m or "(all parameters)")
+                  for m in dict.fromkeys(modules or [""])]
+        tagged = [rows for rows in tagged if len(rows)]
+        if tagged:
+            parts.append(_module_values(tables, stat, pd.concat(tagged))[["run", "step", "value", "series"]])
     if not parts:
         return pd.DataFrame(columns=["run", "series", "step", "value"])
     out = pd.concat(parts, ignore_index=True)[["run", "series", "step", "value"]]
