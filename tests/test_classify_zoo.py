@@ -85,3 +85,60 @@ def test_zoo_totals_without_model():
         for i, v in enumerate(_score(name, opt_name, with_model=False)):
             totals[i] += v
     assert totals == [990, 984, 873]
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_saved_files_classify_like_the_records(tmp_path, name):
+    """Through torch.save, the real reader and ``classify(ckpt)``: the same verdicts as on in-memory records."""
+    import torch
+
+    from ckptboard.core.classify import classify
+    from ckptboard.core.reader import open_checkpoint
+
+    model = build(name)
+    opt = train_one_step(model, OPTIMIZERS["adamw_split_decay"])
+    path = tmp_path / f"{name}.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3}, path)
+    records = group_from_module(model, "model")
+    classify_tensors([records], [optimizer_record(opt.state_dict())])
+    with open_checkpoint(path) as ckpt:
+        assert classify(ckpt) is None
+        [group] = ckpt.groups
+        got = [(i.name, i.kind, i.trainable, i.source) for i in group.tensors]
+    assert got == [(i.name, i.kind, i.trainable, i.source) for i in records.tensors]
+
+
+def test_safetensors_file_without_optimizer(tmp_path):
+    from safetensors.torch import save_file
+
+    from ckptboard.core.classify import classify
+    from ckptboard.core.reader import open_checkpoint
+
+    model = build("gpt2_style_buffers")
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), path)
+    with open_checkpoint(path) as ckpt:
+        classify(ckpt)
+        sources = {i.name: str(i.source) for i in ckpt.tensors}
+    assert sources == {"bias": "rule:attention-mask", "c_attn.bias": "default:float-parameter",
+                       "c_attn.weight": "default:float-parameter", "inv_freq": "rule:rotary-cache",
+                       "position_ids": "rule:position-ids"}
+
+
+def test_classify_appends_its_notes_to_the_checkpoint(tmp_path):
+    import torch
+
+    from ckptboard.core.classify import classify
+    from ckptboard.core.reader import open_checkpoint
+
+    model = build("frozen_backbone")
+    opt = train_one_step(model, OPTIMIZERS["sgd"])
+    path = tmp_path / "sgd.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+    with open_checkpoint(path) as ckpt:
+        before = list(ckpt.notes)
+        classify(ckpt)
+        assert ckpt.notes[len(before):] == [
+            "group 'model': 8 entries may or may not be held by the optimizer (equal shapes in a row or no "
+            "parameter-shaped state); their trainable is unknown"
+        ]
