@@ -101,9 +101,7 @@ class TensorStats:
 
     def as_row(self) -> dict:
         """The statistic columns of ``TENSOR_COLUMNS`` (``mean`` .. ``infs`` and the percentiles)."""
-        row = {name: getattr(self, name) for name in STAT_COLUMNS if not name.startswith("p")}
-        row.update(self.percentiles)
-        return {name: row[name] for name in STAT_COLUMNS}
+        return {name: self.percentiles[name] if name in self.percentiles else getattr(self, name) for name in STAT_COLUMNS}
 
 
 @dataclass
