@@ -1,4 +1,4 @@
-"""``torch.save`` zip archives: list from ``data.pkl`` alone; read one storage record at a time through mmap.
+"""``torch.save`` zip archives: list from ``data.pkl`` alone; map one storage record at a time (mmap).
 
 Storage records are written uncompressed (64-byte aligned), so a record is a plain byte range of the file; a
 compressed record (another writer) is read whole instead.
@@ -33,7 +33,6 @@ class TorchZipReader:
         self.notes: list[str] = []
         self.skipped_globals: list[str] = []
         self._file = open(path, "rb")
-        self._mm: mmap.mmap | None = None
         self._storages: dict[str, LazyStorage] = {}
         try:
             self._zf = zipfile.ZipFile(self._file)
@@ -61,12 +60,6 @@ class TorchZipReader:
         return tensor if device.type == "cpu" else tensor.to(device)
 
     def close(self) -> None:
-        if self._mm is not None:
-            try:
-                self._mm.close()
-            except BufferError:  # tensors handed out still view it; it is unmapped when they are freed
-                pass
-            self._mm = None
         self._zf.close()
         self._file.close()
 
@@ -104,6 +97,10 @@ class TorchZipReader:
         offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         if signature != b"PK\x03\x04" or offset + storage.nbytes > self._file.seek(0, 2):
             raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
-        if self._mm is None:
-            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
-        return bytes_tensor(self._mm, offset, storage.nbytes)
+        if not storage.nbytes:
+            return bytes_tensor(b"", 0, 0)
+        # One private copy-on-write mapping per load: a caller writing into its tensor changes neither the file
+        # nor later loads. The tensor holds the mmap; freeing the tensor unmaps it (never mmap.close() here).
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self._file.fileno(), offset + storage.nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+        return bytes_tensor(mapped, offset - start, storage.nbytes)

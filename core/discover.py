@@ -1,0 +1,89 @@
+"""Find runs the way TensorBoard reads a logdir: every folder holding checkpoints is a run, the root too.
+
+A checkpoint is a file whose first bytes say torch.save zip (with ``data.pkl``), legacy torch.save or safetensors,
+or a Hugging Face folder (index JSON, or one weights file beside ``config.json``; its files are not listed again).
+Other files are ignored, and so are hidden folders (``.ckptboard/``, ``.git/``) and ``__pycache__``. Each run's
+checkpoints are ordered by the step in their name, then modification time, then path; runs by name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptboard.core._hf import hf_weight_files
+from ckptboard.core._sniff import is_checkpoint_file
+from ckptboard.core.errors import CorruptCheckpointError, UsageError
+from ckptboard.core.steps import step_from_name
+
+__all__ = ["discover", "Run", "CheckpointFile"]
+
+
+@dataclass
+class CheckpointFile:
+    """One checkpoint found on disk (not opened)."""
+
+    path: Path
+    relpath: str  # relative to the discovery root, POSIX separators
+    size: int  # bytes; for a Hugging Face folder, its index and weight files summed
+    mtime_ns: int  # for a folder, the latest of those files
+    step_hint: int | None  # from the file or folder name
+
+
+@dataclass
+class Run:
+    """A folder holding checkpoints."""
+
+    name: str  # relative to the discovery root, POSIX, "." for the root itself
+    path: Path
+    checkpoints: list[CheckpointFile] = field(default_factory=list)
+
+
+def discover(root: str | Path) -> list[Run]:
+    """Every run under ``root`` (a folder; a single checkpoint file gives one run of one checkpoint)."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"{root}: no such folder")
+    if root.is_file() or _hf_files(root):
+        return _single(root)
+    runs: dict[str, Run] = {}
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        found = [here / d for d in dirs if _hf_files(here / d)]
+        dirs[:] = [d for d in dirs if here / d not in found]
+        found += [here / f for f in sorted(files) if not f.startswith(".") and is_checkpoint_file(here / f)]
+        if found:
+            name = here.relative_to(root).as_posix()
+            runs[name] = Run(name, here, sorted((_entry(p, root) for p in found), key=_order))
+    return [runs[name] for name in sorted(runs)]
+
+
+def _single(path: Path) -> list[Run]:
+    if path.is_file() and not is_checkpoint_file(path):
+        return []
+    return [Run(".", path.parent, [_entry(path, path.parent)])]
+
+
+def _hf_files(folder: Path) -> list[Path] | None:
+    try:
+        return hf_weight_files(folder) if folder.is_dir() else None
+    except CorruptCheckpointError:
+        return [folder]  # a damaged HF folder is still a checkpoint: opening it reports the damage
+
+
+def _entry(path: Path, root: Path) -> CheckpointFile:
+    files = (_hf_files(path) or [path]) if path.is_dir() else [path]
+    stats = [f.stat() for f in files if f.exists()]
+    return CheckpointFile(
+        path=path,
+        relpath=path.relative_to(root).as_posix(),
+        size=sum(s.st_size for s in stats),
+        mtime_ns=max((s.st_mtime_ns for s in stats), default=0),
+        step_hint=step_from_name(path.name)[0],
+    )
+
+
+def _order(ckpt: CheckpointFile) -> tuple:
+    return (ckpt.step_hint is None, ckpt.step_hint or 0, ckpt.mtime_ns, ckpt.relpath)
