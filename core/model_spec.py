@@ -22,7 +22,7 @@ from torch import nn
 
 from ckptboard.core.errors import ModelSpecError, UsageError
 
-__all__ = ["load_model", "resolve_factory", "parse_spec", "parse_device"]
+__all__ = ["load_model", "resolve_factory", "parse_spec"]
 
 _counter = itertools.count()
 
@@ -47,20 +47,12 @@ def resolve_factory(spec: str) -> Callable[[], Any]:
         return factory
 
 
-def parse_device(device: str | torch.device) -> torch.device:
-    """``meta``, ``cpu`` or a CUDA device that exists here; :class:`UsageError` otherwise."""
+def load_model(spec: str, *, device: str | torch.device = "meta") -> nn.Module:
+    """Build SPEC's model on ``device`` (``meta``: no memory spent) and return it."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise UsageError(f"--device {device!r}: not a torch device ({e}); use e.g. 'meta', 'cpu' or 'cuda:0'") from e
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UsageError(f"--device {device}: no such CUDA device on this machine; use --device cpu")
-    return dev
-
-
-def load_model(spec: str, *, device: str | torch.device = "meta") -> nn.Module:
-    """Build SPEC's model on ``device`` (``meta``: no memory spent) and return it."""
-    dev = parse_device(device)
+        raise UsageError(f"model device {device!r}: not a torch device ({e}); use 'meta' or 'cpu'") from e
     with _resolved(spec) as factory:
         try:
             with dev:

@@ -225,3 +225,9 @@ def test_core_never_imports_streamlit_or_plotly():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_bad_device_is_one_line(capsys, lightning_ckpt):
+    code, out, err = _inspect(capsys, lightning_ckpt, "--device", "nonsense")
+    assert (code, out) == (1, "")
+    assert err.startswith("UsageError: device 'nonsense'") and len(err.splitlines()) == 1

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate the options, open, classify, print."""
     from ckptboard.core.classify import classify
     from ckptboard.core.inspect_report import inspect_report
-    from ckptboard.core.model_spec import load_model, parse_device, parse_spec
+    from ckptboard.core.model_spec import load_model, parse_spec
     from ckptboard.core.reader import open_checkpoint
 
     path = Path(args.path)
@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: no such file or folder; pass a checkpoint file or a Hugging Face model folder")
     if args.model is not None:
         parse_spec(args.model)
-    device = parse_device(args.device)
     model = load_model(args.model) if args.model is not None else None
-    with open_checkpoint(path, device=str(device), trust=args.trust) as ckpt:
+    # open_checkpoint checks --device before it opens anything.
+    with open_checkpoint(path, device=args.device, trust=args.trust) as ckpt:
         report = classify(ckpt, model)
         data = inspect_report(ckpt, report)
     if args.json:
