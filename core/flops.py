@@ -23,6 +23,7 @@ and the counts match those on meta.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 FLOP_UNIT = "FLOP"
+
+_SHAPE = re.compile(r"\s*\d+(\s*[,x]\s*\d+)*\s*,?\s*")
 
 # Ops that move, view, make or pick data and do no arithmetic: never listed as unsupported.
 _DATA_MOVEMENT_OPS = frozenset({
@@ -192,41 +195,49 @@ def count_flops(
     inputs: Sequence[InputSpec] | InputSpec | Sequence[int],
     *,
     build_cpu_model: Callable[[], nn.Module] | None = None,
+    meta_first: bool = True,
 ) -> FlopReport:
     """Count the FLOPs of ``model(*inputs)``: on ``meta`` when the forward runs there, else on the model's device.
 
     ``inputs``: InputSpecs, or one shape such as ``(1, 3, 32, 32)`` (float32). A model built on meta cannot run
-    elsewhere: ``build_cpu_model`` then builds the real one for the fallback.
+    elsewhere: ``build_cpu_model`` then builds the real one for the fallback. ``meta_first=False`` skips meta.
     """
     inputs = _as_specs(inputs)
     name = type(model).__name__
     shapes = ", ".join(spec.label for spec in inputs)
     notes: list[str] = []
-    try:
-        counts, ops = _run(model, inputs, torch.device("meta"))
-        device = "meta"
-    except Exception as e:  # the forward is arbitrary user code: any failure means "not on meta"
-        meta_error = _one_line(e)
-        if _has_meta_tensors(model):
-            if build_cpu_model is None:
-                raise FlopCountError(
-                    f"the forward of {name} fails on the meta device with input {shapes} ({meta_error}) and the "
-                    "model has no real weights to fall back to CPU: pass a CPU model or build_cpu_model"
-                ) from e
-            model = build_cpu_model()
-        device = str(_model_device(model))
+    if meta_first:
         try:
-            counts, ops = _run(model, inputs, torch.device(device))
-        except Exception as e2:
+            counts, ops = _run(model, inputs, torch.device("meta"))
+        except Exception as e:  # the forward is arbitrary user code: any failure means "not on meta"
+            notes.append(f"the forward does not run on the meta device ({_one_line(e)})")
+        else:
+            return _report(model, inputs, "meta", counts, ops, notes)
+    if _has_meta_tensors(model):
+        if build_cpu_model is None:
             raise FlopCountError(
-                f"the forward of {name} failed on input {shapes}: {type(e2).__name__}: {_one_line(e2)} "
-                "(check --input-shape/--input-dtype against what the model expects)"
-            ) from e2
-        notes.append(f"the forward does not run on the meta device ({meta_error}); counted on {device} instead")
-    modules = _module_flops(model, counts)
+                f"the forward of {name} fails on the meta device with input {shapes} and the model has no real "
+                "weights to run elsewhere: pass a CPU model or build_cpu_model"
+                + (f" ({notes[0]})" if notes else "")
+            )
+        model = build_cpu_model()
+    device = str(_model_device(model))
+    try:
+        counts, ops = _run(model, inputs, torch.device(device))
+    except Exception as e:
+        raise FlopCountError(
+            f"the forward of {name} failed on input {shapes}: {type(e).__name__}: {_one_line(e)} "
+            "(check --input-shape/--input-dtype against what the model expects)"
+        ) from e
+    if notes:
+        notes[-1] += f"; counted on {device} instead"
+    return _report(model, inputs, device, counts, ops, notes)
+
+
+def _report(model: nn.Module, inputs: list[InputSpec], device: str, counts: dict, ops: dict, notes: list[str]):
     total = sum(counts.get("Global", {}).values())
     unsupported = [ops[k].result(k) for k in sorted(ops)]
-    return FlopReport(name, list(inputs), device, total, modules, unsupported, notes)
+    return FlopReport(type(model).__name__, inputs, device, total, _module_flops(model, counts), unsupported, notes)
 
 
 def module_table(
@@ -421,11 +432,9 @@ def _as_specs(inputs: Any) -> list[InputSpec]:
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in str(text).strip().strip("()[]").replace("x", ",").split(",") if p.strip()]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
+    """``1,3,32,32``, ``(1, 3, 32, 32)`` or ``1x3x32x32``; every size positive."""
+    body = str(text).strip().strip("()[]")
+    shape = tuple(int(d) for d in re.findall(r"\d+", body)) if _SHAPE.fullmatch(body) else ()
     if not shape or any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text!r}: expected positive sizes separated by commas, like 1,3,32,32")
     return shape
