@@ -5,7 +5,7 @@
 
 - ``single``: a run with one checkpoint (no updates, nothing to compare with);
 - one-element tensors: every ``*.bn.num_batches_tracked`` (shape ``[]``) and ``temperature`` (shape ``[1]``),
-  whose histogram is one zero-width bin ``lo == hi``;
+  whose histogram is one bf16-wide bin holding the value (as core/histogram.py makes it);
 - NaN statistics: ``fc.bias`` in ``run0`` holds NaNs in its last 3 checkpoints (``nans == 2``, moments and
   percentiles NaN, empty histogram);
 - an unreadable file: ``run0/ckpt_broken.pt`` in the errors table;
@@ -160,8 +160,11 @@ def _run_tables(run: str, n_ckpt: int, model, rng: np.random.Generator, *, added
     for r in range(len(ti)):
         if np.isnan(m[r]):
             h_lo.append([]), h_hi.append([]), h_counts.append([])
-        elif s[r] == 0.0:
-            h_lo.append([float(m[r])]), h_hi.append([float(m[r])]), h_counts.append([int(numel[ti[r]])])
+        elif s[r] == 0.0:  # one bf16-wide bin holding the value on its edge nearer zero (core/histogram.py)
+            v = float(m[r])
+            ulp = 2.0 ** (np.floor(np.log2(abs(v))) - 7) if v else 2.0**-133
+            lo_v, hi_v = (v, v + ulp) if v >= 0 else (v - ulp, v)
+            h_lo.append([lo_v]), h_hi.append([hi_v]), h_counts.append([int(numel[ti[r]])])
         else:
             keep = counts[r] > 0
             h_lo.append(lo[r, keep].tolist()), h_hi.append(hi[r, keep].tolist()), h_counts.append(counts[r, keep].tolist())

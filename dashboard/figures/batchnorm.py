@@ -54,8 +54,9 @@ def batchnorm_layers_figure(
     if bn.empty:
         return empty_figure(f"No BatchNorm running statistics in {run}")
     bn = bn[bn["step"].isin(decimate_steps(bn["step"], _MAX_STEPS))]
-    agg = bn.groupby(["group", "module", "step"], sort=True)[stat].agg(["mean", "min", "max"]).reset_index()
-    layers = list(agg.groupby(["group", "module"], sort=False))
+    # Layers in the order they appear (the state_dict's, i.e. the model's), steps ascending within each.
+    agg = bn.groupby(["group", "module", "step"], sort=False)[stat].agg(["mean", "min", "max"]).reset_index()
+    layers = [(key, df.sort_values("step", kind="stable")) for key, df in agg.groupby(["group", "module"], sort=False)]
     multiples = len(layers) > SMALL_MULTIPLES_OVER if small_multiples is None else bool(small_multiples)
     if multiples:
         rows = math.ceil(len(layers) / _COLS)
@@ -137,8 +138,8 @@ def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
 
 
 def bn_modules(tables: StatsTables, run: str) -> pd.DataFrame:
-    """Norm layers of ``run`` with their channel count, largest first (for pickers and the report)."""
+    """Norm layers of ``run`` with their channel count, widest first, then in model order (for pickers, the report)."""
     bn = tables.batchnorm
     bn = bn[bn["run"] == run]
-    return (bn.groupby(["group", "module"])["channel"].nunique().rename("channels").reset_index()
-            .sort_values(["channels", "module"], ascending=[False, True], kind="stable").reset_index(drop=True))
+    return (bn.groupby(["group", "module"], sort=False)["channel"].nunique().rename("channels").reset_index()
+            .sort_values("channels", ascending=False, kind="stable").reset_index(drop=True))

@@ -1,8 +1,9 @@
 """Histograms view: TensorBoard's offset/overlay histograms on one common binning, and the distribution view.
 
 Every drawn step is re-binned onto ``bins`` equal bins over the union of the steps' finite ranges (the outer
-edges of their sparse bins), so that shapes compare across steps. A range of zero width (a constant tensor, a
-one-element tensor) is widened to ``[v − 0.5, v + 0.5]`` as TensorBoard does. A step with no finite values (an
+edges of their sparse bins), so that shapes compare across steps. When every step holds the same single bin (a
+tensor constant over training, e.g. one bf16 bin), the range is widened to ``[c − 0.5, c + 0.5]`` around its
+centre, as TensorBoard does for a single value. A step with no finite values (an
 all-NaN tensor) has no bins and is left out of the histogram; its percentiles are NaN, drawn as a gap.
 """
 
@@ -13,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.histogram import rebin
 from ckptboard.core.schema import StatsTables, percentile_column
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, step_ramp, tensor_label
 
@@ -26,24 +28,6 @@ _BAND_OPACITY = (0.18, 0.3, 0.42, 0.55)
 # ridges that overlap their older neighbours), and at least one step spacing.
 _RIDGE_HEIGHT = 0.2
 
-try:  # the stats engineer's re-binning, when it has landed
-    from ckptboard.core.histogram import rebin as _rebin
-except ImportError:  # pragma: no cover - depends on the merge order of the core
-
-    def _rebin(lo, hi, counts, edges) -> np.ndarray:
-        """Spread each sparse bin's count over ``edges`` in proportion to overlap; a zero-width bin lands whole."""
-        lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
-        counts, edges = np.asarray(counts, dtype=float), np.asarray(edges, dtype=float)
-        out = np.zeros(len(edges) - 1)
-        for a, b, c in zip(lo, hi, counts):
-            if b <= a:
-                out[int(np.clip(np.searchsorted(edges, a, side="right") - 1, 0, len(out) - 1))] += c
-                continue
-            overlap = np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0.0, None)
-            out += c * overlap / (b - a)
-        return out
-
-
 def _tensor_rows(frame: pd.DataFrame, run: str, group: str, name: str) -> pd.DataFrame:
     """One tensor's rows of ``frame`` in one run, sorted by step."""
     rows = frame[(frame["run"] == run) & (frame["group"] == group) & (frame["name"] == name)]
@@ -51,15 +35,17 @@ def _tensor_rows(frame: pd.DataFrame, run: str, group: str, name: str) -> pd.Dat
 
 
 def common_edges(lo_lists, hi_lists, bins: int) -> np.ndarray | None:
-    """``bins + 1`` equal edges over the union of the finite ``[lo[0], hi[-1]]`` ranges; ``None`` if none is finite."""
-    starts = [float(lo[0]) for lo in lo_lists if len(lo)]
-    ends = [float(hi[-1]) for hi in hi_lists if len(hi)]
-    finite = [x for x in starts + ends if np.isfinite(x)]
-    if not finite:
+    """``bins + 1`` equal edges over the union of the finite ``[lo[0], hi[-1]]`` ranges (widened as the module
+    doc says); ``None`` if none is finite."""
+    lo_all = np.concatenate([np.asarray(lo, dtype=float) for lo in lo_lists] or [np.empty(0)])
+    hi_all = np.concatenate([np.asarray(hi, dtype=float) for hi in hi_lists] or [np.empty(0)])
+    ok = np.isfinite(lo_all) & np.isfinite(hi_all)
+    if not ok.any():
         return None
-    a, b = min(finite), max(finite)
-    if a == b:
-        a, b = a - 0.5, b + 0.5
+    a, b = float(lo_all[ok].min()), float(hi_all[ok].max())
+    if np.all(lo_all[ok] == a) and np.all(hi_all[ok] == b):  # one bin in every step: a single value
+        centre = (a + b) / 2
+        a, b = centre - 0.5, centre + 0.5
     return np.linspace(a, b, bins + 1)
 
 
@@ -89,7 +75,7 @@ def histogram_figure(
     edges = common_edges(rows["lo"], rows["hi"], bins)
     centers = (edges[:-1] + edges[1:]) / 2
     steps = rows["step"].to_numpy()
-    counts = np.stack([_rebin(lo, hi, c, edges) for lo, hi, c in zip(rows["lo"], rows["hi"], rows["counts"])])
+    counts = np.stack([rebin(lo, hi, c, edges) for lo, hi, c in zip(rows["lo"], rows["hi"], rows["counts"])])
     colors = step_ramp(len(steps))
     fig = go.Figure()
     if mode == "overlay":

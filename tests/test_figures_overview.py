@@ -1,0 +1,75 @@
+"""Overview figure, checkpoints table, error cards and the tensors table."""
+
+import numpy as np
+import pytest
+
+from ckptboard.core.errors import UsageError
+from ckptboard.core.schema import StatsTables
+from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
+from ckptboard.dashboard.figures.tensors import TENSOR_TABLE_COLUMNS, tensor_table
+from _fixtures_tables import STEP_EVERY, synthetic_tables
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return synthetic_tables(n_checkpoints=4, n_tensors=16, runs=2)
+
+
+def test_runs_overview_one_trace_per_run_per_panel(tables):
+    fig = runs_overview_figure(tables)
+    names = [t.name for t in fig.data]
+    assert names == ["run0", "run0", "run1", "run1", "single", "single"]
+    size, params = fig.data[0], fig.data[1]
+    assert list(size.x) == [0, STEP_EVERY, 2 * STEP_EVERY, 3 * STEP_EVERY]
+    ck = tables.checkpoints[tables.checkpoints["run"] == "run0"]
+    assert list(size.y) == ck["size_bytes"].tolist()
+    # parameter elements: 2 blocks x (8*8*3*3 conv + 8 + 8 bn) = 1184, embed 16*8 = 128, temperature 1,
+    # fc 10*16 + 10 = 170 -> 1483
+    assert params.y.tolist() == [1483.0] * 4
+    assert fig.layout.xaxis2.title.text == "step"
+
+
+def test_one_checkpoint_run_is_one_point(tables):
+    single = [t for t in runs_overview_figure(tables).data if t.name == "single"]
+    assert [len(t.x) for t in single] == [1, 1]
+
+
+def test_runs_overview_empty():
+    fig = runs_overview_figure(StatsTables.empty())
+    assert len(fig.data) == 0
+    assert "No checkpoints" in fig.layout.annotations[0].text
+
+
+def test_checkpoints_table_sorted_with_size(tables):
+    df = checkpoints_table(tables, "run1")
+    assert df["step"].tolist() == [0, 100, 200, 300]
+    assert df["size"].iloc[0].endswith("KiB")
+    assert len(checkpoints_table(tables)) == 9  # 4 + 4 + 1
+
+
+def test_error_cards(tables):
+    assert error_cards(tables) == [{
+        "run": "run0", "checkpoint": "run0/ckpt_broken.pt", "error": "CorruptCheckpointError",
+        "message": "run0/ckpt_broken.pt: truncated zip archive (central directory missing); re-save the file",
+    }]
+    assert error_cards(StatsTables.empty()) == []
+
+
+def test_tensor_table_filters_and_columns(tables):
+    df = tensor_table(tables, "run0/ckpt_00003.pt", pattern="FC|temp")
+    assert list(df.columns) == list(TENSOR_TABLE_COLUMNS)
+    assert df["name"].tolist() == ["temperature", "fc.weight", "fc.bias"]  # file order, case-insensitive
+    bias = df.set_index("name").loc["fc.bias"]
+    assert bias["nonfinite"] == 2 and np.isnan(bias["norm"])  # the NaN tail of run0
+    assert bias["shape"] == "[10]" and bias["size"] == "40 B"  # 10 float32
+    one = df.set_index("name").loc["temperature"]
+    assert one["numel"] == 1 and one["std"] == 0.0
+
+
+def test_tensor_table_kind_module_and_bad_pattern(tables):
+    df = tensor_table(tables, "run0/ckpt_00000.pt", kinds=["buffer"], module="block0.bn")
+    assert df["name"].tolist() == ["block0.bn.running_mean", "block0.bn.running_var", "block0.bn.num_batches_tracked"]
+    assert df["shape"].iloc[2] == "[]"
+    assert tensor_table(tables, "no/such.pt").empty
+    with pytest.raises(UsageError, match="not a valid regular expression"):
+        tensor_table(tables, "run0/ckpt_00000.pt", pattern="(")
