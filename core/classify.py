@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ckptboard.core.errors import ModelSpecError
 from ckptboard.core.model_report import ModelReport, build_report, index_model, match_group
 from ckptboard.core.records import OptimizerState, StrEnum, TensorGroup, TensorInfo, TensorKind, Trainable
 
@@ -80,6 +81,11 @@ def classify_tensors(
         _copy_tied(group)
     if model is not None:
         result.report = _classify_by_model(groups, model, optimizer_verdicts)
+        if result.report.matched == 0:
+            result.notes.append(
+                f"the model matched none of the checkpoint's names ({len(result.report.missing_keys)} model keys); "
+                "is --model the network this checkpoint was saved from?"
+            )
     return result
 
 
@@ -351,7 +357,12 @@ def _set_optimizer_verdict(info: TensorInfo, rule: str) -> None:
 def _classify_by_model(
     groups: Sequence[TensorGroup], model: nn.Module, optimizer_verdicts: dict[int, str]
 ) -> ModelReport:
-    index = index_model(model)
+    try:
+        index = index_model(model)
+    except Exception as e:  # a user's module whose state_dict()/named_parameters() fails
+        raise ModelSpecError(
+            f"the model's state_dict()/named_parameters() raised {type(e).__name__}: {e}; check the model class"
+        ) from e
     matches = [match_group(g, index) for g in groups] or [match_group(TensorGroup(""), index)]
     best = max(matches, key=lambda m: len(m.mapping))  # first on a tie: file order
     others = []

@@ -1,11 +1,13 @@
 """Classification with the model, and the model report (missing/unexpected keys, shapes, non-persistent buffers,
 plain tensor attributes, other groups, requires_grad vs optimizer)."""
 
+import pytest
 import torch
 from torch import nn
 
 from _fixtures_zoo import build, group_from_module, optimizer_record, train_one_step
 from ckptboard.core.classify import Rule, classify_tensors
+from ckptboard.core.errors import ModelSpecError
 from ckptboard.core.model_report import ModelReport, ShapeMismatch
 
 
@@ -97,3 +99,22 @@ def test_tied_weights_are_parameters_under_both_names():
 def test_no_groups_reports_everything_missing():
     report = classify_tensors([], [], _on_meta("embedding")).report
     assert (report.group, report.matched, report.missing_keys) == ("", 0, ["0.weight", "1.bias", "1.weight"])
+
+
+def test_unrelated_model_matches_nothing_and_says_so():
+    group = group_from_module(build("embedding"))
+    result = classify_tensors([group], [], _on_meta("lstm_gru"))
+    assert result.report.matched == 0 and len(result.report.unexpected_keys) == 3
+    assert result.notes == [
+        "the model matched none of the checkpoint's names (12 model keys); is --model the network this checkpoint "
+        "was saved from?"
+    ]
+
+
+def test_model_whose_state_dict_fails_is_a_model_spec_error():
+    class Broken(nn.Linear):
+        def state_dict(self, *args, **kwargs):
+            raise RuntimeError("custom hook failed")
+
+    with pytest.raises(ModelSpecError, match=r"state_dict\(\)/named_parameters\(\) raised RuntimeError: custom hook"):
+        classify_tensors([group_from_module(nn.Linear(2, 2))], [], Broken(2, 2))
