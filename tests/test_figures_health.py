@@ -1,0 +1,57 @@
+"""Health findings: every check fires on the fixture's planted problem, with the threshold honoured."""
+
+import pytest
+
+from ckptboard.core.schema import StatsTables
+from ckptboard.dashboard.figures.health import HEALTH_COLUMNS, LARGEST_UPDATES, health_table
+from _fixtures_tables import synthetic_tables
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return synthetic_tables(n_checkpoints=6, n_tensors=16, runs=2)
+
+
+def test_columns_and_severity_order(tables):
+    h = health_table(tables)
+    assert list(h.columns) == list(HEALTH_COLUMNS)
+    order = {"error": 0, "warning": 1, "info": 2}
+    assert h["severity"].map(order).is_monotonic_increasing
+
+
+def test_non_finite_row_at_first_bad_checkpoint(tables):
+    h = health_table(tables)
+    nf = h[h["check"] == "non-finite"]
+    assert nf[["run", "name", "step", "value"]].values.tolist() == [["run0", "fc.bias", 300, 2]]
+    assert nf["detail"].iloc[0] == "2 NaN, 0 ±Inf at step 300; non-finite in 3 of 6 checkpoints"
+
+
+def test_dead_channel_and_frozen_parameter(tables):
+    h = health_table(tables)
+    dead = h[h["check"] == "dead-bn-channel"]
+    assert dead[["run", "name", "step", "value"]].values.tolist() == [["run0", "block0.bn", 500, 1.0]]
+    assert dead["detail"].iloc[0] == "1 of 8 channels have running_var < 1e-08: [0]"
+    assert health_table(tables, dead_var=1e-12).query("check == 'dead-bn-channel'").empty
+    same = h[h["check"] == "unchanged-across-run"]
+    assert sorted(same["run"]) == ["run0", "run1"] and set(same["name"]) == {"embed.weight"}
+    assert set(same["severity"]) == {"info"}  # classified frozen: expected
+
+
+def test_exploding_norm_threshold(tables):
+    assert health_table(tables).query("check == 'exploding-norm'").empty  # stds grow 20 %, far below 10x
+    h = health_table(tables, explode_factor=1.05)
+    rows = h[h["check"] == "exploding-norm"]
+    assert len(rows) > 0 and (rows["value"] > 1.05).all()
+    assert "embed.weight" not in set(rows["name"])  # frozen: ratio exactly 1
+
+
+def test_largest_update_ratios_are_parameters_per_run(tables):
+    h = health_table(tables)
+    top = h[h["check"] == "largest-update-ratio"]
+    assert top.groupby("run").size().to_dict() == {"run0": LARGEST_UPDATES, "run1": LARGEST_UPDATES}
+    u = tables.updates[(tables.updates["run"] == "run1") & (tables.updates["kind"] == "parameter")]
+    assert top[top["run"] == "run1"]["value"].iloc[0] == u["update_ratio"].max()
+
+
+def test_empty_tables_have_no_findings():
+    assert health_table(StatsTables.empty()).empty
