@@ -3,10 +3,12 @@ line on stderr. Most cases run ``main([...])`` in-process; a few run the real co
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +55,7 @@ def model_file(tmp_path):
     path = tmp_path / "zoo_models.py"
     path.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
         from _fixtures_zoo import build
         def frozen_backbone():
             return build("frozen_backbone")
@@ -163,7 +165,7 @@ def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, case):
     code, out, err = _inspect(capsys, path, "--json")
     assert code == 1 and out == ""
     assert len(err.splitlines()) == 1
-    assert __import__("re").match(r"\w+Error: .*" + pattern, err), err
+    assert re.match(r"\w+Error: .*" + pattern, err), err
 
 
 @pytest.mark.parametrize("flags", [[], ["--json"], ["--device", "cpu"], ["--model", "torch.nn:Identity"]])
