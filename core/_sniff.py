@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -53,16 +52,18 @@ def zip_kind(names: list[str]) -> tuple[str, str] | None:
 
 
 def is_checkpoint_file(path: Path) -> bool:
-    """Cheap test for discovery: a torch archive, a legacy torch.save file or a safetensors file."""
+    """Cheap test for discovery: a torch archive, a legacy torch.save file or a safetensors file.
+
+    A zip that opens but holds no ``data.pkl`` is foreign; one that does not open (truncated, half written) counts,
+    so that opening it reports the damage instead of the file silently missing from its run.
+    """
     try:
         signature = sniff(path)
         if signature is Signature.ZIP:
             with zipfile.ZipFile(path) as zf:
                 return zip_kind(zf.namelist()) is not None
-        if signature is Signature.SAFETENSORS:
-            with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                return isinstance(json.loads(f.read(n)), dict)
-        return signature is Signature.TORCH_LEGACY
-    except (OSError, zipfile.BadZipFile, ValueError):
+        return signature in (Signature.TORCH_LEGACY, Signature.SAFETENSORS)
+    except zipfile.BadZipFile:
+        return True
+    except (OSError, ValueError):
         return False

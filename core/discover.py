@@ -1,7 +1,7 @@
 """Find runs the way TensorBoard reads a logdir: every folder holding checkpoints is a run, the root too.
 
-A checkpoint is a file whose first bytes say torch.save zip (with ``data.pkl``), legacy torch.save or safetensors,
-or a Hugging Face folder (index JSON, or one weights file beside ``config.json``; its files are not listed again).
+A checkpoint is a file whose first bytes say torch.save zip (with ``data.pkl``, or damaged so that it cannot be
+told), legacy torch.save or safetensors, or a Hugging Face folder (index JSON, or one weights file beside ``config.json``; its files are not listed again).
 Other files are ignored, and so are hidden folders (``.ckptboard/``, ``.git/``) and ``__pycache__``. Each run's
 checkpoints are ordered by the step in their name, then modification time, then path; runs by name.
 """

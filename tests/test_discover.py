@@ -81,3 +81,9 @@ def test_missing_root_and_single_file(tmp_path):
     path = save({"w": torch.ones(1)}, tmp_path / "step_7.pt")
     (run,) = discover(path)
     assert run.name == "." and [c.relpath for c in run.checkpoints] == ["step_7.pt"]
+
+
+def test_damaged_zip_is_kept_so_that_opening_reports_it(tmp_path):
+    path = save({"w": torch.ones(100)}, tmp_path / "step_3.pt")
+    path.write_bytes(path.read_bytes()[:200])  # a crashed or half-written save
+    assert [c.relpath for c in discover(tmp_path)[0].checkpoints] == ["step_3.pt"]
