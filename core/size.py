@@ -2,8 +2,10 @@
 and a training-memory estimate.
 
 Every prefix of the dotted tensor names is a node (``""`` is the whole model); a node's figures are the sum of its
-own tensors and its children, so the root equals the sum of the tensors (the leaves). A tensor with ``tied_to``
-set views data counted elsewhere: it is listed under its module, counted in ``tied`` and never in the figures.
+own tensors and its children, so the root equals the sum of the tensors (the leaves). Tensors viewing the same
+data (``tied_to`` names the first of them) are counted once, at the first of them in the tree; the others are
+listed under their module, counted in ``tied`` and never in the figures. A tie to a tensor of another group
+(``"model/wte.weight"``) does not make a tensor uncounted: each group's tree counts its own data.
 
 Counts are in elements ("parameters" = number of scalar parameters, as in ``sum(p.numel())``), bytes are exact.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -44,15 +46,11 @@ class TensorEntry:
     numel: int
     nbytes: int
     tied_to: str | None = None
+    counted: bool = True  # False when an earlier tensor of the same tree holds the same data
 
     @property
     def module(self) -> str:
         return self.name.rpartition(".")[0]
-
-    @property
-    def counted(self) -> bool:
-        """False for a tensor viewing data already counted under ``tied_to``."""
-        return self.tied_to is None
 
 
 @dataclass
@@ -334,7 +332,13 @@ def _one_group(groups: set[str]) -> None:
 
 def _build(entries: Sequence[TensorEntry]) -> SizeNode:
     nodes: dict[str, SizeNode] = {"": SizeNode("")}
+    seen: set[str] = set()
     for entry in entries:
+        # Tensors sharing data share a key: the first tensor's name (``tied_to``, possibly in another group).
+        # The first of them in this tree is counted, so a group whose data another group holds still counts once.
+        key = entry.tied_to or entry.name
+        entry = replace(entry, counted=key not in seen)
+        seen.add(key)
         node = _node(nodes, entry.module)
         node.tensors.append(entry)
         path: str | None = entry.module

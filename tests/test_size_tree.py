@@ -26,7 +26,7 @@ def _sum_of_parts(node: SizeNode) -> tuple:
     pbytes: dict[str, int] = {}
     bbytes: dict[str, int] = {}
     for t in node.tensors:
-        if t.tied_to is not None:
+        if not t.counted:
             tied += 1
         elif t.kind == TensorKind.BUFFER:
             buffers += t.numel
@@ -105,6 +105,16 @@ def test_size_tree_from_frame_matches_records_with_cache_spellings():
     from_frame = size_tree_from_frame(df)
     from_records = size_tree(records)
     assert [n.to_json() for n in from_frame.walk()] == [n.to_json() for n in from_records.walk()]
+
+
+def test_ties_to_another_group_count_in_this_one_once():
+    records = records_of(TiedLM(), group="ema")
+    for r in records:  # as the reader writes them when "ema" holds the same storages as an earlier "model" group
+        r.tied_to = f"model/{r.tied_to or r.name}"
+    tree = size_tree(records)
+    # the same figures as the group that owns the data: lm_head.weight and wte.weight share "model/wte.weight"
+    assert (tree.parameters, tree.buffers, tree.bytes, tree.tied) == (68, 9, 312, 1)
+    assert tree.find("lm_head").tied == 1 and tree.find("wte").tied == 0
 
 
 def test_several_groups_are_refused_unless_one_is_picked():

@@ -95,6 +95,9 @@ def load_checkpoint_size(
         notes = list(getattr(ckpt, "notes", []))
         if others:
             notes.append(f"other state_dicts in the file: {', '.join(map(repr, others))} (measure one with --group)")
+        if optimizer == OptimizerKind.CHECKPOINT and not ckpt.optimizers:
+            raise UsageError(f"{path}: --optimizer checkpoint, but the file holds no optimizer state; "
+                             "pick adam, adamw, sgd-momentum or sgd")
         tree = size_tree(tensors)
         return CheckpointSize(
             path=str(path),
