@@ -349,11 +349,12 @@ def _module_flops(model: nn.Module, counts: dict[str, dict[Any, int]]) -> list[M
     paths = [p for p, _ in model.named_modules()]
     paths += sorted(set(by_path) - set(paths))  # a shared module the tracker named by another path
     flops: dict[str, int] = {}
+    children_sum: dict[str, int] = {}
     for path in reversed(paths):  # children before parents
-        if path in by_path:
-            flops[path] = sum(by_path[path].values())
-        else:
-            flops[path] = sum(n for p, n in flops.items() if p and p.rpartition(".")[0] == path)
+        flops[path] = sum(by_path[path].values()) if path in by_path else children_sum.get(path, 0)
+        if path:
+            parent = path.rpartition(".")[0]
+            children_sum[parent] = children_sum.get(parent, 0) + flops[path]
     if "Global" in counts:
         flops[""] = sum(counts["Global"].values())
         by_path[""] = {str(op): n for op, n in sorted(counts["Global"].items(), key=lambda kv: str(kv[0]))}

@@ -26,6 +26,7 @@ from ckptboard.core.errors import UsageError
 from ckptboard.core.flops import FlopReport, count_flops, module_table, parse_input_specs
 from ckptboard.dashboard.commands.size import (
     CheckpointSize,
+    check_depth,
     format_count,
     format_table,
     load_checkpoint_size,
@@ -60,8 +61,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.depth is not None and args.depth < 0:
-        raise UsageError(f"--depth {args.depth}: must be 0 (the whole model only) or more")
+    check_depth(args.depth)
     if not args.model:
         if not args.checkpoint:
             raise UsageError("give --model SPEC (and --input-shape) to count FLOPs, or --checkpoint PATH to estimate")
@@ -110,8 +110,9 @@ def _to_json(report: FlopReport, sizes: CheckpointSize | None, max_depth: int | 
     out = report.to_json(max_depth)
     if sizes is None:
         return out
+    nodes = {n.module: n for n in sizes.tree.walk()}
     for entry in out["modules"]:
-        node = sizes.tree.find(entry["module"])
+        node = nodes.get(entry["module"])
         entry.update(
             parameters=node.parameters if node else 0, buffers=node.buffers if node else 0,
             bytes=node.bytes if node else 0,

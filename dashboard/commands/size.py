@@ -37,6 +37,7 @@ from ckptboard.dashboard.figures._common import format_bytes
 __all__ = [
     "CheckpointSize",
     "load_checkpoint_size",
+    "check_depth",
     "format_table",
     "format_count",
     "module_label",
@@ -129,9 +130,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def check_depth(depth: int | None) -> None:
+    """``--depth`` is 0 (the root only) or more, or absent (every depth)."""
+    if depth is not None and depth < 0:
+        raise UsageError(f"--depth {depth}: must be 0 (the whole model only) or more")
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.depth is not None and args.depth < 0:
-        raise UsageError(f"--depth {args.depth}: must be 0 (the whole model only) or more")
+    check_depth(args.depth)
     model = None
     if args.model:
         from ckptboard.core.model_spec import load_model
