@@ -165,3 +165,29 @@ def test_flops_estimate_only_from_a_checkpoint(full, capsys):
     assert list(data) == ["path", "estimate"] and "total_flops" not in data
     # block.0.weight 2*4*4 = 32; lm_head.weight 2*4*10 = 80; wte.weight is an embedding by name: 0
     assert data["estimate"]["linear_flops_per_token"] == 112
+
+
+def test_checkpoint_names_are_mapped_into_the_models_namespace(tmp_path, spec, capsys):
+    path = tmp_path / "prefixed.ckpt"
+    model, _ = _trained_tied_lm()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}}, path)
+    data = _json(["size", str(path), "--model", spec, "--json", "--depth", "1"], capsys)
+    assert [m["module"] for m in data["modules"]] == ["", "wte", "block", "lm_head"]  # "net." stripped
+    flops = _json(["flops", "--model", spec, "--input-shape", "3", "--input-dtype", "int64", "--checkpoint", str(path),
+                   "--json"], capsys)
+    assert {m["module"]: m["parameters"] for m in flops["modules"]}["wte"] == 40
+    assert flops["checkpoint_only_modules"] == []
+
+
+def test_sample_checkpoint_with_its_model(capsys):
+    sample = TESTS.parent / "sample_ckpts"
+    data = _json(["size", str(sample / "adamw_lr1e-3" / "epoch=0-step=30.ckpt"), "--model",
+                  f"{sample / 'model.py'}:SmallCNN", "--json"], capsys)
+    # conv1 3*16*9 = 432 (frozen), bn1 32, conv2 16*32*9 = 4608, bn2 64, conv3 32*32*9 = 9216, bn3 64,
+    # head 32*4 + 4 = 132 → 14548 parameters, 14116 trainable
+    # buffers: input_mean 3 + BN (16+16+1) + (32+32+1) * 2 = 166; bytes 14548*4 + 163*4 + 3*8 = 58868
+    total = data["total"]
+    assert (total["parameters"], total["trainable"], total["frozen"], total["buffers"], total["bytes"]) == (
+        14548, 14116, 432, 166, 58868)
+    # AdamW in the file: exp_avg + exp_avg_sq over the 14116 trainable elements, plus 10 float32 steps
+    assert data["training_memory"]["optimizer_state_bytes"] == {"float32": 14116 * 4 * 2 + 10 * 4}
