@@ -28,6 +28,7 @@ from ckptboard.dashboard.commands.serve import AppConfig, parse_app_args
 
 __all__ = [
     "ARGV_KEY",
+    "SKIPPED_KEY",
     "ViewContext",
     "app_config",
     "load_tables",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 ARGV_KEY = "app_argv"  # session_state key tests set to pass the app its argv (AppTest keeps pytest's sys.argv)
+SKIPPED_KEY = "skipped_incomplete"  # files summarize skipped as still being written, for the Overview
 _FINGERPRINT_KEY = "cache_fingerprint"
 _REFRESH_KEY = "refresh_requested"
 _LOADED_AT_KEY = "loaded_at"
@@ -126,7 +128,7 @@ def _summarize_missing(config: AppConfig) -> None:
         work = plan(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust)
         total = len(work.tasks)
         if not total:
-            execute(work)  # nothing to read; prunes fragments of deleted checkpoints
+            report = execute(work)  # nothing to read; prunes fragments of deleted checkpoints
         else:
             with st.status(f"Reading {total} new checkpoint(s)…", expanded=True) as status:
                 bar = st.progress(0.0, text=f"0/{total}")
@@ -140,6 +142,7 @@ def _summarize_missing(config: AppConfig) -> None:
                 report = execute(work, progress=progress)
                 status.update(label=f"Read {report.computed} new checkpoint(s): {report.line()}", state="complete",
                               expanded=False)
+    st.session_state[SKIPPED_KEY] = list(report.skipped_incomplete)
     for warning in caught:
         if issubclass(warning.category, CacheWarning):
             st.warning(str(warning.message))
@@ -289,11 +292,9 @@ def sidebar(config: AppConfig, tables: StatsTables, fingerprint: str) -> ViewCon
         pattern = _valid_regex(
             st.text_input("Tensor/module filter (regex)", key="sidebar_filter", placeholder=r"e.g. conv|bn\d")
         )
-        depth_max = _max_depth(tables)
-        depth = None
-        if depth_max > 1:
-            pick_default("sidebar_depth", range(1, depth_max + 1), min(2, depth_max))
-            depth = st.slider("Module depth for grouping", 1, depth_max, key="sidebar_depth")
+        depth_max = max(2, _max_depth(tables))  # a slider needs two values; depth 2 of a flat model is depth 1
+        pick_default("sidebar_depth", range(1, depth_max + 1), 2)
+        depth = st.slider("Module depth for grouping", 1, depth_max, key="sidebar_depth")
         step_range = None
         bounds = _step_bounds(tables)
         if bounds is not None:

@@ -39,15 +39,17 @@ class _TinyNet(nn.Module):
 
 
 def write_tiny_run(run_dir: Path, steps: list[int], seed: int = 0) -> list[Path]:
-    """``step_<N>.pt`` state_dicts of a tiny Linear+BatchNorm net whose weights move by a seeded step each time."""
+    """``step_<N>.pt`` state_dicts of a tiny Linear+BatchNorm net: ``fc.weight`` and the BN affine move by a
+    seeded step each time, ``fc.bias`` never changes (a frozen parameter), ``bn.running_var`` decays by 0.9."""
     torch.manual_seed(seed)
     net = _TinyNet()
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for step in steps:
         with torch.no_grad():
-            for p in net.parameters():
-                p.add_(0.1 * torch.randn_like(p))
+            for name, p in net.named_parameters():
+                if name != "fc.bias":
+                    p.add_(0.1 * torch.randn_like(p))
             net.bn.running_var.mul_(0.9)
             net.bn.num_batches_tracked.fill_(step)
         path = run_dir / f"step_{step}.pt"

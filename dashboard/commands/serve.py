@@ -118,6 +118,7 @@ def streamlit_command(config: AppConfig, *, host: str, port: int) -> list[str]:
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "minimal",
         "--",
         *config.to_argv(),
     ]  # fmt: skip

@@ -10,12 +10,13 @@ __all__ = ["checkpoint_picker", "run_picker", "tensor_picker"]
 
 
 def checkpoint_picker(ctx: ViewContext, key: str, label: str = "Checkpoint", *, index: int = -1) -> str:
-    """A checkpoint of the chosen runs (default: the ``index``-th, the latest by default); stops when none."""
+    """A checkpoint of the chosen runs (default: the first run's ``index``-th, its latest); stops when none."""
     names = ctx.checkpoints()
     if not names:
         st.info("No readable checkpoints in the chosen runs and step range.")
         st.stop()
-    pick_default(key, names, names[index])
+    first_run = ctx.checkpoints(ctx.runs[0]) or names
+    pick_default(key, names, first_run[index])
     return st.selectbox(label, names, key=key, format_func=ctx.checkpoint_label, persist_state="session")
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from ckptboard.dashboard.figures.health import health_table
-from ckptboard.dashboard.state import ViewContext, memo
+from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import VIEW_KEY, View
 from ckptboard.dashboard.views.scalars import BY_TENSOR
 
@@ -22,7 +22,7 @@ _STAT_FOR_CHECK = {
     "unchanged-across-run": "update_norm",
     "exploding-norm": "norm",
     "largest-update-ratio": "update_ratio",
-    "dead-bn-channel": "norm",
+    "dead-bn-channel": "min",
 }
 
 
@@ -42,20 +42,26 @@ def render(ctx: ViewContext) -> None:
     if table.empty:
         st.success("No findings: every tensor is finite, changes, and no norm explodes.")
         st.stop()
-    st.dataframe(table, hide_index=True, key="health_table", height=360)
     findings = list(range(len(table)))
-    choice = st.selectbox(
-        "Open a finding", findings, key="health_finding", format_func=lambda i: _label(table.iloc[i]),
+    selected = st.dataframe(
+        table, hide_index=True, key="health_table", height=360, on_select="rerun", selection_mode="single-row",
     )  # fmt: skip
-    row = table.iloc[choice]
-    cols = st.columns(3)
-    cols[0].button("Scalars", key="health_open_scalars", on_click=open_finding, args=(row.to_dict(), View.SCALARS),
-                   icon=":material/show_chart:", width="stretch")
-    cols[1].button("Histograms", key="health_open_histograms", on_click=open_finding,
-                   args=(row.to_dict(), View.HISTOGRAMS), icon=":material/bar_chart:", width="stretch")
+    rows = list(getattr(getattr(selected, "selection", None), "rows", []) or [])
+    if rows and rows != st.session_state.get("_health_rows"):  # a click on a row picks that finding
+        st.session_state["health_finding"] = rows[0]
+    st.session_state["_health_rows"] = rows
+    pick_default("health_finding", findings, 0)
+    choice = st.selectbox(
+        "Open a finding (or click its row)", findings, key="health_finding",
+        format_func=lambda i: _label(table.iloc[i]),
+    )  # fmt: skip
+    row = table.iloc[choice].to_dict()
+    targets = [(View.SCALARS, ":material/show_chart:"), (View.HISTOGRAMS, ":material/bar_chart:")]
     if row["check"] == "dead-bn-channel":
-        cols[2].button("BatchNorm", key="health_open_batchnorm", on_click=open_finding,
-                       args=(row.to_dict(), View.BATCHNORM), icon=":material/stacked_line_chart:", width="stretch")
+        targets.append((View.BATCHNORM, ":material/stacked_line_chart:"))
+    for col, (view, icon) in zip(st.columns(3), targets):
+        col.button(str(view), key=f"health_open_{view.name.lower()}", on_click=open_finding, args=(row, view),
+                   icon=icon, width="stretch")
 
 
 def _label(row: pd.Series) -> str:
@@ -66,7 +72,12 @@ def _label(row: pd.Series) -> str:
 def open_finding(row: dict, view: View) -> None:
     """Callback: point the target view's pickers at the finding's tensor and switch to it."""
     state = st.session_state
-    run, group, name = row["run"], row["group"], row["name"]
+    run, name = row["run"], row["name"]
+    group = row["group"] if isinstance(row["group"], str) else ""
+    if row["check"] == "dead-bn-channel":  # the finding names the layer; its tensor is the running variance
+        layer, name = name, f"{name}.running_var"
+    else:
+        layer = name.rpartition(".")[0]
     if run not in state.get("sidebar_runs", [run]):
         state["sidebar_runs"] = [*state["sidebar_runs"], run]
     state["sidebar_filter"] = ""  # the tensor must be visible in the pickers
@@ -79,6 +90,6 @@ def open_finding(row: dict, view: View) -> None:
         state["hist_tensor"] = (group, name)
     elif view == View.BATCHNORM:
         state["bn_run"] = run
-        state["bn_layer"] = name.rpartition(".")[0] if name.endswith(("running_var", "running_mean")) else name
+        state["bn_layer"] = layer
         state["bn_stat"] = "running_var"
     state[VIEW_KEY] = view

@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
-from ckptboard.dashboard.state import ViewContext, memo, pick_default
+from ckptboard.dashboard.state import SKIPPED_KEY, ViewContext, memo, pick_default
 
 __all__ = ["render"]
 
@@ -17,7 +17,11 @@ _ALL = "All runs"
 def render(ctx: ViewContext) -> None:
     cards = memo(error_cards, ctx)
     for card in cards:
-        st.error(f"**{card['checkpoint']}** could not be read — {card['error']}: {card['message']}", icon="⚠️")
+        st.error(f"**{card['checkpoint']}** could not be read — {card['error']}: {_problem(card)}", icon="⚠️")
+    skipped = st.session_state.get(SKIPPED_KEY, [])
+    if skipped:
+        shown = ", ".join(f"`{p}`" for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        st.info(f"{len(skipped)} file(s) still being written, read on the next refresh: {shown}", icon="⏳")
     checkpoints = ctx.tables.checkpoints
     if checkpoints.empty:
         st.info("No readable checkpoints in the chosen runs and step range. Checkpoints the run writes later show "
@@ -43,6 +47,13 @@ def render(ctx: ViewContext) -> None:
             "Metadata of", names, key="overview_checkpoint", format_func=ctx.checkpoint_label, persist_state="session"
         )
         _metadata(ctx, chosen)
+
+
+def _problem(card: dict) -> str:
+    """The error message without its leading path: the card already names the file."""
+    message = str(card["message"])
+    head, sep, tail = message.partition(": ")
+    return tail if sep and head.endswith(str(card["checkpoint"])) else message
 
 
 def _metadata(ctx: ViewContext, checkpoint: str) -> None:

@@ -7,23 +7,28 @@ import pandas as pd
 import streamlit as st
 
 from ckptboard.core.errors import CkptboardError, UsageError
+from ckptboard.core.flops import count_flops
+from ckptboard.core.model_spec import load_model
+from ckptboard.core.size import size_tree_from_frame
 from ckptboard.dashboard.commands.serve import parse_input_shape, resolve_under_root
+from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import checkpoint_picker
 
 __all__ = ["render", "module_tree_chart", "checked_spec"]
 
-METRICS = {"nbytes": "bytes", "numel": "elements"}
+METRICS = {"bytes": "bytes", "parameters": "parameters", "elements": "elements (with buffers)"}
 CHARTS = ("treemap", "sunburst")
 
 
 def render(ctx: ViewContext) -> None:
     checkpoint = checkpoint_picker(ctx, "size_checkpoint")
-    module_tree_chart(ctx, checkpoint, key_prefix="size")
+    group = module_tree_chart(ctx, checkpoint, key_prefix="size")
     frame = _checkpoint_tensors(ctx, checkpoint)
+    frame = frame[frame["group"].fillna("").astype(str) == group]
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(memo(_dtype_bars, ctx, checkpoint), key="size_dtype_chart")
+        st.plotly_chart(memo(_dtype_bars, ctx, checkpoint, group), key="size_dtype_chart")
     with right:
         kinds = frame.groupby("kind", as_index=False)[["numel", "nbytes"]].sum()
         kinds["tensors"] = frame.groupby("kind")["name"].size().to_numpy()
@@ -37,29 +42,37 @@ def _checkpoint_tensors(ctx: ViewContext, checkpoint: str) -> pd.DataFrame:
     return frame[frame["checkpoint"] == checkpoint]
 
 
-def _size_tree(tables, checkpoint: str):
-    from ckptboard.core.size import size_tree_from_frame
-
-    return size_tree_from_frame(tables.tensors[tables.tensors["checkpoint"] == checkpoint])
+def _size_tree(tables, checkpoint: str, group: str):
+    return size_tree_from_frame(tables.tensors[tables.tensors["checkpoint"] == checkpoint], group=group)
 
 
-def _size_chart(tables, checkpoint: str, metric: str, chart: str):
-    from ckptboard.dashboard.figures.size import size_treemap
-
-    return size_treemap(_size_tree(tables, checkpoint), metric, chart=chart)
+def _size_chart(tables, checkpoint: str, group: str, metric: str, chart: str):
+    return size_treemap(_size_tree(tables, checkpoint, group), metric, chart=chart)
 
 
-def _dtype_bars(tables, checkpoint: str):
-    from ckptboard.dashboard.figures.size import dtype_bars
-
-    return dtype_bars(_size_tree(tables, checkpoint))
+def _dtype_bars(tables, checkpoint: str, group: str):
+    return dtype_bars(_size_tree(tables, checkpoint, group))
 
 
-def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> None:
-    """The module tree of ``checkpoint`` as a treemap or sunburst, sized by bytes or elements."""
-    left, right = st.columns(2)
+def _group_picker(ctx: ViewContext, checkpoint: str, key: str) -> str:
+    """The state_dict to size when the checkpoint holds several (model and EMA); the only one otherwise."""
+    frame = _checkpoint_tensors(ctx, checkpoint)
+    groups = sorted(frame["group"].fillna("").astype(str).unique())
+    if len(groups) <= 1:
+        return groups[0] if groups else ""
+    pick_default(key, groups, groups[0])
+    return st.selectbox("State dict", groups, key=key, format_func=lambda g: g or "(top level)",
+                        persist_state="session")
+
+
+def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> str:
+    """The module tree of ``checkpoint`` as a treemap or sunburst, sized by bytes, parameters or elements;
+    returns the state_dict (group) drawn."""
+    left, mid, right = st.columns([2, 3, 2])
     with left:
-        pick_default(f"{key_prefix}_metric", list(METRICS), "nbytes")
+        group = _group_picker(ctx, checkpoint, f"{key_prefix}_group")
+    with mid:
+        pick_default(f"{key_prefix}_metric", list(METRICS), "bytes")
         metric = st.segmented_control(
             "Size by", list(METRICS), key=f"{key_prefix}_metric", format_func=METRICS.get, required=True,
             persist_state="session",
@@ -67,7 +80,8 @@ def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> 
     with right:
         pick_default(f"{key_prefix}_chart", CHARTS, CHARTS[0])
         chart = st.segmented_control("Chart", CHARTS, key=f"{key_prefix}_chart", required=True, persist_state="session")
-    st.plotly_chart(memo(_size_chart, ctx, checkpoint, metric, chart), key=f"{key_prefix}_tree_chart")
+    st.plotly_chart(memo(_size_chart, ctx, checkpoint, group, metric, chart), key=f"{key_prefix}_tree_chart")
+    return group
 
 
 def checked_spec(root, spec: str) -> str:
@@ -85,10 +99,7 @@ def checked_spec(root, spec: str) -> str:
 
 @st.cache_resource(show_spinner="Counting FLOPs…", max_entries=8)
 def _flop_report(spec: str, shape: tuple[int, ...]):
-    from ckptboard.core.flops import count_flops
-    from ckptboard.core.model_spec import load_model
-
-    return count_flops(load_model(spec), shape)
+    return count_flops(load_model(spec), shape, build_cpu_model=lambda: load_model(spec, device="cpu"))
 
 
 def _flops(ctx: ViewContext) -> None:
@@ -113,6 +124,4 @@ def _flops(ctx: ViewContext) -> None:
     except CkptboardError as e:
         st.error(f"{type(e).__name__}: {e}")
         return
-    from ckptboard.dashboard.figures.size import flops_treemap
-
     st.plotly_chart(flops_treemap(report), key="flops_chart")

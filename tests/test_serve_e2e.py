@@ -1,0 +1,129 @@
+"""End to end in a real browser: ``ckptboard serve`` on a copy of sample_ckpts, every view opened in headless
+Chromium, Plotly charts rendered and no Streamlit exception on the page; screenshots kept in ``tmp_path``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from _fixtures_app import copy_samples
+from ckptboard.core.summarize import summarize
+from ckptboard.dashboard.views import View
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+SERVER_START_S = 90
+VIEW_RENDER_MS = 60_000
+# Every view but Health draws Plotly charts on sample_ckpts (Health shows a table of findings).
+# A widget key each view shows once it has drawn (Streamlit tags its container with ``st-key-<key>``).
+MARKER = {View.OVERVIEW: "overview_run", View.TENSORS: "tensors_checkpoint", View.SCALARS: "scalars_stat",
+          View.HISTOGRAMS: "hist_run", View.BATCHNORM: "bn_run", View.SIZE_FLOPS: "size_checkpoint",
+          View.COMPARE: "compare_mode", View.HEALTH: "health_dead_var"}  # fmt: skip
+CHART_VIEWS = {View.OVERVIEW, View.TENSORS, View.SCALARS, View.HISTOGRAMS, View.BATCHNORM, View.SIZE_FLOPS,
+               View.COMPARE}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ckptboard serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"ckptboard serve not healthy after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``ckptboard serve`` on a summarized copy of sample_ckpts; yields its URL and always stops it."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install chromium (apt-get install chromium) to run the browser test")
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("the playwright package is missing: pip install playwright")
+    root = copy_samples(tmp_path / "samples")
+    summarize(root)  # the first-open summarizing path is covered by the AppTest tests
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ckptboard.dashboard.cli", "serve", str(root), "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def _wait_drawn(page, view: View) -> None:
+    """Until ``view``'s marker widget is shown, the script has finished and no element is left stale."""
+    page.locator(f".st-key-{MARKER[view]}").first.wait_for(timeout=VIEW_RENDER_MS)
+    page.wait_for_function(
+        """() => document.querySelector('[data-testid="stApp"][data-test-script-state="notRunning"]') !== null
+                 && document.querySelector('[data-stale="true"]') === null""",
+        timeout=VIEW_RENDER_MS,
+    )
+
+
+def test_every_view_renders_in_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1100})
+            page.set_default_timeout(VIEW_RENDER_MS)
+            page.goto(server)
+            _wait_drawn(page, View.OVERVIEW)
+            for view in View:
+                # Click the view's button in the switcher, as a user does.
+                page.locator(".st-key-view button", has_text=str(view)).first.click()
+                page.locator(".st-key-view button[aria-checked=true]", has_text=str(view)).wait_for()
+                _wait_drawn(page, view)
+                if view in CHART_VIEWS:
+                    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=VIEW_RENDER_MS)
+                page.screenshot(path=str(tmp_path / f"{view.name.lower()}.png"), full_page=True)
+                exceptions = page.locator('[data-testid="stException"]')
+                assert exceptions.count() == 0, f"{view}: {exceptions.first.inner_text()}"
+                if view in CHART_VIEWS:
+                    assert page.locator(".js-plotly-plot").count() >= 1, view
+            # A view opened from the URL directly, as a shared link does.
+            page.goto(f"{server}/?view={quote(str(View.SCALARS))}")
+            _wait_drawn(page, View.SCALARS)
+            page.wait_for_selector(".js-plotly-plot .main-svg")
+            assert page.locator('[data-testid="stException"]').count() == 0
+        finally:
+            browser.close()
+    shots = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(shots) == len(View), shots
