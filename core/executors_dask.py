@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import FailableTask, default_workers
 
-__all__ = ["DaskExecutor", "INSTALL_HINT"]
+__all__ = ["DaskExecutor", "INSTALL_HINT", "SCHEDULER_CONFIG"]
 
 R = TypeVar("R")
 
@@ -24,10 +24,11 @@ INSTALL_HINT = "pip install ckptboard[dask]"
 _MAX_ATTEMPTS = 2  # a lost task is resubmitted once
 _CONNECT_TIMEOUT_S = 10
 
-# For the LocalCluster we start: a worker death fails its task at once (we resubmit it ourselves, so "retried
-# once" means exactly two attempts), and each one-thread worker holds one task at a time, so a dying worker takes
-# no queued bystander down with it and a long checkpoint never waits behind another on a busy worker.
-_LOCAL_SCHEDULER_CONFIG = {
+# The scheduler settings of the LocalCluster we start (and what we advise for a cluster of your own): a worker death
+# fails its task at once (we resubmit it ourselves, so "retried once" means exactly two attempts), and each
+# one-thread worker holds one task at a time, so a dying worker takes no queued bystander down with it and a long
+# checkpoint never waits behind another on a busy worker.
+SCHEDULER_CONFIG = {
     "distributed.scheduler.allowed-failures": 0,
     "distributed.scheduler.worker-saturation": 1.0,
 }
@@ -78,11 +79,17 @@ class DaskExecutor:
             import dask
 
             n_workers = self.n_workers or default_workers()
-            with dask.config.set(_LOCAL_SCHEDULER_CONFIG):
-                self._cluster = distributed.LocalCluster(
-                    n_workers=n_workers, threads_per_worker=1, processes=True,
-                    dashboard_address=self.dashboard_address,
-                )
+            try:
+                with dask.config.set(SCHEDULER_CONFIG):
+                    self._cluster = distributed.LocalCluster(
+                        n_workers=n_workers, threads_per_worker=1, processes=True,
+                        dashboard_address=self.dashboard_address,
+                    )
+            except (RuntimeError, OSError) as e:  # "Nanny failed to start": a worker process could not start
+                raise UsageError(
+                    f"--executor dask: cannot start a Dask LocalCluster of {n_workers} worker processes here "
+                    f"({type(e).__name__}: {e}); try fewer --workers, --executor local, or --scheduler ADDR"
+                ) from e
             self._client = distributed.Client(self._cluster)
         else:
             try:

@@ -11,8 +11,9 @@ import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-__all__ = ["SquareTask", "square", "die_on", "raise_on", "attempts"]
+__all__ = ["SquareTask", "square", "die_on", "raise_on", "attempts", "KillMidWriteExecutor"]
 
 
 @dataclass
@@ -71,3 +72,39 @@ class _RaiseOn:
         if task.n == self.victim:
             raise RuntimeError(f"boom on {task.n}")
         return ("ok", task.n * task.n)
+
+
+class KillMidWriteExecutor:
+    """Wraps an executor so that the worker writing ``victim``'s fragment is SIGKILLed after the temp file is
+    complete and fsynced, before the rename into place. Each attempt on the victim leaves a file in ``marker_dir``."""
+
+    def __init__(self, executor, victim: str, marker_dir: str):
+        self.executor, self.victim, self.marker_dir = executor, victim, marker_dir
+
+    def map_unordered(self, fn, tasks):
+        return self.executor.map_unordered(_KillMidWrite(fn, self.victim, self.marker_dir), tasks)
+
+
+@dataclass(frozen=True)
+class _KillMidWrite:
+    fn: Callable[[Any], Any]
+    victim: str
+    marker_dir: str
+
+    def __call__(self, task):
+        if task.relpath == self.victim:
+            from ckptboard.core import _fragment
+
+            (Path(self.marker_dir) / uuid.uuid4().hex).touch()
+            _fragment.os = _DieOnRename()  # this worker process dies in this task, so nothing else sees it
+        return self.fn(task)
+
+
+class _DieOnRename:
+    """``os`` for the fragment writer, except that the atomic rename kills the process first."""
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def replace(self, src, dst):
+        os.kill(os.getpid(), signal.SIGKILL)
