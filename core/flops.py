@@ -234,12 +234,6 @@ def count_flops(
     return _report(model, inputs, device, counts, ops, notes)
 
 
-def _report(model: nn.Module, inputs: list[InputSpec], device: str, counts: dict, ops: dict, notes: list[str]):
-    total = sum(counts.get("Global", {}).values())
-    unsupported = [ops[k].result(k) for k in sorted(ops)]
-    return FlopReport(type(model).__name__, inputs, device, total, _module_flops(model, counts), unsupported, notes)
-
-
 def module_table(
     tree: SizeNode | None = None, report: FlopReport | None = None, max_depth: int | None = None
 ) -> pd.DataFrame:
@@ -256,7 +250,10 @@ def module_table(
         if max_depth is not None and depth > max_depth:
             continue
         node, flops = size_nodes.get(path), flop_nodes.get(path)
-        sizes = (node.parameters, node.buffers, node.bytes) if node else ((0, 0, 0) if tree is not None else (None,) * 3)
+        if node is not None:
+            sizes = (node.parameters, node.buffers, node.bytes)
+        else:
+            sizes = (0, 0, 0) if tree is not None else (None, None, None)
         rows.append((path, depth, *sizes, flops.flops if flops else None, flops.macs if flops else None))
     df = pd.DataFrame(rows, columns=["module", "depth", "params", "buffers", "bytes", "flops", "macs"])
     return df.astype({c: "Int64" for c in ("depth", "params", "buffers", "bytes", "flops", "macs")})
@@ -305,7 +302,8 @@ def _run(model: nn.Module, inputs: Sequence[InputSpec], device: torch.device):
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     recorder = _OpRecorder(counter.flop_registry, tracker, type(model).__name__)
     if device.type == "meta" and not _all_meta(model):
-        states = {n: torch.empty_like(t, device="meta") for n, t in chain(model.named_parameters(), model.named_buffers())}
+        named = chain(model.named_parameters(), model.named_buffers())
+        states = {n: torch.empty_like(t, device="meta") for n, t in named}
         call = lambda: torch.func.functional_call(model, states, args)  # noqa: E731 - weights untouched
     else:
         call = lambda: model(*args)  # noqa: E731
@@ -339,6 +337,14 @@ def _unfused_kernels() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+def _report(
+    model: nn.Module, inputs: list[InputSpec], device: str, counts: dict, ops: dict, notes: list[str]
+) -> FlopReport:
+    total = sum(counts.get("Global", {}).values())
+    unsupported = [ops[k].result(k) for k in sorted(ops)]
+    return FlopReport(type(model).__name__, inputs, device, total, _module_flops(model, counts), unsupported, notes)
+
+
 def _module_flops(model: nn.Module, counts: dict[str, dict[Any, int]]) -> list[ModuleFlops]:
     root = type(model).__name__
     by_path: dict[str, dict[str, int]] = {}
@@ -362,7 +368,7 @@ def _module_flops(model: nn.Module, counts: dict[str, dict[Any, int]]) -> list[M
 
 
 def _module_path(key: str, root: str) -> str | None:
-    """ModuleTracker's ``Root.a.b`` → ``a.b``; ``Root`` → ``""``; other keys (``Global``, stray modules) → None."""
+    """ModuleTracker's ``Root.a.b`` → ``a.b``, ``Root`` → ``""``; ``Global`` and stray modules → None."""
     if key == root:
         return ""
     if key.startswith(root + "."):

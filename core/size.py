@@ -290,7 +290,9 @@ def training_memory(
         assumptions.append(
             f"optimizer {kind}: {per} float32 state(s) ({_STATE_NAMES[kind]}) per trainable parameter element"
         )
-    return TrainingMemory(str(kind), source, _sorted_dict(weights), _sorted_dict(gradients), _sorted_dict(state), assumptions)
+    return TrainingMemory(
+        str(kind), source, _sorted_dict(weights), _sorted_dict(gradients), _sorted_dict(state), assumptions
+    )
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -26,7 +26,8 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_sample_cnn_json(capsys):
-    rc, out, err = _run(["flops", "--model", f"{SAMPLE_MODEL}:SmallCNN", "--input-shape", "1,3,32,32", "--json"], capsys)
+    argv = ["flops", "--model", f"{SAMPLE_MODEL}:SmallCNN", "--input-shape", "1,3,32,32", "--json"]
+    rc, out, err = _run(argv, capsys)
     assert rc == 0 and err == ""
     data = json.loads(out)
     # conv1 3→16, 3x3, 32x32 out: 2*3*9*16*1024 = 884736; conv2 16→32 stride 2, 16x16: 2*16*9*32*256 = 2359296;

@@ -76,7 +76,8 @@ def test_lstm_on_meta_and_on_cpu():
 
 def test_transformer_encoder_meta_and_cpu_fast_path_agree():
     torch.manual_seed(0)
-    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2, enable_nested_tensor=False)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
     # per layer, T=5: in_proj 2*5*16*48 = 7680 + out_proj 2*5*16*16 = 2560; attention 2 * (2*2*5*5*8) = 1600;
     # linear1 2*5*16*32 = 5120, linear2 5120 → 22080; two layers → 44160
     on_meta = count_flops(model, (1, 5, 16))

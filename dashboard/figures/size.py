@@ -16,6 +16,7 @@ from ckptboard.dashboard.figures._common import empty_figure, format_bytes
 __all__ = ["SizeMetric", "ChartKind", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
 
 _ROOT_ID = "(model)"
+_MARGIN = {"t": 40, "l": 0, "r": 0, "b": 0}
 
 
 class SizeMetric(StrEnum):
@@ -56,7 +57,7 @@ def size_treemap(
     ]
     trace = _hierarchy(chart_kind, [n.module for n in nodes], values, hover, branchvalues="total")
     fig = go.Figure(trace)
-    fig.update_layout(title=f"{kind} by module (total {_metric_text(kind, values[0])})", margin={"t": 40, "l": 0, "r": 0, "b": 0})
+    fig.update_layout(title=f"{kind} by module (total {_metric_text(kind, values[0])})", margin=_MARGIN)
     return fig
 
 
@@ -68,7 +69,8 @@ def dtype_bars(tree: SizeNode) -> go.Figure:
     fig = go.Figure()
     for name, by_dtype in (("parameters", tree.parameter_bytes_by_dtype), ("buffers", tree.buffer_bytes_by_dtype)):
         ys = [by_dtype.get(d, 0) for d in dtypes]
-        fig.add_trace(go.Bar(name=name, x=dtypes, y=ys, text=[format_bytes(y) for y in ys], hovertemplate="%{x}: %{y:,} bytes"))
+        text = [format_bytes(y) for y in ys]
+        fig.add_trace(go.Bar(name=name, x=dtypes, y=ys, text=text, hovertemplate="%{x}: %{y:,} bytes"))
     fig.update_layout(barmode="group", title="bytes by dtype", xaxis_title="dtype", yaxis_title="bytes")
     return fig
 
@@ -76,7 +78,8 @@ def dtype_bars(tree: SizeNode) -> go.Figure:
 def flops_treemap(report: FlopReport, *, chart: str = "treemap", max_depth: int | None = None) -> go.Figure:
     """Modules sized by the FLOPs counted in them (multiply-add = 2 FLOP); the title lists ops counted as 0."""
     chart_kind = _chart(chart)
-    unsupported = f"; {len(report.unsupported_ops)} op(s) with no formula counted as 0" if report.unsupported_ops else ""
+    n_unsupported = len(report.unsupported_ops)
+    unsupported = f"; {n_unsupported} op(s) with no formula counted as 0" if n_unsupported else ""
     if report.total_flops <= 0:
         return empty_figure(f"no FLOPs counted for {report.model}{unsupported}")
     modules = [m for m in report.modules if max_depth is None or m.depth <= max_depth]
@@ -93,7 +96,7 @@ def flops_treemap(report: FlopReport, *, chart: str = "treemap", max_depth: int 
     fig = go.Figure(trace)
     fig.update_layout(
         title=f"FLOPs of {report.model} by module: {report.total_flops:,} FLOP on {report.device}{unsupported}",
-        margin={"t": 40, "l": 0, "r": 0, "b": 0},
+        margin=_MARGIN,
     )
     return fig
 
