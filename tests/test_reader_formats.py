@@ -169,3 +169,24 @@ def test_load_on_cuda(tmp_path, legacy):
             tensor = ckpt.load(info)
             assert tensor.device.type == "cuda"
             assert _same(tensor.cpu(), saved[info.name]), info.name
+
+
+def test_hf_single_file_folder_beside_config_json(tmp_path):
+    folder = tmp_path / "checkpoint-40"
+    folder.mkdir()
+    save_file({"w": torch.arange(4.0)}, folder / "model.safetensors")
+    (folder / "config.json").write_text("{}")
+    with open_checkpoint(folder) as ckpt:
+        assert ckpt.format == CheckpointFormat.HF_SHARDED
+        assert [t.name for t in ckpt.tensors] == ["w"] and ckpt.tensors[0].storage_key == "model.safetensors:w"
+        assert (ckpt.step, ckpt.step_source) == (40, StepSource.FILENAME)
+
+
+def test_legacy_pickled_module_needs_trust(tmp_path):
+    net, _ = trained_net()
+    path = save(net, tmp_path / "model_legacy.pt", legacy=True)
+    with pytest.raises(UnsafeCheckpointError, match=r"model_legacy\.pt: .*TinyNet.*--trust"):
+        open_checkpoint(path)
+    with open_checkpoint(path, trust=True) as ckpt:
+        assert isinstance(ckpt.module, TinyNet)
+        assert torch.equal(ckpt.load(ckpt.tensors[0]), net.embed.weight)
