@@ -1,0 +1,220 @@
+"""Summarise every checkpoint under a folder into the stats cache, once: plan, hand tasks to an executor, report.
+
+``plan`` discovers the runs, keys each checkpoint (see :mod:`ckptboard.core.cache`) and keeps as work only those
+without a current fragment; ``execute`` runs that work on an :class:`~ckptboard.core.executors.Executor` and
+prunes fragments of deleted checkpoints; ``summarize`` does both. An unchanged folder costs one ``stat`` and one
+fragment footer per checkpoint and opens no checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptboard.core._fragment import FORMAT_VERSION
+from ckptboard.core._task import CheckpointTask, Receipt, ReceiptStatus, file_identity, run_task
+from ckptboard.core.cache import StatsCache, warn_invalid
+from ckptboard.core.errors import UsageError
+from ckptboard.core.executors import Executor, LocalExecutor
+from ckptboard.core.stats import resolve_device
+
+__all__ = [
+    "CheckpointTask",
+    "Receipt",
+    "ReceiptStatus",
+    "Failure",
+    "Plan",
+    "SummaryReport",
+    "plan",
+    "execute",
+    "summarize",
+    "run_task",
+]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A checkpoint that could not be summarised: its path relative to ROOT, the error type and message."""
+
+    relpath: str
+    error: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What ``summarize`` will do: ``tasks`` to run, checkpoints already ``cached`` (as receipts)."""
+
+    root: Path
+    cache: StatsCache
+    tasks: list[CheckpointTask] = field(default_factory=list)
+    cached: list[Receipt] = field(default_factory=list)
+    relpaths: list[str] = field(default_factory=list)  # every checkpoint discovered
+
+    @property
+    def todo_bytes(self) -> int:
+        return sum(t.size for t in self.tasks)
+
+
+@dataclass
+class SummaryReport:
+    """The outcome of one ``summarize``: counts over every checkpoint found, bytes read and time taken now."""
+
+    root: Path
+    cache_dir: Path
+    checkpoints: int = 0  # summarised (now or earlier) without error
+    tensors: int = 0  # model tensors in those checkpoints
+    bytes: int = 0  # bytes of checkpoints read by this call
+    seconds: float = 0.0
+    cached: int = 0  # checkpoints whose current fragment was already in the cache (failed ones included)
+    computed: int = 0  # checkpoints read by this call
+    failures: list[Failure] = field(default_factory=list)
+    skipped_incomplete: list[str] = field(default_factory=list)  # still being written: picked up next time
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes / 1e9 / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints."""
+        text = (f"{self.checkpoints} checkpoints ({self.cached} from cache), {self.tensors} tensors, "
+                f"{self.bytes / 1e9:.2f} GB read in {self.seconds:.1f} s ({self.gb_per_s:.2f} GB/s), "
+                f"{len(self.failures)} failed")
+        if self.skipped_incomplete:
+            text += f", {len(self.skipped_incomplete)} skipped (still being written)"
+        return text
+
+    def add(self, receipt: Receipt) -> None:
+        """Count one finished (or cached) checkpoint."""
+        if receipt.status == ReceiptStatus.INCOMPLETE:
+            self.skipped_incomplete.append(receipt.relpath)
+            return
+        if receipt.status == ReceiptStatus.CACHED:
+            self.cached += 1
+        else:
+            self.computed += 1
+            self.bytes += receipt.bytes
+        if receipt.error:
+            self.failures.append(Failure(receipt.relpath, receipt.error, receipt.message))
+        else:
+            self.checkpoints += 1
+            self.tensors += receipt.tensors
+
+
+def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", model: Any = None,
+         trust: bool = False) -> Plan:
+    """Discover ROOT's checkpoints and decide which need summarising; reads fragment footers, no checkpoint."""
+    from ckptboard.core.discover import discover
+
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
+    cache = StatsCache(root, cache_dir)
+    cache.ensure()
+    fingerprint = _model_fingerprint(model)
+    result = Plan(root=root, cache=cache)
+    invalid: list[str] = []
+    for run in discover(root):
+        files = list(run.checkpoints)
+        identities = {}
+        for cf in files:
+            try:
+                identities[cf.relpath] = file_identity(root / cf.relpath)
+            except OSError:
+                identities[cf.relpath] = None  # vanished since discovery
+        first_id = _ident(files[0].relpath, identities) if files else None
+        for i, cf in enumerate(files):
+            result.relpaths.append(cf.relpath)
+            ident = identities[cf.relpath]
+            if ident is None:
+                continue
+            prev = files[i - 1].relpath if i else None
+            first = files[0].relpath if i else None
+            key = {
+                "relpath": cf.relpath, "size": ident[0], "mtime_ns": ident[1],
+                "prev": _ident(prev, identities), "first": first_id if i else None,
+                "model": fingerprint, "format_version": FORMAT_VERSION,
+            }
+            lookup = cache.lookup(cf.relpath, key)
+            if lookup.status == "invalid":
+                invalid.append(lookup.problem)
+            if lookup.hit and not _retry_with_trust(lookup.header.info, trust):
+                result.cached.append(_cached_receipt(cf.relpath, run.name, lookup.header.info))
+                continue
+            result.tasks.append(CheckpointTask(
+                root=str(root), relpath=cf.relpath, run=run.name, size=ident[0], mtime_ns=ident[1],
+                prev=prev, first=first, cache_dir=str(cache.dir), key=key, device=device, trust=trust,
+                model=model,
+            ))
+    warn_invalid(invalid, "were unreadable or of another format version and are recomputed")
+    return result
+
+
+def execute(work: Plan, executor: Executor | None = None,
+            progress: Callable[[Receipt], None] | None = None) -> SummaryReport:
+    """Run ``work``'s tasks on ``executor`` (in this process by default); ``progress(receipt)`` as each finishes."""
+    start = time.perf_counter()
+    report = SummaryReport(root=work.root, cache_dir=work.cache.dir)
+    for receipt in work.cached:
+        report.add(receipt)
+    executor = executor if executor is not None else LocalExecutor(1)
+    for receipt in executor.map_unordered(run_task, work.tasks):
+        report.add(receipt)
+        if progress is not None:
+            progress(receipt)
+    work.cache.prune(work.relpaths)
+    report.failures.sort(key=lambda f: f.relpath)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_dir: str | Path | None = None,
+              executor: Executor | None = None, progress: Callable[[Receipt], None] | None = None,
+              model: Any = None, trust: bool = False) -> SummaryReport:
+    """Summarise every checkpoint under ``root`` not already in the cache; return what happened."""
+    start = time.perf_counter()
+    device = str(resolve_device(device))
+    if executor is None:
+        executor = LocalExecutor(workers)
+    report = execute(plan(root, cache_dir=cache_dir, device=device, model=model, trust=trust), executor, progress)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _ident(relpath: str | None, identities: dict[str, tuple[int, int] | None]) -> list | None:
+    if relpath is None or identities.get(relpath) is None:
+        return None
+    return [relpath, *identities[relpath]]
+
+
+def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:
+    """A file refused as unsafe without --trust is worth reading again when trust is now given."""
+    return trust and info.get("error") == "UnsafeCheckpointError" and not info.get("trust")
+
+
+def _cached_receipt(relpath: str, run: str, info: dict[str, Any]) -> Receipt:
+    return Receipt(relpath, run, ReceiptStatus.CACHED, error=info.get("error", ""),
+                   message=info.get("message", ""), tensors=int(info.get("tensors", 0)))
+
+
+def _model_fingerprint(model: Any) -> str | None:
+    """Identity of the classification model: its parameter/buffer names, shapes and requires_grad."""
+    if model is None:
+        return None
+    if isinstance(model, str):
+        from ckptboard.core._task import _model_from_spec
+
+        module = _model_from_spec(model)  # ModelSpecError here, before any checkpoint is opened
+    else:
+        module = model
+    parts = [f"p {n} {tuple(p.shape)} {p.requires_grad}" for n, p in module.named_parameters()]
+    parts += [f"b {n} {tuple(b.shape)}" for n, b in module.named_buffers()]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()

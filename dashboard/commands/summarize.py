@@ -1,0 +1,103 @@
+"""``ckptboard summarize ROOT``: reduce every checkpoint under ROOT to cached statistics, with a progress bar.
+
+Prints a tqdm bar over the bytes still to read, one line per file that failed (``FAILED relpath: Error: problem``,
+on stderr) and one final line; exits 1 when a file failed, after every other file was summarised. The options
+that choose where and how to summarise are defined once, by :func:`add_summarize_options`, and shared with
+``ckptboard export``. Executors are looked up by name in :data:`EXECUTORS` (``local``; others register there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ckptboard.core.errors import UsageError
+from ckptboard.core.executors import Executor, LocalExecutor, default_workers
+
+__all__ = ["EXECUTORS", "add_summarize_options", "make_executor", "summarize_with_progress", "add_parser", "run"]
+
+
+# Below this many bytes to read, the default is to summarise in-process: starting worker processes (each imports
+# torch) costs seconds, more than a pool saves on small work.
+POOL_MIN_BYTES = 512 * 1000 * 1000
+
+
+def _local(args: argparse.Namespace, todo_bytes: int) -> Executor:
+    if args.workers is not None:
+        return LocalExecutor(args.workers)
+    return LocalExecutor(default_workers() if todo_bytes >= POOL_MIN_BYTES else 1)
+
+
+# --executor NAME -> factory(args, bytes to read). Another executor (dask) registers here with its own options.
+EXECUTORS: dict[str, Callable[[argparse.Namespace, int], Executor]] = {"local": _local}
+
+
+def add_summarize_options(parser: argparse.ArgumentParser) -> None:
+    """ROOT and the options shared by every command that fills the stats cache."""
+    parser.add_argument("root", metavar="ROOT", help="folder of runs (or one run) holding checkpoints")
+    parser.add_argument("--cache-dir", metavar="DIR", default=None,
+                        help="where the stats cache lives (default: ROOT/.ckptboard; use for a read-only ROOT)")
+    parser.add_argument("--device", default="cpu", help="where statistics are computed: cpu (default) or cuda[:N]")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes for the local executor (default: the cores, bounded by memory; "
+                             "in-process when under 512 MB is to be read)")
+    parser.add_argument("--executor", default="local", metavar="NAME",
+                        help=f"where tasks run: {', '.join(EXECUTORS)} (default: local)")
+    parser.add_argument("--model", metavar="SPEC", default=None,
+                        help="file.py:factory or package.module:factory building the model, for classification")
+    parser.add_argument("--trust", action="store_true",
+                        help="allow files that need pickled code to run (only for files you trust)")
+
+
+def _check_executor_options(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    if args.executor not in EXECUTORS:
+        raise UsageError(f"--executor {args.executor}: unknown; choose one of {', '.join(EXECUTORS)}")
+
+
+def make_executor(args: argparse.Namespace, todo_bytes: int) -> Executor:
+    """The executor named by ``--executor`` for ``todo_bytes`` of work; :class:`UsageError` for bad options."""
+    _check_executor_options(args)
+    return EXECUTORS[args.executor](args, todo_bytes)
+
+
+def summarize_with_progress(args: argparse.Namespace):
+    """Validate the options, summarise ROOT with a bytes progress bar, print failures and the final line."""
+    from tqdm import tqdm
+
+    from ckptboard.core.stats import resolve_device
+    from ckptboard.core.summarize import execute, plan
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
+    device = str(resolve_device(args.device))
+    _check_executor_options(args)  # at the boundary: before any file is opened
+    work = plan(root, cache_dir=args.cache_dir, device=device, model=args.model, trust=args.trust)
+    executor = make_executor(args, work.todo_bytes)
+    with tqdm(total=work.todo_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="summarize",
+              file=sys.stderr, dynamic_ncols=True, disable=not work.tasks) as bar:
+        sizes = {task.relpath: task.size for task in work.tasks}
+        report = execute(work, executor, progress=lambda receipt: bar.update(sizes.get(receipt.relpath, 0)))
+    for failure in report.failures:
+        print(f"FAILED {failure.relpath}: {failure.error}: {failure.message}", file=sys.stderr)
+    print(report.line())
+    return report
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "summarize", help="compute and cache statistics of every checkpoint under ROOT",
+        description="Reduce every checkpoint under ROOT to cached statistics (incremental: only new or changed "
+                    "files are read).",
+    )
+    add_summarize_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = summarize_with_progress(args)
+    return 0 if report.ok else 1
