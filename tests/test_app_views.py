@@ -37,6 +37,11 @@ def samples(tmp_path_factory):
 
 
 
+def _chart(at, key: str):
+    """The Plotly chart drawn with ``key`` (its element id ends with the key), or None."""
+    return next((c for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}")), None)
+
+
 def _open(root, view: View):
     at = app_test(str(root))
     at.session_state["view"] = view
@@ -67,3 +72,34 @@ def test_every_view_renders_with_its_widgets(samples, view):
         assert widget is not None, f"{view}: no {kind} {key!r}"
     if view not in (View.HEALTH, View.OVERVIEW):
         assert at.get("plotly_chart"), f"{view} draws at least one chart"
+
+
+def test_flops_from_a_model_file_typed_under_root(samples):
+    at = _open(samples, View.SIZE_FLOPS)
+    at.text_input(key="flops_model").input("model.py:SmallCNN")  # sample_ckpts/model.py, relative to ROOT
+    at.text_input(key="flops_input_shape").input("1,3,32,32")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert _chart(at, "flops_chart") is not None
+
+
+def test_scalars_by_module_and_log_y(samples):
+    at = _open(samples, View.SCALARS)
+    at.segmented_control(key="scalars_by").set_value("Modules").run()
+    # SmallCNN's modules at any depth: conv1..3, bn1..3, head (make_samples.py / model.py)
+    assert sorted(at.multiselect(key="scalars_modules").options) == [
+        "bn1", "bn2", "bn3", "conv1", "conv2", "conv3", "head"
+    ]
+    at.toggle(key="scalars_log_y").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _chart(at, "scalars_chart") is not None
+
+
+def test_compare_two_runs_at_a_step(samples):
+    at = _open(samples, View.COMPARE)
+    at.segmented_control(key="compare_mode").set_value("Two runs at a step").run()
+    assert not at.exception, [e.value for e in at.exception]
+    # every run saved at steps 30, 60, …, 480 (16 checkpoints, 30 steps apart)
+    assert at.selectbox(key="compare_step").value == 480
+    assert _chart(at, "compare_chart") is not None

@@ -42,7 +42,7 @@ def render(ctx: ViewContext) -> None:
         chosen = modules
     else:
         options = ctx.tensor_names()
-        pick_default("scalars_tensors", options, options[:_DEFAULT_LINES])
+        pick_default("scalars_tensors", options, _largest_parameters(ctx, options))
         tensors = st.multiselect(
             "Tensors", options, key="scalars_tensors", persist_state="session",
             placeholder="type to search; the sidebar filter narrows the list",
@@ -56,3 +56,11 @@ def render(ctx: ViewContext) -> None:
         log_y=log_y, step_range=ctx.step_range,
     )  # fmt: skip
     st.plotly_chart(fig, key="scalars_chart")
+
+
+def _largest_parameters(ctx: ViewContext, options: list[str]) -> list[str]:
+    """The first lines a user sees: the largest parameters (buffers such as step counters would dwarf them)."""
+    frame = ctx.tables.tensors
+    params = frame[(frame["kind"] == "parameter") & frame["name"].isin(options)]
+    largest = params.groupby("name")["numel"].max().sort_values(ascending=False, kind="stable")
+    return largest.index[:_DEFAULT_LINES].tolist() or options[:_DEFAULT_LINES]

@@ -54,23 +54,24 @@ def _dtype_bars(tables, checkpoint: str, group: str):
     return dtype_bars(_size_tree(tables, checkpoint, group))
 
 
-def _group_picker(ctx: ViewContext, checkpoint: str, key: str) -> str:
-    """The state_dict to size when the checkpoint holds several (model and EMA); the only one otherwise."""
-    frame = _checkpoint_tensors(ctx, checkpoint)
-    groups = sorted(frame["group"].fillna("").astype(str).unique())
-    if len(groups) <= 1:
-        return groups[0] if groups else ""
-    pick_default(key, groups, groups[0])
-    return st.selectbox("State dict", groups, key=key, format_func=lambda g: g or "(top level)",
-                        persist_state="session")
+def _groups(ctx: ViewContext, checkpoint: str) -> list[str]:
+    """The state_dicts (groups) of ``checkpoint``: one for a plain model, two with an EMA copy, …"""
+    return sorted(_checkpoint_tensors(ctx, checkpoint)["group"].fillna("").astype(str).unique())
 
 
 def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> str:
     """The module tree of ``checkpoint`` as a treemap or sunburst, sized by bytes, parameters or elements;
-    returns the state_dict (group) drawn."""
-    left, mid, right = st.columns([2, 3, 2])
-    with left:
-        group = _group_picker(ctx, checkpoint, f"{key_prefix}_group")
+    returns the state_dict (group) drawn, chosen here when the checkpoint holds several (model and EMA)."""
+    groups = _groups(ctx, checkpoint) or [""]
+    cols = st.columns([2, 3, 2] if len(groups) > 1 else [3, 2])
+    group = groups[0]
+    if len(groups) > 1:
+        key = f"{key_prefix}_group"
+        pick_default(key, groups, groups[0])
+        with cols[0]:
+            group = st.selectbox("State dict", groups, key=key, format_func=lambda g: g or "(top level)",
+                                 persist_state="session")
+    mid, right = cols[-2:]
     with mid:
         pick_default(f"{key_prefix}_metric", list(METRICS), "bytes")
         metric = st.segmented_control(
