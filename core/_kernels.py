@@ -14,7 +14,7 @@ from numba import njit
 __all__ = [
     "KEY_NEG_INF",
     "KEY_POS_INF",
-    "moments_f32",
+    "fast_f32",
     "count_codes32",
     "count_codes16",
     "exact_chunk",
@@ -29,9 +29,12 @@ KEY_POS_INF = 0x7F800000
 KEY_NEG_INF = -0x7F800001  # 0xFF800000 ^ 0x7FFFFFFF as int32
 
 
+_BLOCK = 16384  # fp32 values per block: the counting pass re-reads the block from L1/L2
+
+
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def moments_f32(vals, bits, shift):
-    """Branch-free pass over an fp32 chunk: shifted sums, |x| sum, min/max order keys, zeros, OR of the low 16 bits."""
+def _moments_block(vals, bits, shift):
+    """Branch-free: shifted sums, |x| sum, min/max order keys, zeros, OR of the low 16 bits."""
     s1 = 0.0
     s2 = 0.0
     sa = 0.0
@@ -51,7 +54,7 @@ def moments_f32(vals, bits, shift):
         kmax = max(kmax, k)
         zeros += np.int64((b << np.int32(1)) == 0)
         low |= b
-    return s1, s2, sa, kmin, kmax, zeros, low & np.int32(0xFFFF)
+    return s1, s2, sa, kmin, kmax, zeros, low
 
 
 @njit(cache=True, nogil=True)
@@ -59,6 +62,37 @@ def count_codes32(bits, counts):
     """Add one to ``counts[code]`` per value, code = top 16 bits of the fp32 pattern."""
     for i in range(bits.size):
         counts[(bits[i] >> np.int32(16)) & np.int32(0xFFFF)] += 1
+
+
+@njit(cache=True, nogil=True)
+def fast_f32(vals, bits, shift, counts):
+    """Moments then codes, block by block, over an fp32 chunk until a block holds NaN/Inf.
+
+    Returns shifted sums, |x| sum, min/max order keys, zeros, low-bit OR and ``done``: the values before index
+    ``done`` are counted; the rest (``done < vals.size``) is the exact kernel's to do.
+    """
+    s1 = 0.0
+    s2 = 0.0
+    sa = 0.0
+    kmin = np.int32(0x7FFFFFFF)
+    kmax = np.int32(-0x80000000)
+    zeros = 0
+    low = np.int32(0)
+    n = vals.size
+    for start in range(0, n, _BLOCK):
+        end = min(n, start + _BLOCK)
+        b1, b2, ba, bmin, bmax, bz, bl = _moments_block(vals[start:end], bits[start:end], shift)
+        if bmin <= KEY_NEG_INF or bmax >= KEY_POS_INF:
+            return s1, s2, sa, kmin, kmax, zeros, low & np.int32(0xFFFF), start
+        count_codes32(bits[start:end], counts)
+        s1 += b1
+        s2 += b2
+        sa += ba
+        kmin = min(kmin, bmin)
+        kmax = max(kmax, bmax)
+        zeros += bz
+        low |= bl
+    return s1, s2, sa, kmin, kmax, zeros, low & np.int32(0xFFFF), n
 
 
 @njit(cache=True, nogil=True)

@@ -27,9 +27,10 @@ Edge cases:
   from the counts; fp64: moments in float64, histogram of the values rounded to fp32 (clamped to its range).
 - complex: statistics of the magnitude ``|z|`` (``torch.abs``). Quantized: dequantised first (whole tensor).
 
-Streaming: tensors are read as chunks of :data:`CHUNK_BYTES` (a few MiB, so the second pass over a chunk hits
-cache); on ``device="cuda[:N]"`` chunks go through two pinned staging buffers to the GPU, the copy of one chunk
-overlapping the reduction of the previous one, with one synchronisation per tensor.
+Streaming: tensors are read as chunks of :data:`CHUNK_BYTES` (views where no conversion is needed; the numba
+kernel walks each in 16K-value blocks, counting a block while it is still in cache); on ``device="cuda[:N]"``
+chunks go through two pinned staging buffers to the GPU, the copy of one chunk overlapping the reduction of the
+previous one, with one synchronisation per tensor.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ __all__ = [
     "STAT_COLUMNS",
 ]
 
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 16 << 20
 GPU_CHUNK_BYTES = 16 << 20
 EXACT_PERCENTILE_NUMEL = 4096
 DEFAULT_RESOLUTION = 512
@@ -101,7 +102,9 @@ class TensorStats:
 
     def as_row(self) -> dict:
         """The statistic columns of ``TENSOR_COLUMNS`` (``mean`` .. ``infs`` and the percentiles)."""
-        return {name: self.percentiles[name] if name in self.percentiles else getattr(self, name) for name in STAT_COLUMNS}
+        values = {**{name: getattr(self, name) for name in STAT_COLUMNS if name not in self.percentiles},
+                  **self.percentiles}
+        return {name: values[name] for name in STAT_COLUMNS}
 
 
 @dataclass
@@ -311,10 +314,9 @@ def _reduce_numba(chunks: Iterator[torch.Tensor], acc: _Acc, k: ModuleType) -> N
         vals = _numpy(chunk)
         if vals.dtype == np.float32:
             bits = vals.view(np.int32)
-            s1, s2, sa, kmin, kmax, zeros, low = k.moments_f32(vals, bits, acc.shift)
-            if k.KEY_NEG_INF < kmin and kmax < k.KEY_POS_INF:
-                k.count_codes32(bits, acc.counts)
-                acc.nfin += vals.size
+            s1, s2, sa, kmin, kmax, zeros, low, done = k.fast_f32(vals, bits, acc.shift, acc.counts)
+            if done:
+                acc.nfin += done
                 acc.s1 += s1
                 acc.s2 += s2
                 acc.sa += sa
@@ -322,7 +324,9 @@ def _reduce_numba(chunks: Iterator[torch.Tensor], acc: _Acc, k: ModuleType) -> N
                 acc.mx = max(acc.mx, _key_to_float(kmax))
                 acc.zeros += zeros
                 acc.low_bits |= bool(low)
+            if done == vals.size:
                 continue
+            vals, bits = vals[done:], bits[done:]  # from the first block holding NaN/Inf on
         else:
             rounded = chunk.clamp(-_F32_MAX, _F32_MAX).float()
             acc.low_bits |= not torch.equal(rounded.double(), chunk)  # fp32 rounding hid low bits

@@ -93,6 +93,15 @@ def test_chunked_pass_equals_one_pass(monkeypatch):
     assert chunked.histogram.counts.tolist() == whole.histogram.counts.tolist()
 
 
+def test_nan_after_the_first_block_of_a_chunk():
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(rng.standard_normal(40_000, dtype=np.float32))
+    x[20_000] = float("nan")  # the kernel's first 16,384-value block is counted fast, the rest exactly
+    s = tensor_stats(x)
+    assert s.nans == 1
+    _check_against_numpy(s, x)
+
+
 def test_strided_tensor_equals_its_contiguous_copy(monkeypatch):
     rng = np.random.default_rng(4)
     x = torch.from_numpy(rng.standard_normal((300, 70), dtype=np.float32)).t()  # a transposed view
