@@ -8,8 +8,10 @@ checkpoint's path relative to ROOT, POSIX separators) so that rows join across t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas costs ~0.5 s to import: only StatsTables.empty needs it at run time
+    import pandas as pd
 
 __all__ = [
     "PERCENTILES",
@@ -88,6 +90,8 @@ class StatsTables:
 
     @classmethod
     def empty(cls) -> "StatsTables":
+        import pandas as pd
+
         return cls(**{f.name: pd.DataFrame(columns=list(_COLUMNS_BY_TABLE[f.name])) for f in fields(cls)})
 
 
