@@ -16,7 +16,8 @@ What goes in, per run (sections in this order, after the global Overview and Hea
   checkpoint (or the ``size_trees[run]`` given), the FLOP treemap when ``flop_reports[run]`` is given.
 - Compare: first vs last checkpoint: added/removed/reshaped tensors and the largest relative changes.
 
-``png`` writes each figure to ``png/NNN-<slug>.png`` with kaleido (Chromium found on PATH, or ``BROWSER_PATH``);
+``png`` writes each figure to ``png/NNN-<slug>.png`` with kaleido (Chromium found on PATH, or ``BROWSER_PATH``),
+1000 px wide and as tall as the figure's layout;
 tables are HTML only. When kaleido cannot render, the PNGs are left out and ``ReportResult.skipped`` says why.
 """
 
@@ -26,7 +27,6 @@ import html
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +63,7 @@ REPORT_STATISTICS = ("norm", "std", "update_ratio", "rel_dist_from_first")
 TABLE_ROWS = 100
 SCALAR_MODULES = 10
 HISTOGRAM_TENSORS = 4
+PNG_BATCH = 16  # figures per kaleido call: one browser start each, progress between calls
 _CONFIG = {"displaylogo": False, "responsive": True}
 
 Progress = Callable[[int, int, str], None]  # (done, total, title of what was just drawn)
@@ -346,32 +347,32 @@ def _slug(text: str) -> str:
 
 
 def _write_pngs(figures, folder: Path, result: ReportResult, progress: Progress | None, done: int, total: int):
-    """Each figure as a PNG through one kaleido browser session; on a rendering failure, note it and stop."""
+    """The figures as PNGs, ``PNG_BATCH`` per kaleido browser session; on a rendering failure, note it and stop."""
     try:
-        import kaleido
+        import plotly.io as pio
+        import kaleido  # noqa: F401 - plotly needs it for write_images
     except ImportError as e:
         result.skipped.append(f"png: kaleido is not installed ({e}); pip install kaleido, or use html")
         return []
     folder.mkdir(exist_ok=True)
-    written = []
-    # Kaleido's failures (no Chrome, a crashed browser, a timeout) come as many types; any of them means
-    # "no PNGs here", which the report states instead of losing the HTML already written.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # plotly warns that kaleido options are ignored with a server
-            kaleido.start_sync_server(silence_warnings=True)
-            try:
-                for i, (title, fig) in enumerate(figures, 1):
-                    path = folder / f"{i:03d}-{_slug(title)}.png"
-                    fig.write_image(path, width=1000, height=fig.layout.height or 500)
-                    written.append(path)
-                    if progress is not None:
-                        progress(done + i, total, f"png: {title}")
-            finally:
-                kaleido.stop_sync_server(silence_warnings=True)
-    except Exception as e:  # noqa: BLE001 - see above
-        result.skipped.append(
-            f"png: kaleido could not render ({type(e).__name__}: {e}); install Chromium or set BROWSER_PATH "
-            f"to a Chrome/Chromium binary, or use html ({len(written)} of {len(figures)} PNGs written)"
-        )
+    paths = [folder / f"{i:03d}-{_slug(title)}.png" for i, (title, _) in enumerate(figures, 1)]
+    written: list[Path] = []
+    for start in range(0, len(figures), PNG_BATCH):
+        chunk = figures[start : start + PNG_BATCH]
+        # Kaleido's failures (no Chrome, a browser that dies, a timeout) come as many types; each means "no PNGs
+        # here", which the report says instead of losing the HTML already written. (Its background server is
+        # not used: a browser failing there leaves the next call waiting forever.)
+        try:
+            pio.write_images([fig for _, fig in chunk], paths[start : start + len(chunk)], width=1000,
+                             height=[fig.layout.height or 500 for _, fig in chunk])
+        except Exception as e:  # noqa: BLE001 - see above
+            result.skipped.append(
+                f"png: kaleido could not render ({type(e).__name__}: {str(e)[:300]}); install Chromium or set "
+                f"BROWSER_PATH to a Chrome/Chromium binary, or use html ({len(written)} of {len(figures)} written)"
+            )
+            break
+        written += paths[start : start + len(chunk)]
+        if progress is not None:
+            for i, (title, _) in enumerate(chunk, start + 1):
+                progress(done + i, total, f"png: {title}")
     return written
