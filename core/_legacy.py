@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ckptboard.core._filereader import FileReader
 from ckptboard.core._materialise import build_tensor, bytes_tensor
 from ckptboard.core._sniff import LEGACY_MAGIC
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
@@ -21,15 +22,12 @@ __all__ = ["LegacyReader"]
 _PROTOCOL_VERSION = 1001
 
 
-class LegacyReader:
+class LegacyReader(FileReader):
     """One legacy ``torch.save`` file."""
 
-    is_torchscript = False
-
     def __init__(self, path: Path, label: str = ""):
-        self.path, self.label = path, label
-        self.notes = ["legacy torch.save format (not a zip): no mmap; each storage is read into memory when loaded"]
-        self.skipped_globals: list[str] = []
+        super().__init__(path, label)
+        self.notes.append("legacy torch.save format (not a zip): no mmap; each storage is read into memory when loaded")
         self._file = open(path, "rb")
         self._roots: dict[str, LazyStorage] = {}
         self._views: dict[str, LazyStorage] = {}

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ckptboard.core._filereader import FileReader
 from ckptboard.core._sniff import _MAX_SAFETENSORS_HEADER
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
 from ckptboard.core.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride
@@ -26,16 +27,11 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }  # fmt: skip
 
 
-class SafetensorsReader:
+class SafetensorsReader(FileReader):
     """One ``.safetensors`` file; the header is parsed here so that damage is reported before any read."""
 
-    is_torchscript = False
-
     def __init__(self, path: Path, label: str = ""):
-        self.path, self.label = path, label
-        self.notes: list[str] = []
-        self.skipped_globals: list[str] = []
-        self.metadata: dict[str, str] = {}
+        super().__init__(path, label)
         self._handles: dict[str, Any] = {}
 
     def read_root(self) -> OrderedDict[str, LazyTensor]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ckptboard.core._filereader import FileReader
 from ckptboard.core._materialise import build_tensor, bytes_tensor
 from ckptboard.core._sniff import zip_kind
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
@@ -25,13 +26,11 @@ __all__ = ["TorchZipReader"]
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (version … sizes), name length, extra length
 
 
-class TorchZipReader:
+class TorchZipReader(FileReader):
     """One torch zip archive; ``is_torchscript`` archives are refused by the caller unless trusted."""
 
     def __init__(self, path: Path, label: str = ""):
-        self.path, self.label = path, label
-        self.notes: list[str] = []
-        self.skipped_globals: list[str] = []
+        super().__init__(path, label)
         self._file = open(path, "rb")
         self._storages: dict[str, LazyStorage] = {}
         try:

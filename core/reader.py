@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ckptboard.core._filereader import FileReader
 from ckptboard.core._hf import read_hf_folder
 from ckptboard.core._legacy import LegacyReader
 from ckptboard.core._safetensors import SafetensorsReader
@@ -62,7 +63,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     module: torch.nn.Module | None = None
     _refs: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
-    _readers: list[Any] = field(default_factory=list, repr=False)
+    _readers: list[FileReader] = field(default_factory=list, repr=False)
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -130,7 +131,7 @@ def _parse_device(device: str | torch.device) -> torch.device:
     return parsed
 
 
-def _file_reader(path: Path, label: str = "") -> tuple[Any, CheckpointFormat]:
+def _file_reader(path: Path, label: str = "") -> tuple[FileReader, CheckpointFormat]:
     signature = sniff(path)
     if signature not in _READERS:
         raise NotACheckpointError(path, _NOT_READ[signature])
@@ -173,7 +174,7 @@ def _open_file(path: Path, device: torch.device, trust: bool) -> Checkpoint:
             f"{contents.hidden_tensors} tensors inside skipped objects ({', '.join(contents.hidden_in)}) are not "
             "listed; --trust would build them"
         )
-    return _fill(ckpt, contents, getattr(reader, "metadata", {}))
+    return _fill(ckpt, contents, reader.metadata)
 
 
 def _open_trusted(path: Path, fmt: CheckpointFormat, device: torch.device) -> Checkpoint:
