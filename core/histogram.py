@@ -72,18 +72,28 @@ class Histogram:
     @classmethod
     def from_code_counts(cls, counts: np.ndarray) -> "Histogram":
         """From 65,536 counts indexed by bf16 code; counts of non-finite codes are dropped."""
-        ordered = np.asarray(counts)[_VALUE_ORDER]
-        keep = np.flatnonzero(ordered)
-        codes = _VALUE_ORDER[keep]
-        return cls(_CODE_LO[codes], _CODE_HI[codes], ordered[keep])
+        counts = np.asarray(counts)
+        used = np.flatnonzero(counts)
+        used = used[_CODE_FINITE[used]]
+        codes = used[np.argsort(_CODE_RANK[used])]
+        return cls(_CODE_LO[codes], _CODE_HI[codes], counts[codes])
 
     @classmethod
     def from_codes(cls, codes: np.ndarray) -> "Histogram":
         """From one bf16 code per value (any order); non-finite codes are dropped."""
-        ranks = _CODE_RANK[np.asarray(codes, dtype=np.int64)]
-        ranks, counts = np.unique(ranks[ranks >= 0], return_counts=True)
-        sorted_codes = _VALUE_ORDER[ranks]
-        return cls(_CODE_LO[sorted_codes], _CODE_HI[sorted_codes], counts)
+        return cls.from_code_counts(np.bincount(np.asarray(codes, dtype=np.int64), minlength=N_CODES))
+
+    @classmethod
+    def from_sorted_codes(cls, codes: np.ndarray) -> "Histogram":
+        """From the bf16 codes of finite values sorted ascending (no -0.0 among them): runs become bins."""
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.size == 0:
+            return cls.empty()
+        starts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+        starts = np.concatenate(([0], starts))
+        counts = np.diff(np.concatenate((starts, [codes.size])))
+        first = codes[starts]
+        return cls(_CODE_LO[first], _CODE_HI[first], counts)
 
     @property
     def total(self) -> int:
@@ -94,8 +104,8 @@ class Histogram:
         if self.counts.size < 2 or not np.isfinite(width) or width <= 0:
             return self
         cell = np.floor((self.lo - self.lo[0]) / width)
-        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-        ends = np.r_[starts[1:], cell.size] - 1
+        starts = np.concatenate(([0], np.flatnonzero(cell[1:] != cell[:-1]) + 1))
+        ends = np.concatenate((starts[1:], [cell.size])) - 1
         return Histogram(self.lo[starts], self.hi[ends], np.add.reduceat(self.counts, starts))
 
     def merge(self, other: "Histogram") -> "Histogram":
@@ -106,8 +116,7 @@ class Histogram:
         hi = np.concatenate([self.hi, other.hi])
         order = np.lexsort((hi, lo))
         lo, hi, counts = lo[order], hi[order], np.concatenate([self.counts, other.counts])[order]
-        new = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])]
-        starts = np.flatnonzero(new)
+        starts = np.concatenate(([0], np.flatnonzero((lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])) + 1))
         merged = Histogram(lo[starts], hi[starts], np.add.reduceat(counts, starts))
         if np.any(merged.lo[1:] < merged.hi[:-1]):
             raise ValueError("cannot merge histograms whose bins overlap with different edges: rebin both first")
@@ -127,12 +136,12 @@ class Histogram:
         rank = qs / 100.0 * (n - 1)
         below = np.floor(rank)
         frac = rank - below
-        lower = self._order_statistics(below.astype(np.int64), at_edges)
-        upper = self._order_statistics(np.minimum(below + 1, n - 1).astype(np.int64), at_edges)
+        cum = np.cumsum(self.counts)
+        lower = self._order_statistics(cum, below.astype(np.int64), at_edges)
+        upper = self._order_statistics(cum, np.minimum(below + 1, n - 1).astype(np.int64), at_edges)
         return lower + frac * (upper - lower)
 
-    def _order_statistics(self, k: np.ndarray, at_edges: bool) -> np.ndarray:
-        cum = np.cumsum(self.counts)
+    def _order_statistics(self, cum: np.ndarray, k: np.ndarray, at_edges: bool) -> np.ndarray:
         b = np.searchsorted(cum, k, side="right")
         if at_edges:
             return np.where(self.lo[b] >= 0, self.lo[b], self.hi[b])
