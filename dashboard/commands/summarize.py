@@ -30,8 +30,21 @@ def _local(args: argparse.Namespace, todo_bytes: int) -> Executor:
     return LocalExecutor(default_workers() if todo_bytes >= POOL_MIN_BYTES else 1)
 
 
+def _dask(args: argparse.Namespace, todo_bytes: int) -> Executor:
+    from ckptboard.core.executors_dask import DaskExecutor  # optional extra: imported only when asked for
+
+    return DaskExecutor(args.scheduler, args.workers, on_start=_print_dashboard_link)
+
+
+def _print_dashboard_link(executor) -> None:
+    if executor.dashboard_link:
+        from tqdm import tqdm
+
+        tqdm.write(f"Dask dashboard: {executor.dashboard_link}", file=sys.stderr)
+
+
 # --executor NAME -> factory(args, bytes to read). Another executor (dask) registers here with its own options.
-EXECUTORS: dict[str, Callable[[argparse.Namespace, int], Executor]] = {"local": _local}
+EXECUTORS: dict[str, Callable[[argparse.Namespace, int], Executor]] = {"local": _local, "dask": _dask}
 
 
 def add_summarize_options(parser: argparse.ArgumentParser) -> None:
@@ -41,10 +54,14 @@ def add_summarize_options(parser: argparse.ArgumentParser) -> None:
                         help="where the stats cache lives (default: ROOT/.ckptboard; use for a read-only ROOT)")
     parser.add_argument("--device", default="cpu", help="where statistics are computed: cpu (default) or cuda[:N]")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="processes for the local executor (default: the cores, bounded by memory; "
+                        help="processes for the local executor or the Dask LocalCluster (default: the cores, "
+                             "bounded by memory; "
                              "in-process when under 512 MB is to be read)")
     parser.add_argument("--executor", default="local", metavar="NAME",
                         help=f"where tasks run: {', '.join(EXECUTORS)} (default: local)")
+    parser.add_argument("--scheduler", metavar="ADDR", default=None,
+                        help="with --executor dask: the Dask scheduler, e.g. tcp://host:8786 (default: start a "
+                             "LocalCluster of --workers processes)")
     parser.add_argument("--model", metavar="SPEC", default=None,
                         help="file.py:factory or package.module:factory building the model, for classification")
     parser.add_argument("--trust", action="store_true",
@@ -56,6 +73,8 @@ def _check_executor_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     if args.executor not in EXECUTORS:
         raise UsageError(f"--executor {args.executor}: unknown; choose one of {', '.join(EXECUTORS)}")
+    if args.scheduler is not None and args.executor != "dask":
+        raise UsageError(f"--scheduler {args.scheduler} needs --executor dask")
 
 
 def make_executor(args: argparse.Namespace, todo_bytes: int) -> Executor:
