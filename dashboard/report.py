@@ -10,7 +10,7 @@ What goes in, per run (sections in this order, after the global Overview and Hea
   parameter count; all parameters when the model has no top-level modules).
 - Histograms: offset histograms and distributions of at most ``HISTOGRAM_TENSORS`` parameters: first those the
   health checks flag (non-finite, exploding norm), then the largest update ratio at the last step, then the
-  largest parameters by element count.
+  largest parameters by element count that change during the run (then any, for a one-checkpoint run).
 - BatchNorm: per-layer running mean and variance, the heatmap of the widest layer, ``num_batches_tracked``.
 - Size (when ``dashboard/figures/size.py`` is there): treemap of bytes by module and bytes by dtype of the last
   checkpoint (or the ``size_trees[run]`` given), the FLOP treemap when ``flop_reports[run]`` is given.
@@ -229,7 +229,8 @@ def _top_modules(rows: pd.DataFrame) -> list[str] | None:
 
 
 def _histogram_tensors(tables: StatsTables, run: str, last: str, health: pd.DataFrame) -> list[tuple[str, str]]:
-    """At most HISTOGRAM_TENSORS parameters: flagged by health, then the largest last update ratio, then largest."""
+    """At most HISTOGRAM_TENSORS parameters: flagged by health, then the largest last update ratio, then the
+    largest that change, then the largest."""
     chosen: list[tuple[str, str]] = []
 
     def add(keys) -> None:
@@ -245,8 +246,12 @@ def _histogram_tensors(tables: StatsTables, run: str, last: str, health: pd.Data
     u = tables.updates[(tables.updates["checkpoint"] == last) & (tables.updates["kind"] == "parameter")]
     u = u[np.isfinite(u["update_ratio"].to_numpy(dtype=float))].sort_values("update_ratio", ascending=False)
     add(list(zip(u["group"], u["name"]))[:1])
+    unchanged = health[(health["run"] == run) & (health["check"] == "unchanged-across-run")]
+    frozen = set(zip(unchanged["group"], unchanged["name"]))
     biggest = params.sort_values("numel", ascending=False, kind="stable")
-    add(zip(biggest["group"], biggest["name"]))
+    biggest_keys = list(zip(biggest["group"], biggest["name"]))
+    add(k for k in biggest_keys if k not in frozen)  # a parameter that never moves draws identical ridges
+    add(biggest_keys)
     return chosen
 
 
