@@ -127,7 +127,7 @@ def _atomic_write(path: Path, write) -> None:
 def read_header(path: Path) -> Header:
     """The fragment's footer only; :class:`FragmentReadError` if unreadable or of another format version."""
     try:
-        metadata = pq.read_schema(path).metadata
+        metadata = pq.read_metadata(path).metadata  # the footer's key-value pairs, no Arrow schema built
     except (OSError, pa.ArrowException) as e:
         raise FragmentReadError(f"unreadable ({type(e).__name__}: {e})") from e
     return _header(metadata)

@@ -79,16 +79,18 @@ class CheckpointTask:
 
 
 def file_identity(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) of a file; of a folder (a sharded checkpoint): total size and newest mtime of its files."""
-    st = path.stat()
-    if not path.is_dir():
-        return st.st_size, st.st_mtime_ns
-    size, mtime = 0, st.st_mtime_ns
-    for child in path.iterdir():
-        if child.is_file():
-            cst = child.stat()
-            size, mtime = size + cst.st_size, max(mtime, cst.st_mtime_ns)
-    return size, mtime
+    """(size, mtime_ns) as discovery reports them: of the file; of a Hugging Face folder, its index and weight files
+    (size summed, latest mtime)."""
+    from ckptboard.core._hf import hf_weight_files
+
+    files = [path]
+    if path.is_dir():
+        try:
+            files = hf_weight_files(path) or [path]
+        except CheckpointError:
+            pass  # a damaged folder: identified by the folder itself, as discovery does
+    stats = [f.stat() for f in files]
+    return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
 
 
 def run_task(task: CheckpointTask) -> Receipt:

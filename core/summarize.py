@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptboard.core._fragment import FORMAT_VERSION
-from ckptboard.core._task import CheckpointTask, Receipt, ReceiptStatus, file_identity, run_task
+from ckptboard.core._task import CheckpointTask, Receipt, ReceiptStatus, run_task
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
@@ -124,22 +124,14 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     invalid: list[str] = []
     for run in discover(root):
         files = list(run.checkpoints)
-        identities = {}
-        for cf in files:
-            try:
-                identities[cf.relpath] = file_identity(root / cf.relpath)
-            except OSError:
-                identities[cf.relpath] = None  # vanished since discovery
+        identities = {cf.relpath: (cf.size, cf.mtime_ns) for cf in files}
         first_id = _ident(files[0].relpath, identities) if files else None
         for i, cf in enumerate(files):
             result.relpaths.append(cf.relpath)
-            ident = identities[cf.relpath]
-            if ident is None:
-                continue
             prev = files[i - 1].relpath if i else None
             first = files[0].relpath if i else None
             key = {
-                "relpath": cf.relpath, "size": ident[0], "mtime_ns": ident[1],
+                "relpath": cf.relpath, "size": cf.size, "mtime_ns": cf.mtime_ns,
                 "prev": _ident(prev, identities), "first": first_id if i else None,
                 "model": fingerprint, "format_version": FORMAT_VERSION,
             }
@@ -150,7 +142,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
                 result.cached.append(_cached_receipt(cf.relpath, run.name, lookup.header.info))
                 continue
             result.tasks.append(CheckpointTask(
-                root=str(root), relpath=cf.relpath, run=run.name, size=ident[0], mtime_ns=ident[1],
+                root=str(root), relpath=cf.relpath, run=run.name, size=cf.size, mtime_ns=cf.mtime_ns,
                 prev=prev, first=first, cache_dir=str(cache.dir), key=key, device=device, trust=trust,
                 model=model,
             ))
@@ -189,10 +181,8 @@ def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_
     return report
 
 
-def _ident(relpath: str | None, identities: dict[str, tuple[int, int] | None]) -> list | None:
-    if relpath is None or identities.get(relpath) is None:
-        return None
-    return [relpath, *identities[relpath]]
+def _ident(relpath: str | None, identities: dict[str, tuple[int, int]]) -> list | None:
+    return None if relpath is None else [relpath, *identities[relpath]]
 
 
 def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:

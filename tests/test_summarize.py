@@ -119,6 +119,7 @@ def test_only_changed_and_dependent_checkpoints_are_work(root):
     summarize(root)
     # Deleting the middle checkpoint changes the previous checkpoint of the last one: its updates are recomputed.
     (root / "lightning" / "epoch=1-step=2.ckpt").unlink()
+    assert len(load_stats(root).checkpoints) == 5  # before any summarize: a deleted checkpoint's fragment is left out
     report = summarize(root)
     assert (report.cached, report.computed) == (4, 1)
     tables = load_stats(root)
@@ -265,3 +266,39 @@ def test_summarize_rejects_a_missing_root_and_a_bad_device(tmp_path):
     with pytest.raises(UsageError, match="device 'tpu' is not a torch device"):
         summarize(tmp_path, device="tpu")
 
+
+
+def test_legacy_and_hugging_face_folders_are_summarised(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    root = tmp_path / "runs"
+    states = [TinyNet().state_dict() for _ in range(2)]  # two random inits: a run of two checkpoints
+    (root / "legacy").mkdir(parents=True)
+    for i, state in enumerate(states):
+        torch.save(state, root / "legacy" / f"step_{i}.pt", _use_new_zipfile_serialization=False)
+        folder = root / "hf" / f"checkpoint-{i}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    report = summarize(root)
+    assert (report.checkpoints, report.tensors, report.failures) == (4, 4 * N_TENSORS, [])
+    tables = load_stats(root)
+    assert tables.checkpoints[["checkpoint", "format"]].values.tolist() == [
+        ["hf/checkpoint-0", "hf-sharded"], ["hf/checkpoint-1", "hf-sharded"],
+        ["legacy/step_0.pt", "torch-legacy"], ["legacy/step_1.pt", "torch-legacy"]]
+    assert len(tables.updates) == 2 * N_TENSORS  # one pair of consecutive checkpoints per run
+    assert summarize(root).cached == 4
+
+
+def test_pickled_module_needs_trust_then_is_read(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    torch.save(TinyNet(), root / "model.pt")  # the whole module: unpickling it runs code
+    age(root / "model.pt")
+    report = summarize(root)
+    assert [(f.relpath, f.error) for f in report.failures] == [("model.pt", "UnsafeCheckpointError")]
+    assert "--trust" in report.failures[0].message
+    report = summarize(root, trust=True)  # the cached refusal does not stand once trust is given
+    assert (report.computed, report.checkpoints, report.failures) == (1, 1, [])
+    assert len(load_stats(root).tensors) == N_TENSORS
