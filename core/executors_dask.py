@@ -9,6 +9,7 @@ extra, imported only when a :class:`DaskExecutor` is made.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -84,6 +85,9 @@ class DaskExecutor:
                     self._cluster = distributed.LocalCluster(
                         n_workers=n_workers, threads_per_worker=1, processes=True,
                         dashboard_address=self.dashboard_address,
+                        # Lost tasks are reported per file by us; Dask's own warnings (a slow worker shutdown on a
+                        # busy machine, a nanny restarting a worker) would only interleave with the progress bar.
+                        silence_logs=logging.ERROR,
                     )
             except (RuntimeError, OSError) as e:  # "Nanny failed to start": a worker process could not start
                 raise UsageError(
