@@ -47,7 +47,7 @@ def write_small_series(run_dir: Path, n: int, seed: int = 0) -> None:
 
 
 def write_big_series(run_dir: Path, n: int, mb: int, seed: int = 0) -> int:
-    """``n`` fp32 checkpoints of about ``mb`` MB: blocks of (4d×d, d×4d, 4×d×d) matrices plus vectors; bytes total."""
+    """``n`` fp32 checkpoints of about ``mb`` MB in blocks of (4d×d, d×4d, 4 × d×d) matrices; returns bytes."""
     d = 512
     per_block = (4 * d * d + 4 * d * d + 4 * d * d) * 4  # bytes: fc1, fc2, q/k/v/o
     blocks = max(1, mb * 1_000_000 // per_block)

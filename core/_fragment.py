@@ -98,7 +98,7 @@ def write_fragment(path: Path, header: Header, rows: dict[str, list[dict[str, An
     columns = []
     for name, table_schema in TABLE_SCHEMAS.items():
         table = pa.Table.from_pylist(rows.get(name, []), schema=table_schema)
-        structs = table.to_struct_array().combine_chunks() if table.num_rows else pa.array([], pa.struct(list(table_schema)))
+        structs = table.to_struct_array().combine_chunks()
         columns.append(pa.ListArray.from_arrays(pa.array([0, len(structs)], pa.int32()), structs))
     metadata = {
         _VERSION_KEY: str(FORMAT_VERSION).encode(),

@@ -23,7 +23,7 @@ from ckptboard.core.cache import StatsCache
 from ckptboard.core.errors import CheckpointError, CkptboardError, IncompleteCheckpointError
 from ckptboard.core.records import StrEnum, TensorInfo, TensorKind
 
-__all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "RECENT_WRITE_S", "file_identity"]
+__all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "resolve_model", "RECENT_WRITE_S", "file_identity"]
 
 # A file modified this recently that fails to read is taken to be still being written, not corrupt.
 RECENT_WRITE_S = 5.0
@@ -162,7 +162,7 @@ def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[st
     from ckptboard.core.classify import classify
     from ckptboard.core.reader import open_checkpoint
 
-    model = _model(task.model)
+    model = resolve_model(task.model)
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_checkpoint(path, trust=task.trust))
         classify(ckpt, model=model)
@@ -192,10 +192,11 @@ def _open_neighbour(stack: ExitStack, task: CheckpointTask, relpath: str | None,
 def _model_from_spec(spec: str):
     from ckptboard.core.model_spec import load_model
 
-    return load_model(spec, device="meta")
+    return load_model(spec, device="meta")  # built once per process; meta: no memory spent
 
 
-def _model(model: Any):
+def resolve_model(model: Any):
+    """The ``nn.Module`` for a ``--model SPEC`` string (built once per process), or ``model`` itself."""
     return _model_from_spec(model) if isinstance(model, str) else model
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptboard.core._fragment import FORMAT_VERSION
-from ckptboard.core._task import CheckpointTask, Receipt, ReceiptStatus, run_task
+from ckptboard.core._task import CheckpointTask, Receipt, ReceiptStatus, resolve_model, run_task
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
@@ -117,9 +117,9 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
+    fingerprint = _model_fingerprint(model)
     cache = StatsCache(root, cache_dir)
     cache.ensure()
-    fingerprint = _model_fingerprint(model)
     result = Plan(root=root, cache=cache)
     invalid: list[str] = []
     for run in discover(root):
@@ -199,12 +199,7 @@ def _model_fingerprint(model: Any) -> str | None:
     """Identity of the classification model: its parameter/buffer names, shapes and requires_grad."""
     if model is None:
         return None
-    if isinstance(model, str):
-        from ckptboard.core._task import _model_from_spec
-
-        module = _model_from_spec(model)  # ModelSpecError here, before any checkpoint is opened
-    else:
-        module = model
+    module = resolve_model(model)  # a bad SPEC fails here, before any checkpoint is opened
     parts = [f"p {n} {tuple(p.shape)} {p.requires_grad}" for n, p in module.named_parameters()]
     parts += [f"b {n} {tuple(b.shape)}" for n, b in module.named_buffers()]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()

@@ -302,3 +302,14 @@ def test_pickled_module_needs_trust_then_is_read(tmp_path):
     report = summarize(root, trust=True)  # the cached refusal does not stand once trust is given
     assert (report.computed, report.checkpoints, report.failures) == (1, 1, [])
     assert len(load_stats(root).tensors) == N_TENSORS
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_summary_equals_the_cpu_summary(root, tmp_path):
+    summarize(root, cache_dir=tmp_path / "cpu")
+    report = summarize(root, cache_dir=tmp_path / "cuda", device="cuda")
+    assert (report.checkpoints, report.failures) == (6, [])
+    cpu, cuda = load_stats(root, cache_dir=tmp_path / "cpu"), load_stats(root, cache_dir=tmp_path / "cuda")
+    for name in ("tensors", "updates", "batchnorm"):
+        pd.testing.assert_frame_equal(getattr(cuda, name), getattr(cpu, name), check_exact=False, rtol=1e-5)

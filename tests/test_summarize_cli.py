@@ -73,3 +73,23 @@ def test_export_refuses_an_unknown_format_before_summarising(tmp_path, capsys):
     assert main(["export", str(root), "--out", str(tmp_path / "out"), "--format", "csv,xlsx"]) == 1
     assert "UsageError: --format xlsx: unknown" in capsys.readouterr().err
     assert not (root / ".ckptboard").exists() and not (tmp_path / "out").exists()
+
+
+def test_summarize_with_a_model_spec(tmp_path, capsys):
+    root = _root(tmp_path)
+    spec_file = tmp_path / "net.py"
+    spec_file.write_text("from _fixtures_runs import TinyNet\n")  # the model the runs were trained with
+    assert main(["summarize", str(root), "--workers", "1", "--model", f"{spec_file}:TinyNet"]) == 0
+    from ckptboard.core.tables import load_stats
+
+    tensors = load_stats(root).tensors
+    assert set(tensors["source"]) == {"model:named_parameters", "model:named_buffers"}
+    embed = tensors[tensors["name"] == "embed.weight"]
+    assert set(embed["trainable"]) == {"false"}  # requires_grad=False in TinyNet
+
+
+def test_summarize_refuses_a_bad_model_spec_before_reading(tmp_path, capsys):
+    root = _root(tmp_path)
+    assert main(["summarize", str(root), "--model", "no_such_module_here:Net"]) == 1
+    assert capsys.readouterr().err.startswith("ModelSpecError: --model no_such_module_here:Net")
+    assert not (root / ".ckptboard").exists()

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     report = summarize_with_progress(args)
     tables = load_stats(Path(args.root), cache_dir=args.cache_dir)
     with tqdm(desc="export", unit="file", file=sys.stderr, dynamic_ncols=True) as bar:
-        written = export_tables(tables, args.out, formats, progress=lambda done, total, what: _advance(bar, done, total))
+        written = export_tables(tables, args.out, formats,
+                                progress=lambda done, total, what: _advance(bar, done, total))
     print(f"wrote {len(written)} files to {args.out}")
     return 0 if report.ok else 1
 
