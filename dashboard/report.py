@@ -105,7 +105,8 @@ def write_report(
     size_trees: Mapping[str, Any] | None = None,
     flop_reports: Mapping[str, Any] | None = None,
 ) -> ReportResult:
-    """Write the report in ``formats`` ("html", "png") under ``out_dir``; ``progress(done, total, title)`` per figure."""
+    """Write the report in ``formats`` ("html", "png") under ``out_dir``; ``progress(done, total, title)`` after
+    each figure is built (and after each PNG)."""
     wanted = [str(f).strip().lower() for f in formats]
     unknown = [f for f in wanted if f not in REPORT_FORMATS]
     if unknown or not wanted:
@@ -167,8 +168,10 @@ def _run_sections(tables: StatsTables, run: str, anchor: str, health: pd.DataFra
     out = []
 
     rows = tensor_table(tables, last)
-    note = f"{last}: {len(rows)} tensors" + (f", the {TABLE_ROWS} largest by bytes shown" if len(rows) > TABLE_ROWS else "")
-    rows = rows.sort_values("nbytes", ascending=False, kind="stable").head(TABLE_ROWS) if len(rows) > TABLE_ROWS else rows
+    note = f"{last}: {len(rows)} tensors"
+    if len(rows) > TABLE_ROWS:
+        note += f", the {TABLE_ROWS} largest by bytes shown"
+        rows = rows.sort_values("nbytes", ascending=False, kind="stable").head(TABLE_ROWS)
     out.append(_Section(f"{anchor}-tensors", f"Tensors{where}", [_Item(f"Tensors of {last}", table=rows, note=note)]))
 
     modules = _top_modules(t[t["checkpoint"] == last])

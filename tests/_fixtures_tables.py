@@ -167,7 +167,8 @@ def _run_tables(run: str, n_ckpt: int, model, rng: np.random.Generator, *, added
             h_lo.append([lo_v]), h_hi.append([hi_v]), h_counts.append([int(numel[ti[r]])])
         else:
             keep = counts[r] > 0
-            h_lo.append(lo[r, keep].tolist()), h_hi.append(hi[r, keep].tolist()), h_counts.append(counts[r, keep].tolist())
+            h_lo.append(lo[r, keep].tolist()), h_hi.append(hi[r, keep].tolist())
+            h_counts.append(counts[r, keep].tolist())
     histograms = tensors[["run", "checkpoint", "step", "group", "name"]].copy()
     histograms["lo"], histograms["hi"], histograms["counts"] = h_lo, h_hi, h_counts
 
@@ -245,7 +246,7 @@ def _run_tables(run: str, n_ckpt: int, model, rng: np.random.Generator, *, added
 
 
 def synthetic_tables(n_checkpoints: int = 200, n_tensors: int = 500, runs: int = 2, seed: int = 0) -> StatsTables:
-    """``runs`` runs of ``n_checkpoints`` × ``n_tensors`` plus a one-checkpoint run and an error row (see module doc)."""
+    """``runs`` runs of ``n_checkpoints`` × ``n_tensors``, a one-checkpoint run and an error row (module doc)."""
     rng = np.random.default_rng(seed)
     model = _model(n_tensors)
     parts = []

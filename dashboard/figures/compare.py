@@ -3,8 +3,8 @@
 The relative change of a tensor is ``‖b − a‖ / ‖a‖``. It is exact (``method == "exact"``) when the cache holds
 ``‖b − a‖``: the pair is consecutive in its run (``update_norm``), or one of them is the run's first checkpoint
 (``dist_from_first``). Otherwise (other pairs, two runs) it is the lower bound that the statistics allow,
-``√(n·((μb − μa)² + (σb − σa)²)) / ‖a‖`` (``method == "lower bound"``; exact bound for population std, since the
-std of a difference is at least the difference of the stds).
+``√(n·((μb − μa)² + (σb − σa)²)) / ‖a‖`` (``method == "lower bound"``; a true bound for population std,
+since the std of a difference is at least the difference of the stds).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _exact_distance(tables: StatsTables, run_a: str, a: str, run_b: str, b: str)
     if run_a != run_b:
         return pd.Series(dtype=float)
     u = tables.updates[tables.updates["run"] == run_a]
-    pair = u[((u["checkpoint"] == b) & (u["prev_checkpoint"] == a)) | ((u["checkpoint"] == a) & (u["prev_checkpoint"] == b))]
+    forward = (u["checkpoint"] == b) & (u["prev_checkpoint"] == a)
+    pair = u[forward | ((u["checkpoint"] == a) & (u["prev_checkpoint"] == b))]
     if not pair.empty:
         return pair.set_index(_KEY)["update_norm"].astype(float)
     ck = tables.checkpoints[tables.checkpoints["run"] == run_a].sort_values("step", kind="stable")
@@ -117,7 +118,8 @@ def compare_figure(result: CompareResult, top: int = 20) -> go.Figure:
             x=part["rel_change"].to_numpy(dtype=float), y=part["label"].to_numpy(), orientation="h",
             name="‖b−a‖/‖a‖" if method == "exact" else "lower bound from mean/std", marker_color=color,
             customdata=part[["norm_a", "norm_b", "abs_change"]].to_numpy(dtype=float), meta={"method": method},
-            hovertemplate="%{y}<br>relative change %{x:.4g}<br>‖a‖ %{customdata[0]:.4g} · ‖b‖ %{customdata[1]:.4g}"
+            hovertemplate="%{y}<br>relative change %{x:.4g}"
+                          "<br>‖a‖ %{customdata[0]:.4g} · ‖b‖ %{customdata[1]:.4g}"
                           "<br>‖b−a‖ %{customdata[2]:.4g}<extra></extra>",
         ))
     fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1])

@@ -109,7 +109,8 @@ def histogram_figure(
 
 
 def _blend_white(color: str, amount: float) -> str:
-    """An opaque ``rgb()`` between ``color`` (``rgb(r, g, b)`` or ``#rrggbb``) and white: front ridges hide back ones."""
+    """An opaque ``rgb()`` between ``color`` (``rgb(r, g, b)`` or ``#rrggbb``) and white: front ridges hide
+    the ones behind."""
     if color.startswith("#"):
         rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
     else:
