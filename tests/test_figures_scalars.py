@@ -1,8 +1,10 @@
 """Scalars: TensorBoard's debiased EMA, per-tensor and per-module series, runs overlaid, decimation."""
 
+import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ckptboard.core.errors import UsageError
@@ -112,3 +114,18 @@ def test_unknown_statistic_and_percentile_module(tables):
     with pytest.raises(UsageError, match="'p50' cannot be aggregated over a module"):
         scalar_figure(tables, "p50", modules=["fc"])
     assert len(scalar_figure(tables, "p50", tensors=["fc.weight"], runs=["run0"]).data) == 1
+
+
+def test_modules_never_mix_groups(tables):
+    # a copy of run1's tensors as an "ema" group: the module gets one series per group, each the same value
+    t, u = tables.tensors, tables.updates
+    two = dataclasses.replace(
+        tables,
+        tensors=pd.concat([t, t[t["run"] == "run1"].assign(group="ema")], ignore_index=True),
+        updates=pd.concat([u, u[u["run"] == "run1"].assign(group="ema")], ignore_index=True),
+    )
+    data = scalar_series(two, "norm", modules=["fc"], runs=["run1"])
+    assert sorted(set(data["series"])) == ["ema:fc", "fc"]
+    assert np.allclose(data[data["series"] == "fc"]["value"], data[data["series"] == "ema:fc"]["value"])
+    only = scalar_series(two, "update_ratio", modules=["ema:fc"], runs=["run1"])
+    assert set(only["series"]) == {"ema:fc"}

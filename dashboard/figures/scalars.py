@@ -1,6 +1,6 @@
 """Scalars view: a statistic over steps for chosen tensors or modules, runs overlaid, TensorBoard's smoothing.
 
-A module's value aggregates its parameters (buffers are left out: a BatchNorm's ``num_batches_tracked`` would
+A module's value aggregates its parameters in each group (state_dict) separately (buffers are left out: a BatchNorm's ``num_batches_tracked`` would
 swamp every norm): norms and distances as the root of the summed squares (the exact norm of the concatenated
 parameters), ratios as that norm over the same aggregate of the denominators, means weighted by element count,
 ``std`` pooled (exact for population std), counts summed, extremes as extremes. ``cosine`` is an element-weighted
@@ -141,6 +141,18 @@ def _module_values(tables: StatsTables, stat: str, rows: pd.DataFrame) -> pd.Dat
     return value.mask(has_nan.reindex(value.index, fill_value=False)).rename("value").reset_index()
 
 
+def _module_rows(params: pd.DataFrame, module: str) -> pd.DataFrame:
+    """Parameters under ``module`` (``group:module`` picks one state_dict), tagged with their series: one per
+    group, so that a model and its EMA copy are never summed together."""
+    group, sep, prefix = module.rpartition(":")
+    rows = params[module_prefix(params["module"], prefix)]
+    if sep:
+        rows = rows[rows["group"] == group]
+    label = prefix or "(all parameters)"
+    groups = rows["group"].fillna("").astype(str)
+    return rows.assign(series=np.where(groups == "", label, groups + ":" + label))
+
+
 def scalar_series(
     tables: StatsTables,
     stat: str,
@@ -166,8 +178,7 @@ def scalar_series(
             series=[tensor_label(g, n) for g, n in zip(sel["group"], sel["name"])]))
     if modules or not tensors:
         params = values[values["kind"] == "parameter"]
-        tagged = [params[module_prefix(params["module"], m)].assign(series=m or "(all parameters)")
-                  for m in dict.fromkeys(modules or [""])]
+        tagged = [_module_rows(params, m) for m in dict.fromkeys(modules or [""])]
         tagged = [rows for rows in tagged if len(rows)]
         if tagged:
             parts.append(_module_values(tables, stat, pd.concat(tagged))[["run", "step", "value", "series"]])
