@@ -44,34 +44,26 @@ def square(task: SquareTask) -> tuple[str, int]:
 
 def die_on(victim: int):
     """A task function whose worker process is killed (SIGKILL, as the kernel's OOM killer does) on ``victim``."""
-    return _DieOn(victim)
+    return _FailOn(victim, kill=True)
 
 
 def raise_on(victim: int):
     """A task function that raises (a bug in the function, not a file problem) on ``victim``."""
-    return _RaiseOn(victim)
+    return _FailOn(victim, kill=False)
 
 
 @dataclass(frozen=True)
-class _DieOn:
+class _FailOn:
     victim: int
+    kill: bool
 
     def __call__(self, task: SquareTask):
-        _record_attempt(task)
         if task.n == self.victim:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return ("ok", task.n * task.n)
-
-
-@dataclass(frozen=True)
-class _RaiseOn:
-    victim: int
-
-    def __call__(self, task: SquareTask):
-        _record_attempt(task)
-        if task.n == self.victim:
+            _record_attempt(task)
+            if self.kill:
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"boom on {task.n}")
-        return ("ok", task.n * task.n)
+        return square(task)
 
 
 class KillMidWriteExecutor:
