@@ -122,7 +122,8 @@ def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
     if rows.empty:
         return empty_figure(f"No num_batches_tracked buffers in {run}")
     # A one-element tensor: its max is its value (mean is NaN-free too, but max keeps integers exact).
-    wide = rows.pivot_table(index="step", columns="name", values="max", aggfunc="first", dropna=False).sort_index()
+    rows = rows.assign(label=[tensor_label(g, n) for g, n in zip(rows["group"], rows["name"])])
+    wide = rows.pivot_table(index="step", columns="label", values="max", aggfunc="first", dropna=False).sort_index()
     wide = wide.loc[wide.index.isin(decimate_steps(wide.index, _MAX_STEPS))]
     fig = go.Figure()
     values = wide.to_numpy(dtype=float)
