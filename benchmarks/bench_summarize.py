@@ -1,9 +1,9 @@
 """Speed of ``summarize``: a no-change re-run over 100 small checkpoints, and first-run throughput on big ones.
 
 1. No-change re-run (target: under 1 s beyond start-up). A 100-checkpoint run of a small model is written and
-   summarised once; then, ``--repeats`` times each: ``summarize(ROOT)`` in this process, ``ckptboard summarize
-   ROOT`` as a process, and ``python -c "import ..."`` of what that process imports (interpreter + imports). Medians
-   are printed, and the process median minus the start-up median.
+   summarised once; then, ``--repeats`` times each: ``summarize(ROOT)`` and ``load_stats(ROOT)`` in this process,
+   ``ckptboard summarize ROOT`` as a process, and ``python -c "import ...; build_parser()"`` of what that process
+   imports (interpreter + imports + parser). Medians are printed, and the process median minus the start-up median.
 2. First-run throughput: ``--big`` checkpoints of ``--big-mb`` MB (fp32, transformer-like shapes) summarised into a
    fresh cache, page cache warm (files read once first), in this process: GB/s, median of ``--repeats``.
 
@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from ckptboard.core.summarize import summarize
+from ckptboard.core.tables import load_stats
 
 # Start-up: the interpreter, the imports and the CLI's parser, everything before the command does its work.
-_STARTUP = "import ckptboard.dashboard.cli as c, ckptboard.core.summarize, ckptboard.core.tables; c.build_parser()"
+_STARTUP = "import ckptboard.dashboard.cli as c, ckptboard.core.summarize, ckptboard.core.stats, tqdm; c.build_parser()"
 
 
 def write_small_series(run_dir: Path, n: int, seed: int = 0) -> None:
@@ -85,6 +86,7 @@ def bench_no_change(work: Path, n: int, repeats: int) -> None:
     report = summarize(root)
     assert report.cached == n and report.computed == 0, report
     in_process = [_time(lambda: summarize(root)) for _ in range(repeats)]
+    loading = [_time(lambda: load_stats(root)) for _ in range(repeats)]
     cli = [sys.executable, "-m", "ckptboard.dashboard.cli", "summarize", str(root), "--workers", "1"]
     startup = [_time(lambda: _process([sys.executable, "-c", _STARTUP])) for _ in range(repeats)]
     process = [_time(lambda: _process(cli)) for _ in range(repeats)]
@@ -92,6 +94,7 @@ def bench_no_change(work: Path, n: int, repeats: int) -> None:
     print(f"no-change re-run, {n} checkpoints (first run {first:.2f} s):")
     print(f"  in-process summarize():            median {statistics.median(in_process) * 1000:7.1f} ms  "
           f"(all: {', '.join(f'{t * 1000:.0f}' for t in in_process)})")
+    print(f"  load_stats() of those fragments:   median {statistics.median(loading) * 1000:7.1f} ms")
     print(f"  `ckptboard summarize` process:     median {p * 1000:7.1f} ms")
     print(f"  interpreter + imports (start-up):  median {s * 1000:7.1f} ms")
     print(f"  process minus start-up:            {(p - s) * 1000:7.1f} ms   (target < 1000 ms)")

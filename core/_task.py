@@ -51,10 +51,6 @@ class Receipt:
     bytes: int = 0  # bytes of the checkpoint read (0 when cached)
     seconds: float = 0.0
 
-    @property
-    def ok(self) -> bool:
-        return self.status in (ReceiptStatus.OK, ReceiptStatus.CACHED) and not self.error
-
 
 @dataclass
 class CheckpointTask:

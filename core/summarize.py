@@ -86,7 +86,7 @@ class SummaryReport:
     def line(self) -> str:
         """The one-line summary the CLI prints."""
         text = (f"{self.checkpoints} checkpoints ({self.cached} from cache), {self.tensors} tensors, "
-                f"{self.bytes / 1e9:.2f} GB read in {self.seconds:.1f} s ({self.gb_per_s:.2f} GB/s), "
+                f"{self.bytes / 1e9:.3g} GB read in {self.seconds:.1f} s ({self.gb_per_s:.3g} GB/s), "
                 f"{len(self.failures)} failed")
         if self.skipped_incomplete:
             text += f", {len(self.skipped_incomplete)} skipped (still being written)"
