@@ -4,6 +4,7 @@ an explicit scheduler address, a corrupt file and a dying worker reported per fi
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 import time
@@ -87,8 +88,12 @@ def _assert_same_tables(a, b) -> None:
 
 def test_dask_local_cluster_gives_the_local_tables(half_series, tmp_path, scheduler_address):
     local = summarize(half_series, cache_dir=tmp_path / "local", executor=LocalExecutor(1))
-    dask = summarize(half_series, cache_dir=tmp_path / "dask", executor=DaskExecutor(scheduler_address))
+    wire_bytes = []  # what came back over the wire, per task: the progress callback sees each receipt
+    dask = summarize(half_series, cache_dir=tmp_path / "dask", executor=DaskExecutor(scheduler_address),
+                     progress=lambda receipt: wire_bytes.append(len(pickle.dumps(receipt))))
     assert (local.computed, dask.computed) == (N_HALF, N_HALF)
+    # One small receipt per checkpoint, never statistics or tensors (a checkpoint here holds ~60 KB of tensors).
+    assert len(wire_bytes) == N_HALF and max(wire_bytes) < 1000
     assert local.ok and dask.ok
     a, b = load_stats(half_series, tmp_path / "local"), load_stats(half_series, tmp_path / "dask")
     # 21 of the 24 checkpoints have a previous one in their run: update rows for all of them.
