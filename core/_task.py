@@ -20,7 +20,7 @@ import torch
 
 from ckptboard.core._fragment import Header
 from ckptboard.core.cache import StatsCache
-from ckptboard.core.errors import CheckpointError, CkptboardError, IncompleteCheckpointError
+from ckptboard.core.errors import CacheError, CheckpointError, CkptboardError, IncompleteCheckpointError
 from ckptboard.core.records import StrEnum, TensorInfo, TensorKind
 
 __all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "resolve_model", "RECENT_WRITE_S", "file_identity"]
@@ -111,8 +111,10 @@ def run_task(task: CheckpointTask) -> Receipt:
             # A broken file stays broken until it changes: cache the failure so the dashboard shows its error
             # card without re-reading it.
             _set_error(receipt, ReceiptStatus.FAILED, e)
-            receipt.bytes = task.size
-            _cache(task).write(task.relpath, _header(task, receipt), {"errors": [_error_row(task, receipt)]})
+            try:
+                _cache(task).write(task.relpath, _header(task, receipt), {"errors": [_error_row(task, receipt)]})
+            except CacheError:
+                pass  # the failure is reported all the same; it is just not remembered
     except FileNotFoundError as e:
         _set_error(receipt, ReceiptStatus.INCOMPLETE, e)  # deleted (or renamed into place) since listing
     except CkptboardError as e:  # model spec, cache folder: not the file's fault, so nothing is cached
@@ -126,7 +128,8 @@ def run_task(task: CheckpointTask) -> Receipt:
 
 def _set_error(receipt: Receipt, status: str, error: BaseException) -> None:
     # A CheckpointError's message starts with the absolute path; the receipt names the file by relpath already.
-    receipt.status, receipt.error, receipt.message = status, type(error).__name__, getattr(error, "problem", str(error))
+    receipt.status, receipt.error = status, type(error).__name__
+    receipt.message = getattr(error, "problem", str(error))
 
 
 def _recently_modified(path: Path) -> bool:

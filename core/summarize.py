@@ -114,11 +114,11 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     """Discover ROOT's checkpoints and decide which need summarising; reads fragment footers, no checkpoint."""
     from ckptboard.core.discover import discover
 
-    root = Path(root)
+    root = Path(root).absolute()  # tasks may run in other processes, with another working directory
     if not root.is_dir():
         raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
     fingerprint = _model_fingerprint(model)
-    cache = StatsCache(root, cache_dir)
+    cache = StatsCache(root, Path(cache_dir).absolute() if cache_dir is not None else None)
     cache.ensure()
     result = Plan(root=root, cache=cache)
     invalid: list[str] = []
