@@ -14,12 +14,16 @@ st.set_page_config(page_title="ckptboard", page_icon=":bar_chart:", layout="wide
 
 config = state.app_config()
 tables, fingerprint = state.load_tables(config)
+st.session_state.setdefault(VIEW_KEY, View.OVERVIEW)  # not default=: Health's links set this key too
 view = st.segmented_control(
-    "View", list(View), key=VIEW_KEY, default=View.OVERVIEW, required=True,
+    "View", list(View), key=VIEW_KEY, required=True,
     label_visibility="collapsed", bind="query-params", width="stretch",
 )  # fmt: skip
 ctx = state.sidebar(config, tables, fingerprint)
-if not ctx.runs:
-    st.info("Choose at least one run in the sidebar.")
-    st.stop()
-render(View(view or View.OVERVIEW), ctx)
+try:
+    if not ctx.runs:
+        st.info("Choose at least one run in the sidebar.")
+        st.stop()
+    render(View(view or View.OVERVIEW), ctx)
+finally:  # also after a view's st.stop(): the page is drawn, now look for checkpoints written since
+    state.look_for_new_checkpoints(config)

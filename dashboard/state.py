@@ -1,8 +1,10 @@
 """The app's state: its config, loading the stats cache (with progress), the sidebar filters and the view context.
 
-Tables are held with ``st.cache_resource`` keyed on the cache's fingerprint, so every rerun of every session shares
-one read-only copy and a refresh that finds new checkpoints gets a new key. Derived figures and frames go through
-:func:`memo`, keyed on the same fingerprint plus the sidebar filters.
+Tables are held with ``st.cache_resource`` keyed on the cache's fingerprint (every fragment's name, size and mtime),
+so every rerun of every session shares one read-only copy and a refresh that finds new checkpoints gets a new key.
+Derived figures and frames go through :func:`memo`, keyed on the same fingerprint plus the sidebar filters. An empty
+cache is filled before the first page (with progress); a filled one is drawn at once and checked for new
+checkpoints after the page, on Refresh, and on the auto-refresh interval.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from ckptboard.dashboard.commands.serve import AppConfig, parse_app_args
 
 __all__ = [
     "ARGV_KEY",
-    "SKIPPED_KEY",
     "ViewContext",
     "app_config",
     "load_tables",
+    "look_for_new_checkpoints",
+    "skipped_files",
     "filter_tables",
     "sidebar",
     "memo",
@@ -39,11 +42,17 @@ __all__ = [
 ]
 
 ARGV_KEY = "app_argv"  # session_state key tests set to pass the app its argv (AppTest keeps pytest's sys.argv)
-SKIPPED_KEY = "skipped_incomplete"  # files summarize skipped as still being written, for the Overview
+AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
+# A new session looks for new checkpoints unless another session of this server did within this many seconds
+# (TensorBoard reloads on a server-side interval; sessions opened together share one look).
+RECHECK_AFTER_S = 10.0
+
 _FINGERPRINT_KEY = "cache_fingerprint"
+_EMPTY_FINGERPRINT = hashlib.sha1().hexdigest()  # a cache without fragments
+_CHECK_KEY = "check_for_new_checkpoints"
 _REFRESH_KEY = "refresh_requested"
 _LOADED_AT_KEY = "loaded_at"
-AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
+_STATUS_SLOT = "_status_slot"
 
 
 @dataclass
@@ -64,24 +73,28 @@ class ViewContext:
         """Identity of what the views draw: the cache's fingerprint plus the sidebar filters."""
         return (self.fingerprint, tuple(self.runs), self.step_range)
 
+    def matches(self, values: Sequence[str]) -> list[bool]:
+        """Which of ``values`` the sidebar filter finds (``re.search``); all of them without a filter."""
+        if not self.pattern:
+            return [True] * len(values)
+        regex = re.compile(self.pattern)
+        return [regex.search(str(v)) is not None for v in values]
+
     def tensor_names(self, run: str | None = None) -> list[str]:
         """Sorted display names of the tensors (of ``run`` or every chosen run) matching the sidebar filter."""
         frame = self.tables.tensors
         if run is not None:
             frame = frame[frame["run"] == run]
-        names = pd.Index(frame["name"].unique()).sort_values()
-        if self.pattern:
-            names = names[names.str.contains(self.pattern, regex=True)]
-        return names.tolist()
+        names = sorted(frame["name"].unique())
+        return [n for n, keep in zip(names, self.matches(names)) if keep]
 
     def modules(self) -> list[str]:
         """Module paths cut to the sidebar depth (``""`` is the root module), sorted."""
         modules = pd.Series(self.tables.tensors["module"].unique(), dtype=object).fillna("")
         if self.depth:
             modules = modules.map(lambda m: ".".join(m.split(".")[: self.depth]))
-        if self.pattern:
-            modules = modules[modules.str.contains(self.pattern, regex=True)]
-        return sorted(set(modules) - {""})
+        modules = sorted(set(modules) - {""})
+        return [m for m, keep in zip(modules, self.matches(modules)) if keep]
 
     def checkpoints(self, run: str | None = None) -> list[str]:
         """Checkpoint paths (relative to ROOT) of ``run`` or every chosen run, by run then step."""
@@ -92,12 +105,17 @@ class ViewContext:
 
     def checkpoint_label(self, checkpoint: str) -> str:
         """``run · step N · file`` for pickers."""
-        rows = self.tables.checkpoints[self.tables.checkpoints["checkpoint"] == checkpoint]
-        if rows.empty:
-            return checkpoint
-        row = rows.iloc[0]
-        step = "no step" if pd.isna(row["step"]) else f"step {int(row['step'])}"
-        return f"{row['run']} · {step} · {checkpoint.rsplit('/', 1)[-1]}"
+        return _checkpoint_labels(self.key, self.tables.checkpoints).get(checkpoint, checkpoint)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _checkpoint_labels(key: tuple, _checkpoints: pd.DataFrame) -> dict[str, str]:
+    """Every checkpoint's picker label, built once per cache state and filters (pickers call it per option)."""
+    labels = {}
+    for run, checkpoint, step in _checkpoints[["run", "checkpoint", "step"]].itertuples(index=False):
+        shown = "no step" if pd.isna(step) else f"step {int(step)}"
+        labels[checkpoint] = f"{run} · {shown} · {checkpoint.rsplit('/', 1)[-1]}"
+    return labels
 
 
 def app_config() -> AppConfig:
@@ -113,17 +131,38 @@ def app_config() -> AppConfig:
     return st.session_state["app_config"]
 
 
+@dataclass
+class _RootState:
+    """What this server knows about one ROOT, shared by its sessions: a lock, and the last summarize."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    summarized_at: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # still being written at the last summarize
+
+
 @st.cache_resource(show_spinner=False)
-def _summarize_lock(root: str) -> threading.Lock:
-    """One lock per ROOT in this server: two sessions never summarize the same cache at once."""
-    return threading.Lock()
+def _root_state(root: str, cache_dir: str | None) -> _RootState:
+    return _RootState()
+
+
+def _state_of(config: AppConfig) -> _RootState:
+    return _root_state(str(config.root), str(config.cache_dir) if config.cache_dir else None)
+
+
+def skipped_files(config: AppConfig) -> list[str]:
+    """Files the last summarize of ROOT skipped as still being written (read on a later refresh)."""
+    return list(_state_of(config).skipped)
 
 
 def _summarize_missing(config: AppConfig) -> None:
-    """Read the checkpoints the cache does not hold yet, with a status box and a progress bar while it works."""
+    """Read the checkpoints the cache does not hold yet, with a status box and a progress bar while it works.
+
+    Two sessions never summarize one ROOT at once (the second waits, then finds nothing new).
+    """
     from ckptboard.core.summarize import execute, plan
 
-    with _summarize_lock(str(config.root)), warnings.catch_warnings(record=True) as caught:
+    root_state = _state_of(config)
+    with root_state.lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
         work = plan(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust)
         total = len(work.tasks)
@@ -142,7 +181,8 @@ def _summarize_missing(config: AppConfig) -> None:
                 report = execute(work, progress=progress)
                 status.update(label=f"Read {report.computed} new checkpoint(s): {report.line()}", state="complete",
                               expanded=False)
-    st.session_state[SKIPPED_KEY] = list(report.skipped_incomplete)
+        root_state.summarized_at = time.time()
+        root_state.skipped = list(report.skipped_incomplete)
     for warning in caught:
         if issubclass(warning.category, CacheWarning):
             st.warning(str(warning.message))
@@ -160,7 +200,7 @@ def _fingerprint(config: AppConfig) -> str:
     return digest.hexdigest()
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=2)
 def _tables(root: str, cache_dir: str | None, fingerprint: str) -> StatsTables:
     """The tables of one cache state, shared read-only by every session (``fingerprint`` is the cache key)."""
     from ckptboard.core.tables import load_stats
@@ -174,17 +214,43 @@ def request_refresh() -> None:
 
 
 def load_tables(config: AppConfig) -> tuple[StatsTables, str]:
-    """Summarize what is missing (on open and on refresh only), then the cached tables and their fingerprint."""
-    if _FINGERPRINT_KEY not in st.session_state or st.session_state.pop(_REFRESH_KEY, False):
-        try:
-            _summarize_missing(config)
-        except CkptboardError as e:  # the cache itself is unusable: say so and show what is there
-            st.error(f"{type(e).__name__}: {e}")
-        st.session_state[_FINGERPRINT_KEY] = _fingerprint(config)
+    """The cached tables and their fingerprint. An empty cache is filled first, with progress; a cache that holds
+    data is drawn at once and checked for new checkpoints after the page (:func:`look_for_new_checkpoints`)."""
+    st.session_state[_STATUS_SLOT] = st.empty()  # where a later summarize shows its progress: the top of the page
+    refresh = st.session_state.pop(_REFRESH_KEY, False)
+    if _FINGERPRINT_KEY not in st.session_state or refresh:
+        fingerprint = _fingerprint(config)
+        if refresh or fingerprint == _EMPTY_FINGERPRINT:
+            fingerprint = _summarize_into_slot(config)
+        elif time.time() - _state_of(config).summarized_at > RECHECK_AFTER_S:
+            st.session_state[_CHECK_KEY] = True
+        st.session_state[_FINGERPRINT_KEY] = fingerprint
         st.session_state[_LOADED_AT_KEY] = time.time()
     fingerprint = st.session_state[_FINGERPRINT_KEY]
     cache_dir = str(config.cache_dir) if config.cache_dir else None
     return _tables(str(config.root), cache_dir, fingerprint), fingerprint
+
+
+def look_for_new_checkpoints(config: AppConfig) -> None:
+    """After a new session's first page: summarize checkpoints written since the cache was, rerun if any were."""
+    if not st.session_state.pop(_CHECK_KEY, False):
+        return
+    fingerprint = _summarize_into_slot(config)
+    if fingerprint != st.session_state.get(_FINGERPRINT_KEY):
+        st.session_state[_FINGERPRINT_KEY] = fingerprint
+        st.rerun()
+
+
+def _summarize_into_slot(config: AppConfig) -> str:
+    """Summarize what is missing, showing progress at the top of the page; the cache's new fingerprint."""
+    slot = st.session_state.get(_STATUS_SLOT)
+    try:
+        with slot.container() if slot is not None else st.container():
+            _summarize_missing(config)
+    except CkptboardError as e:  # the cache itself is unusable: say so and show what is there
+        st.error(f"{type(e).__name__}: {e}")
+    st.session_state[_LOADED_AT_KEY] = time.time()
+    return _fingerprint(config)
 
 
 def filter_tables(tables: StatsTables, runs: Sequence[str], step_range: tuple[int, int] | None) -> StatsTables:
@@ -199,7 +265,7 @@ def filter_tables(tables: StatsTables, runs: Sequence[str], step_range: tuple[in
     return StatsTables(**out)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _filtered(fingerprint: str, runs: tuple[str, ...], step_range: tuple[int, int] | None, _tables: StatsTables):
     return filter_tables(_tables, runs, step_range)
 
@@ -219,7 +285,10 @@ def memo(fn: Callable[..., Any], ctx: ViewContext, *args: Any, **kwargs: Any) ->
 
 
 def pick_default(key: str, options: Sequence[Any], default: Any) -> None:
-    """Seed ``session_state[key]`` with ``default`` unless it already holds a value that is still an option."""
+    """Seed ``session_state[key]`` with ``default`` unless it already holds a value that is still an option.
+
+    ``default`` may be a zero-argument callable, called only when it is needed.
+    """
     current = st.session_state.get(key)
     if isinstance(current, list):
         kept = [v for v in current if v in options]
@@ -228,7 +297,7 @@ def pick_default(key: str, options: Sequence[Any], default: Any) -> None:
             return
     elif current is not None and current in options:
         return
-    st.session_state[key] = default
+    st.session_state[key] = default() if callable(default) else default
 
 
 def _valid_regex(text: str) -> str | None:
@@ -299,8 +368,11 @@ def sidebar(config: AppConfig, tables: StatsTables, fingerprint: str) -> ViewCon
         bounds = _step_bounds(tables)
         if bounds is not None:
             current = st.session_state.get("sidebar_step_range")
-            if not (isinstance(current, tuple) and bounds[0] <= current[0] <= current[1] <= bounds[1]):
+            was_full = current is not None and tuple(current) == st.session_state.get("_step_bounds")
+            valid = current is not None and bounds[0] <= current[0] <= current[1] <= bounds[1]
+            if was_full or not valid:  # a full range grows with the run, like TensorBoard's axes
                 st.session_state["sidebar_step_range"] = bounds
+            st.session_state["_step_bounds"] = bounds
             chosen = st.slider("Step range", bounds[0], bounds[1], key="sidebar_step_range")
             step_range = None if tuple(chosen) == bounds else (int(chosen[0]), int(chosen[1]))
         st.divider()

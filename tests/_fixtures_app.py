@@ -15,12 +15,26 @@ APP = REPO / "dashboard" / "app.py"
 SAMPLES = REPO / "sample_ckpts"
 RUN_TIMEOUT_S = 60  # the first run of a fresh copy summarizes its checkpoints
 
-__all__ = ["APP", "SAMPLES", "RUN_TIMEOUT_S", "copy_samples", "app_test", "write_tiny_run"]
+__all__ = ["APP", "SAMPLES", "RUN_TIMEOUT_S", "copy_samples", "summarized_samples", "app_test", "write_tiny_run"]
 
 
 def copy_samples(dst: Path) -> Path:
     """``sample_ckpts/`` copied to ``dst`` without any cache or bytecode; returns ``dst``."""
     shutil.copytree(SAMPLES, dst, ignore=shutil.ignore_patterns(".ckptboard", "__pycache__"))
+    return dst
+
+
+def summarized_samples(tmp_path_factory, dst: Path) -> Path:
+    """A copy of ``sample_ckpts/`` at ``dst`` whose stats cache is already written. The samples are summarized
+    once per test session and copied after that (``copy2`` keeps mtimes, so the cache keys still match)."""
+    from ckptboard.core.summarize import summarize
+
+    base = tmp_path_factory.getbasetemp() / "summarized_samples"
+    if not base.exists():
+        staging = copy_samples(tmp_path_factory.mktemp("staging") / "samples")
+        summarize(staging)
+        staging.rename(base)
+    shutil.copytree(base, dst)
     return dst
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from _fixtures_app import app_test, copy_samples
-from ckptboard.core.summarize import summarize
+from _fixtures_app import app_test, summarized_samples
 from ckptboard.dashboard.views import View
 
 SIDEBAR = [("multiselect", "sidebar_runs"), ("text_input", "sidebar_filter"), ("slider", "sidebar_depth"),
@@ -19,7 +18,8 @@ EXPECTED = {
     View.SCALARS: [("selectbox", "scalars_stat"), ("segmented_control", "scalars_by"),
                    ("multiselect", "scalars_tensors"), ("slider", "scalars_smoothing"), ("toggle", "scalars_log_y")],
     View.HISTOGRAMS: [("selectbox", "hist_run"), ("selectbox", "hist_tensor"), ("segmented_control", "hist_mode")],
-    View.BATCHNORM: [("selectbox", "bn_run"), ("segmented_control", "bn_stat"), ("selectbox", "bn_layer")],
+    View.BATCHNORM: [("selectbox", "bn_run"), ("segmented_control", "bn_stat"), ("multiselect", "bn_layers"),
+                     ("selectbox", "bn_layer")],
     View.SIZE_FLOPS: [("selectbox", "size_checkpoint"), ("segmented_control", "size_chart"),
                       ("text_input", "flops_model"), ("text_input", "flops_input_shape")],
     View.COMPARE: [("segmented_control", "compare_mode"), ("selectbox", "compare_a"), ("selectbox", "compare_b"),
@@ -31,9 +31,7 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """A copy of sample_ckpts with its cache already summarized (the first-open path has its own test)."""
-    root = copy_samples(tmp_path_factory.mktemp("app") / "samples")
-    summarize(root)
-    return root
+    return summarized_samples(tmp_path_factory, tmp_path_factory.mktemp("app") / "samples")
 
 
 

@@ -16,8 +16,7 @@ from urllib.parse import quote
 
 import pytest
 
-from _fixtures_app import copy_samples
-from ckptboard.core.summarize import summarize
+from _fixtures_app import summarized_samples
 from ckptboard.dashboard.views import View
 
 pytestmark = pytest.mark.browser
@@ -58,14 +57,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, tmp_path_factory):
     """``ckptboard serve`` on a summarized copy of sample_ckpts; yields its URL and always stops it."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install chromium (apt-get install chromium) to run the browser test")
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("the playwright package is missing: pip install playwright")
-    root = copy_samples(tmp_path / "samples")
-    summarize(root)  # the first-open summarizing path is covered by the AppTest tests
+    # Summarized beforehand: the first-open summarizing path is covered by the AppTest tests.
+    root = summarized_samples(tmp_path_factory, tmp_path / "samples")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"

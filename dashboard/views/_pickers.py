@@ -30,8 +30,7 @@ def tensor_picker(ctx: ViewContext, run: str, key: str, label: str = "Tensor") -
     """A ``(group, name)`` of ``run`` matching the sidebar filter; stops with a hint when there is none."""
     frame = ctx.tables.tensors
     frame = frame.loc[frame["run"] == run, ["group", "name"]].drop_duplicates().sort_values(["group", "name"])
-    if ctx.pattern:
-        frame = frame[frame["name"].str.contains(ctx.pattern, regex=True)]
+    frame = frame[ctx.matches(frame["name"].tolist())]
     options = list(frame.itertuples(index=False, name=None))
     if not options:
         st.info(f"No tensor of run {run!r} matches the sidebar filter.")

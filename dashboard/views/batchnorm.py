@@ -13,6 +13,7 @@ from ckptboard.dashboard.views._pickers import run_picker
 __all__ = ["render", "STATS"]
 
 STATS = ("running_mean", "running_var")
+_FIRST_LAYERS = 12  # small multiples of 3 rows: TensorBoard too pages its charts rather than drawing hundreds
 
 
 def render(ctx: ViewContext) -> None:
@@ -20,19 +21,30 @@ def render(ctx: ViewContext) -> None:
     with left:
         run = run_picker(ctx, "bn_run")
     bn = ctx.tables.batchnorm
-    layers = sorted(bn.loc[bn["run"] == run, "module"].unique())
-    if ctx.pattern:
-        layers = [m for m in layers if re.search(ctx.pattern, m)]
+    layers = sorted(bn.loc[bn["run"] == run, "module"].unique(), key=_natural)
+    layers = [m for m, keep in zip(layers, ctx.matches(layers)) if keep]
     if not layers:
         st.info(f"Run {run!r} has no BatchNorm-style running statistics" + (" matching the filter." if ctx.pattern else "."))
         st.stop()
     with right:
         pick_default("bn_stat", STATS, STATS[0])
         stat = st.segmented_control("Statistic", STATS, key="bn_stat", required=True, persist_state="session")
-    st.plotly_chart(memo(batchnorm_layers_figure, ctx, run, stat, modules=layers), key="bn_layers_chart")
+    pick_default("bn_layers", layers, layers[:_FIRST_LAYERS])
+    shown = st.multiselect(
+        "Layers drawn", layers, key="bn_layers", persist_state="session",
+        placeholder="type to search; the sidebar filter narrows the list",
+    )  # fmt: skip
+    if len(layers) > len(shown):
+        st.caption(f"{len(shown)} of {len(layers)} layers drawn: add more above, or narrow with the sidebar filter.")
+    if shown:
+        st.plotly_chart(memo(batchnorm_layers_figure, ctx, run, stat, modules=shown), key="bn_layers_chart")
     pick_default("bn_layer", layers, layers[0])
     layer = st.selectbox("Channels of layer", layers, key="bn_layer", persist_state="session")
     st.plotly_chart(memo(batchnorm_heatmap, ctx, run, layer, stat), key="bn_heatmap_chart")
     st.subheader("num_batches_tracked")
     st.plotly_chart(memo(num_batches_tracked_figure, ctx, run), key="bn_tracked_chart")
 
+
+def _natural(module: str) -> list:
+    """Sort key putting ``blocks.2.bn`` before ``blocks.10.bn``, as in the model."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", module)]

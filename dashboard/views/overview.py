@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
-from ckptboard.dashboard.state import SKIPPED_KEY, ViewContext, memo, pick_default
+from ckptboard.dashboard.state import ViewContext, memo, pick_default, skipped_files
 
 __all__ = ["render"]
 
@@ -18,7 +18,7 @@ def render(ctx: ViewContext) -> None:
     cards = memo(error_cards, ctx)
     for card in cards:
         st.error(f"**{card['checkpoint']}** could not be read — {card['error']}: {_problem(card)}", icon="⚠️")
-    skipped = st.session_state.get(SKIPPED_KEY, [])
+    skipped = skipped_files(ctx.config)
     if skipped:
         shown = ", ".join(f"`{p}`" for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         st.info(f"{len(skipped)} file(s) still being written, read on the next refresh: {shown}", icon="⏳")

@@ -42,7 +42,7 @@ def render(ctx: ViewContext) -> None:
         chosen = modules
     else:
         options = ctx.tensor_names()
-        pick_default("scalars_tensors", options, _largest_parameters(ctx, options))
+        pick_default("scalars_tensors", options, lambda: _largest_parameters(ctx, options))
         tensors = st.multiselect(
             "Tensors", options, key="scalars_tensors", persist_state="session",
             placeholder="type to search; the sidebar filter narrows the list",
