@@ -1,8 +1,9 @@
 """Speed of the dashboard on a series of 200 checkpoints × 500 tensors already in the stats cache.
 
-Measured with Streamlit's AppTest (the script runs in this process, no browser): the first render of a new
-session with cold Streamlit caches (reads the cache, checks for new checkpoints, draws Overview), then a switch to
-every view (first visit: figures computed) and a second round of switches (figures memoised). Medians of
+Measured with Streamlit's AppTest (the whole script run, in this process, no browser): the first render of a
+session with cold Streamlit caches (reads the cache, draws Overview, then looks for new checkpoints), a switch to
+every view (first visit: figures computed) and a second round of switches (figures memoised), and the first render
+of another session while the server is warm; beside them, ``load_stats`` and ``plan`` alone. Medians of
 ``--repeats`` rounds. The series is written once into ``--work`` (real ``torch.save`` files of a real
 ``nn.Module``) and summarised there; later runs reuse it.
 
@@ -33,7 +34,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from ckptboard.core.summarize import summarize
+from ckptboard.core.summarize import plan, summarize
+from ckptboard.core.tables import load_stats
 from ckptboard.dashboard.views import View
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -79,17 +81,34 @@ def _timed_run(at: AppTest) -> float:
     return elapsed
 
 
-def one_round(root: Path) -> dict[str, float]:
-    """Cold first render, then each view twice (first visit, memoised), in seconds."""
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def _new_session(root: Path) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=120)
     at.session_state["app_argv"] = [str(root)]
-    times = {"first render (cold)": _timed_run(at)}
+    return at
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def one_round(root: Path) -> dict[str, float]:
+    """Seconds for: the cache's own reads (side by side), a cold first render, each view twice (first visit,
+    memoised), and the first render of a second session while the server is warm."""
+    times = {
+        "load_stats alone": _timed(lambda: load_stats(root)),
+        "plan alone (look for new files)": _timed(lambda: plan(root)),
+    }
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = _new_session(root)
+    times["first render (cold server)"] = _timed_run(at)
     for visit in ("first visit", "memoised"):
         for view in View:
             at.session_state["view"] = view
             times[f"{view} ({visit})"] = _timed_run(at)
+    times["first render (new session, warm)"] = _timed_run(_new_session(root))
     return times
 
 

@@ -26,6 +26,10 @@ _STAT_FOR_CHECK = {
 }
 
 
+# What a reader scans first; the long checkpoint path last.
+_COLUMN_ORDER = ("severity", "check", "run", "step", "name", "value", "detail", "group", "checkpoint")
+
+
 def render(ctx: ViewContext) -> None:
     left, right, _ = st.columns([2, 2, 3])
     with left:
@@ -45,6 +49,7 @@ def render(ctx: ViewContext) -> None:
     findings = list(range(len(table)))
     selected = st.dataframe(
         table, hide_index=True, key="health_table", height=360, on_select="rerun", selection_mode="single-row",
+        column_order=_COLUMN_ORDER,
     )  # fmt: skip
     rows = list(getattr(getattr(selected, "selection", None), "rows", []) or [])
     if rows and rows != st.session_state.get("_health_rows"):  # a click on a row picks that finding
