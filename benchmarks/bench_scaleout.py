@@ -101,15 +101,10 @@ def _loadavg() -> str:
         return "?"
 
 
-def _time(label: str, fn: Callable[[], object], repeats: int) -> list[float]:
-    times = []
-    for r in range(repeats):
-        before = _loadavg()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-        print(f"  {label} #{r + 1}: {times[-1]:.2f} s  (loadavg before {before}, after {_loadavg()})", flush=True)
-    return times
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def _summarise_into(root: Path, cache: Path, executor) -> None:
@@ -139,36 +134,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(paths)} checkpoints, {total / 1e9:.2f} GB in {time.perf_counter() - start:.1f} s",
               flush=True)
 
-        def fresh_dask():
-            return DaskExecutor(n_workers=2, dashboard_address="127.0.0.1:0")
+        def fresh_dask(n_workers: int = 2) -> DaskExecutor:
+            return DaskExecutor(n_workers=n_workers, dashboard_address="127.0.0.1:0")
 
-        results: dict[str, list[float]] = {}
-        results["local, 1 worker"] = _time(
-            "local 1", lambda: _summarise_into(root, caches / "l1", LocalExecutor(1)), args.repeats)
-        results["local, 2 workers"] = _time(
-            "local 2", lambda: _summarise_into(root, caches / "l2", LocalExecutor(2)), args.repeats)
-        # As the CLI runs it: a LocalCluster started (workers spawned, torch imported) and closed per summarise.
-        results["dask, 2 workers, new cluster"] = _time(
-            "dask 2 new", lambda: _summarise_into(root, caches / "d2", fresh_dask()), args.repeats)
-        with fresh_dask() as warm:
-            list(warm.map_unordered(noop, [TinyTask(0), TinyTask(1)]))  # workers up and connected
-            results["dask, 2 workers, warm cluster"] = _time(
-                "dask 2 warm", lambda: _summarise_into(root, caches / "d2w", warm), args.repeats)
+        with fresh_dask(1) as warm1, fresh_dask(2) as warm2:
+            for warm in (LocalExecutor(1), warm1, warm2):  # torch and the kernels imported, workers up
+                _summarise_into(root, caches / "warmup", warm)
+            configs = {
+                "local, 1 worker (in-process)": lambda: _summarise_into(root, caches / "l1", LocalExecutor(1)),
+                "local, 2 workers": lambda: _summarise_into(root, caches / "l2", LocalExecutor(2)),
+                # As the CLI runs it: a LocalCluster started (workers spawned, torch imported) and closed per run.
+                "dask, 2 workers, new cluster": lambda: _summarise_into(root, caches / "d2", fresh_dask(2)),
+                "dask, 1 worker, warm cluster": lambda: _summarise_into(root, caches / "w1", warm1),
+                "dask, 2 workers, warm cluster": lambda: _summarise_into(root, caches / "w2", warm2),
+            }
+            results: dict[str, list[float]] = {label: [] for label in configs}
+            # Round-robin, so that the load of a shared machine drifts over every configuration alike.
+            for r in range(args.repeats):
+                print(f"round {r + 1}, loadavg {_loadavg()}:", flush=True)
+                for label, fn in configs.items():
+                    results[label].append(_timed(fn))
+                    print(f"  {label:32s} {results[label][-1]:7.2f} s", flush=True)
             tiny = [TinyTask(i) for i in range(args.tiny_tasks)]
-            overhead = _time("dask tiny", lambda: list(warm.map_unordered(noop, tiny)), args.repeats)
-        startup = _time("dask start+stop", lambda: fresh_dask().start().close(), args.repeats)
+            overhead = [_timed(lambda: list(warm2.map_unordered(noop, tiny))) for _ in range(args.repeats)]
+        startup = [_timed(lambda: fresh_dask(2).start().close()) for _ in range(args.repeats)]
 
-        base = statistics.median(results["local, 1 worker"])
-        print(f"\n{len(paths)} x {total / len(paths) / 1e6:.0f} MB ({total / 1e9:.2f} GB), median of {args.repeats}:")
+        base = results["local, 1 worker (in-process)"]
+        print(f"\n{len(paths)} x {total / len(paths) / 1e6:.0f} MB ({total / 1e9:.2f} GB), median of {args.repeats} "
+              "rounds; speed-up = median over rounds of (1-worker time / this time) in the same round")
         print(f"{'executor':32s} {'wall s':>8s} {'GB/s':>6s} {'speed-up':>9s} {'efficiency':>10s}")
         for label, times in results.items():
             med = statistics.median(times)
             workers = 1 if "1 worker" in label else 2
-            print(f"{label:32s} {med:8.2f} {total / 1e9 / med:6.2f} {base / med:8.2f}x {base / med / workers:10.0%}")
+            ratio = statistics.median(b / t for b, t in zip(base, times))
+            print(f"{label:32s} {med:8.2f} {total / 1e9 / med:6.2f} {ratio:8.2f}x {ratio / workers:10.0%}")
+        scaling = statistics.median(a / b for a, b in zip(results["dask, 1 worker, warm cluster"],
+                                                          results["dask, 2 workers, warm cluster"]))
+        print(f"dask warm, 2 workers over 1 worker: {scaling:.2f}x ({scaling / 2:.0%} efficiency)")
         per_task = statistics.median(overhead) / args.tiny_tasks
         print(f"dask overhead: {per_task * 1e3:.2f} ms per task ({args.tiny_tasks} no-op tasks on a warm 2-worker "
               f"cluster, median {statistics.median(overhead):.3f} s); LocalCluster start+stop "
-              f"{statistics.median(startup):.2f} s")
+              f"{statistics.median(startup):.2f} s (median of {args.repeats})")
         print(f"loadavg at end: {_loadavg()}")
     finally:
         if not args.keep:
