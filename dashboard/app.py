@@ -21,6 +21,10 @@ view = st.segmented_control(
 )  # fmt: skip
 ctx = state.sidebar(config, tables, fingerprint)
 try:
+    if not ctx.all_runs:
+        st.info(f"No checkpoints under `{config.root}` yet. Checkpoints a training run writes there show up after "
+                "**Refresh** (or with auto-refresh) in the sidebar.")
+        st.stop()
     if not ctx.runs:
         st.info("Choose at least one run in the sidebar.")
         st.stop()

@@ -99,6 +99,11 @@ def test_missing_root_is_an_error_message_not_an_exception(tmp_path):
     assert any("ckptboard serve ROOT" in i.value for i in at.info)
 
 
+def test_empty_root_is_an_info_state(tmp_path):
+    at = _run(app_test(str(tmp_path)))
+    assert any("No checkpoints under" in i.value for i in at.info)
+
+
 def test_no_run_chosen_is_an_info_state(tiny_root):
     at = _run(app_test(str(tiny_root)))
     at.multiselect(key="sidebar_runs").set_value([])
