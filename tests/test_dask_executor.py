@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import pytest
@@ -14,6 +15,7 @@ from ckptboard.core import executors_dask  # noqa: E402
 from ckptboard.core.errors import UsageError  # noqa: E402
 from ckptboard.core.executors import Executor  # noqa: E402
 from ckptboard.core.executors_dask import DaskExecutor  # noqa: E402
+from ckptboard.dashboard.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,8 +86,18 @@ def test_on_start_sees_the_dashboard_link():
 
 def test_without_dask_one_clear_usage_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # what `import distributed` sees when not installed
+    monkeypatch.setitem(sys.modules, "dask", None)
+    module = importlib.reload(executors_dask)  # the module itself imports without dask
     with pytest.raises(UsageError, match=r"--executor dask .* not installed: pip install ckptboard\[dask\]"):
-        DaskExecutor()
+        module.DaskExecutor()
+
+
+def test_cli_without_dask_prints_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    assert main(["summarize", str(tmp_path), "--executor", "dask"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("UsageError: --executor dask needs Dask's distributed scheduler, which is not installed: "
+                       "pip install ckptboard[dask]")
 
 
 @pytest.mark.parametrize(
