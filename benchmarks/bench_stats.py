@@ -10,7 +10,9 @@ and as separate processes (``python bench_stats.py --worker METHOD FILE``):
 - ``numpy``: mean/std/min/max, ``np.histogram(bins=256)`` and ``np.percentile`` at the schema's percentiles;
 - ``summarize`` (process only, when the command exists): ``ckptboard summarize DIR --workers 1`` into a fresh cache.
 
-Process times have the median of ``python -c "import torch"`` subtracted. Peak anonymous memory is RssAnon (not
+Each round runs every method once (in-process, then as a process) so that load drifts on a shared machine hit
+all alike; medians over rounds are printed, wall and CPU (this thread's, or the child's user + sys). Process
+times have the median of ``python -c "import torch"`` (run in the same rounds) subtracted. Peak anonymous memory is RssAnon (not
 file-backed mmap pages) sampled every 2 ms, above its value after ``import torch``. ``--memory-gb 4`` also runs
 ``ours`` once as a process over a 4 GB fp32 checkpoint for the memory bound. torch runs with ``--threads`` threads.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -118,37 +121,29 @@ def worker(method: str, path: Path) -> None:
     print(json.dumps({"peak_anon_mib": mem.peak_mib}))
 
 
-def _median_in_process(method: str, path: Path, repeat: int) -> tuple[float, float]:
-    times, peaks = [], []
-    for _ in range(repeat):
-        with _PeakAnon() as mem:
-            start = time.perf_counter()
-            _RUN[method](_load(path))
-            times.append(time.perf_counter() - start)
-        peaks.append(mem.peak_mib)
-    return statistics.median(times), max(peaks)
+def _in_process(method: str, path: Path) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds of this thread (the sampler excluded), peak anonymous MiB."""
+    with _PeakAnon() as mem:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        _RUN[method](_load(path))
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    return wall, cpu, mem.peak_mib
 
 
-def _timed_process(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    start = time.perf_counter()
+def _process(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + sys) and reported peak anonymous MiB of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
     out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lines = out.stdout.strip().splitlines()
     try:
-        return elapsed, json.loads(last).get("peak_anon_mib", float("nan"))
+        peak = json.loads(lines[-1]).get("peak_anon_mib", float("nan")) if lines else float("nan")
     except json.JSONDecodeError:
-        return elapsed, float("nan")
-
-
-def _median_process(argv: list[str], repeat: int, env: dict[str, str], before=None) -> tuple[float, float]:
-    times, peaks = [], []
-    for _ in range(repeat):
-        if before:
-            before()
-        t, p = _timed_process(argv, env)
-        times.append(t)
-        peaks.append(p)
-    return statistics.median(times), max(peaks)
+        peak = float("nan")
+    return wall, cpu, peak
 
 
 def _warm(path: Path) -> None:
@@ -164,6 +159,30 @@ def _first_call_cost(env: dict[str, str], cache_dir: Path | None) -> float:
     env = dict(env, **({"NUMBA_CACHE_DIR": str(cache_dir)} if cache_dir else {}))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def _report(runs: dict[str, list[tuple]], size: int) -> None:
+    """Medians per method: in-process wall/CPU, process wall/CPU minus ``import torch``, ratios to the floor."""
+    med = {m: [statistics.median(r[i] for r in rows) for i in range(6)] for m, rows in runs.items()}
+    peak = {m: (max(r[2] for r in rows), max(r[5] for r in rows)) for m, rows in runs.items()}
+    base_wall, base_cpu = med["import torch"][3], med["import torch"][4]
+    for m in med:
+        med[m][3] -= base_wall
+        med[m][4] -= base_cpu
+    f = med["floor"]
+    print(f"import torch process: {base_wall:.2f} s wall, {base_cpu:.2f} s CPU (subtracted below)")
+    print(f"{'method':<12} {'in-process wall':>15} {'cpu':>7} {'x floor':>13} {'anon MiB':>8} | "
+          f"{'process wall':>12} {'cpu':>7} {'x floor':>13} {'anon MiB':>8}")
+    for m, (w, c, _, pw, pc, _) in med.items():
+        if m == "import torch":
+            continue
+        print(f"{m:<12} {w:>15.3f} {c:>7.3f} {w / f[0]:>6.1f} {c / f[1]:>6.1f} {peak[m][0]:>8.0f} | "
+              f"{pw:>12.3f} {pc:>7.3f} {pw / f[3]:>6.1f} {pc / f[4]:>6.1f} {peak[m][1]:>8.0f}")
+    if "tensorboard" in med and "ours" in med:
+        tb, ours = med["tensorboard"], med["ours"]
+        print(f"tensorboard / ours: in-process {tb[0] / ours[0]:.0f}x wall, {tb[1] / ours[1]:.0f}x CPU; "
+              f"process {tb[3] / ours[3]:.1f}x wall, {tb[4] / ours[4]:.1f}x CPU; "
+              f"ours {size / ours[0] / 1e9:.2f} GB/s in-process wall")
 
 
 def _has_summarize() -> bool:
@@ -198,51 +217,42 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     methods = [m for m in METHODS if m not in args.skip.split(",")]
     me = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads)]
+    nan = float("nan")
     try:
-        print(f"torch {torch.__version__}, {args.threads} torch thread(s), {os.cpu_count()} cores, work dir {work}")
+        print(f"torch {torch.__version__}, {args.threads} torch thread(s), {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f}, work dir {work}")
         print(f"first call of tensor_stats in a fresh process (import + kernels): "
               f"cached {_first_call_cost(env, None):.2f} s, "
               f"cold compile {_first_call_cost(env, work / 'numba_cold'):.2f} s")
         _ours({"warm": torch.randn(10000), "warm16": torch.randn(10000).bfloat16()})  # load kernels here too
-        import_torch = statistics.median(
-            _timed_process([sys.executable, "-c", "import torch"], env)[0] for _ in range(max(3, args.repeat)))
-        print(f"python -c 'import torch': {import_torch:.2f} s (subtracted from process times)")
         for dtype in (torch.float32, torch.bfloat16):
             name = str(dtype).removeprefix("torch.")
             run_dir = work / name
             path = run_dir / f"{name}.pt"
             size = write_transformer(path, int(args.gb * 1e9), dtype)
             _warm(path)
-            print(f"\n== {name}: {size / 1e9:.2f} GB, {len(_load(path))} tensors ==")
-            print(f"{'method':<12} {'in-process s':>12} {'x floor':>8} {'anon MiB':>9} | "
-                  f"{'process s':>9} {'x floor':>8} {'anon MiB':>9}")
-            rows = {}
-            for method in methods:
-                inproc, inmem = _median_in_process(method, path, args.repeat)
-                proc, pmem = _median_process(me + ["--worker", method, str(path)], args.repeat, env)
-                rows[method] = (inproc, inmem, proc - import_torch, pmem)
-            if _has_summarize():
-                cache = work / "cache"
-                proc, _ = _median_process(
-                    ["ckptboard", "summarize", str(run_dir), "--cache-dir", str(cache), "--workers", "1"],
-                    args.repeat, env, before=lambda: shutil.rmtree(cache, ignore_errors=True))
-                rows["summarize"] = (float("nan"), float("nan"), proc - import_torch, float("nan"))
-            floor_in, _, floor_proc, _ = rows["floor"]
-            for method, (inproc, inmem, proc, pmem) in rows.items():
-                print(f"{method:<12} {inproc:>12.3f} {inproc / floor_in:>8.1f} {inmem:>9.0f} | "
-                      f"{proc:>9.3f} {proc / floor_proc:>8.1f} {pmem:>9.0f}")
-            if "tensorboard" in rows and "ours" in rows:
-                print(f"tensorboard / ours: in-process {rows['tensorboard'][0] / rows['ours'][0]:.1f}x, "
-                      f"process {rows['tensorboard'][2] / rows['ours'][2]:.1f}x; "
-                      f"ours {size / rows['ours'][0] / 1e9:.2f} GB/s in-process")
+            print(f"\n== {name}: {size / 1e9:.2f} GB, {len(_load(path))} tensors, {args.repeat} interleaved rounds ==")
+            runs: dict[str, list[tuple]] = {}
+            for _ in range(args.repeat):  # one round runs everything once, so that load drifts hit all alike
+                runs.setdefault("import torch", []).append(
+                    (nan, nan, nan) + _process([sys.executable, "-c", "import torch"], env))
+                for method in methods:
+                    runs.setdefault(method, []).append(
+                        _in_process(method, path) + _process(me + ["--worker", method, str(path)], env))
+                if _has_summarize():
+                    cache = work / "cache"
+                    shutil.rmtree(cache, ignore_errors=True)
+                    argv = ["ckptboard", "summarize", str(run_dir), "--cache-dir", str(cache), "--workers", "1"]
+                    runs.setdefault("summarize", []).append((nan, nan, nan) + _process(argv, env))
+            _report(runs, size)
             shutil.rmtree(run_dir)
         if args.memory_gb:
             path = work / "memory" / "big.pt"
             size = write_transformer(path, int(args.memory_gb * 1e9), torch.float32)
             _warm(path)
-            proc, pmem = _timed_process(me + ["--worker", "ours", str(path)], env)
-            print(f"\nmemory bound: ours over {size / 1e9:.2f} GB fp32 as a process: {proc - import_torch:.2f} s, "
-                  f"peak anonymous memory {pmem:.0f} MiB above import torch")
+            wall, cpu, peak = _process(me + ["--worker", "ours", str(path)], env)
+            print(f"\nmemory bound: ours over {size / 1e9:.2f} GB fp32 as a process: {wall:.2f} s wall, "
+                  f"{cpu:.2f} s CPU (import torch included), peak anonymous memory {peak:.0f} MiB above import torch")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

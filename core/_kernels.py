@@ -65,34 +65,28 @@ def count_codes32(bits, counts):
 
 
 @njit(cache=True, nogil=True)
-def fast_f32(vals, bits, shift, counts):
+def fast_f32(vals, bits, shift, counts, sums, ints):
     """Moments then codes, block by block, over an fp32 chunk until a block holds NaN/Inf.
 
-    Returns shifted sums, |x| sum, min/max order keys, zeros, low-bit OR and ``done``: the values before index
-    ``done`` are counted; the rest (``done < vals.size``) is the exact kernel's to do.
+    Adds shifted sums and the |x| sum to ``sums`` (float64[3]); keeps min/max order keys, zeros and the OR of the
+    low 16 bits in ``ints`` (int64[4]). Returns ``done``: the values before it are counted; the rest is the exact
+    kernel's to do.
     """
-    s1 = 0.0
-    s2 = 0.0
-    sa = 0.0
-    kmin = np.int32(0x7FFFFFFF)
-    kmax = np.int32(-0x80000000)
-    zeros = 0
-    low = np.int32(0)
     n = vals.size
     for start in range(0, n, _BLOCK):
         end = min(n, start + _BLOCK)
-        b1, b2, ba, bmin, bmax, bz, bl = _moments_block(vals[start:end], bits[start:end], shift)
-        if bmin <= KEY_NEG_INF or bmax >= KEY_POS_INF:
-            return s1, s2, sa, kmin, kmax, zeros, low & np.int32(0xFFFF), start
+        s1, s2, sa, kmin, kmax, zeros, low = _moments_block(vals[start:end], bits[start:end], shift)
+        if kmin <= KEY_NEG_INF or kmax >= KEY_POS_INF:
+            return start
         count_codes32(bits[start:end], counts)
-        s1 += b1
-        s2 += b2
-        sa += ba
-        kmin = min(kmin, bmin)
-        kmax = max(kmax, bmax)
-        zeros += bz
-        low |= bl
-    return s1, s2, sa, kmin, kmax, zeros, low & np.int32(0xFFFF), n
+        sums[0] += s1
+        sums[1] += s2
+        sums[2] += sa
+        ints[0] = min(ints[0], kmin)
+        ints[1] = max(ints[1], kmax)
+        ints[2] += zeros
+        ints[3] |= low & np.int32(0xFFFF)
+    return n
 
 
 @njit(cache=True, nogil=True)
@@ -144,27 +138,28 @@ def exact_chunk(vals, bits, shift, counts):
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def update_sums(cur, prev, first, has_first):
-    """Sums of ``(c-p)^2, p^2, c^2, c*p, (c-f)^2, f^2``; a difference of equal (or both NaN) values counts as 0."""
+def _pair_sums(cur, other):
+    """Sums of ``(c-o)^2, o^2, c^2, c*o``; a difference of equal (or both NaN) values counts as 0."""
     dd = 0.0
-    pp = 0.0
+    oo = 0.0
     cc = 0.0
-    cp = 0.0
-    df = 0.0
-    ff = 0.0
+    co = 0.0
     for i in range(cur.size):
         c = np.float64(cur[i])
-        p = np.float64(prev[i])
-        d = 0.0 if (c == p or (c != c and p != p)) else c - p
+        o = np.float64(other[i])
+        d = 0.0 if (c == o or (c != c and o != o)) else c - o
         dd += d * d
-        pp += p * p
+        oo += o * o
         cc += c * c
-        cp += c * p
+        co += c * o
+    return dd, oo, cc, co
+
+
+@njit(cache=True, nogil=True)
+def update_sums(cur, prev, first, has_first):
+    """Sums of ``(c-p)^2, p^2, c^2, c*p, (c-f)^2, f^2`` (the last two 0 without ``first``)."""
+    dd, pp, cc, cp = _pair_sums(cur, prev)
+    df, ff = 0.0, 0.0
     if has_first:
-        for i in range(cur.size):
-            c = np.float64(cur[i])
-            f = np.float64(first[i])
-            d = 0.0 if (c == f or (c != c and f != f)) else c - f
-            df += d * d
-            ff += f * f
+        df, ff, _, _ = _pair_sums(cur, first)
     return dd, pp, cc, cp, df, ff

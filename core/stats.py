@@ -310,20 +310,14 @@ def _key_to_float(key: int) -> float:
 
 
 def _reduce_numba(chunks: Iterator[torch.Tensor], acc: _Acc, k: ModuleType) -> None:
+    sums = np.zeros(3)  # s1, s2, sa of the values the fast kernel counted
+    ints = np.array([2**31 - 1, -(2**31), 0, 0], dtype=np.int64)  # min key, max key, zeros, low-bit OR
     for chunk in chunks:
         vals = _numpy(chunk)
         if vals.dtype == np.float32:
             bits = vals.view(np.int32)
-            s1, s2, sa, kmin, kmax, zeros, low, done = k.fast_f32(vals, bits, acc.shift, acc.counts)
-            if done:
-                acc.nfin += done
-                acc.s1 += s1
-                acc.s2 += s2
-                acc.sa += sa
-                acc.mn = min(acc.mn, _key_to_float(kmin))
-                acc.mx = max(acc.mx, _key_to_float(kmax))
-                acc.zeros += zeros
-                acc.low_bits |= bool(low)
+            done = k.fast_f32(vals, bits, acc.shift, acc.counts, sums, ints)
+            acc.nfin += done
             if done == vals.size:
                 continue
             vals, bits = vals[done:], bits[done:]  # from the first block holding NaN/Inf on
@@ -332,6 +326,11 @@ def _reduce_numba(chunks: Iterator[torch.Tensor], acc: _Acc, k: ModuleType) -> N
             acc.low_bits |= not torch.equal(rounded.double(), chunk)  # fp32 rounding hid low bits
             bits = _numpy(rounded).view(np.int32)
         _add_exact(acc, k.exact_chunk(vals, bits, acc.shift, acc.counts))
+    if ints[0] <= ints[1]:  # the fast kernel counted something
+        acc.s1, acc.s2, acc.sa = acc.s1 + sums[0], acc.s2 + sums[1], acc.sa + sums[2]
+        acc.mn, acc.mx = min(acc.mn, _key_to_float(ints[0])), max(acc.mx, _key_to_float(ints[1]))
+        acc.zeros += int(ints[2])
+        acc.low_bits |= bool(ints[3])
 
 
 def _add_exact(acc: _Acc, r: tuple) -> None:
