@@ -29,7 +29,7 @@ from ckptboard.core.executors import LocalExecutor
 from ckptboard.core.executors_dask import DaskExecutor
 from ckptboard.core.summarize import summarize
 
-__all__ = ["TinyTask", "noop", "make_series", "main"]
+__all__ = ["TinyTask", "noop", "burn", "make_series", "main"]
 
 D_MODEL = 1024
 VOCAB = 12288
@@ -94,6 +94,16 @@ def noop(task: TinyTask) -> int:
     return task.n
 
 
+def burn(task: TinyTask) -> int:
+    """A fixed amount of pure CPU work (~0.2 s), no I/O: how much 2 workers can gain on this machine right now."""
+    import numpy as np
+
+    values = np.random.default_rng(task.n).random(1_000_000)
+    for _ in range(3):
+        np.sort(values)
+    return task.n
+
+
 def _loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         with fresh_dask(1) as warm1, fresh_dask(2) as warm2:
             for warm in (LocalExecutor(1), warm1, warm2):  # torch and the kernels imported, workers up
                 _summarise_into(root, caches / "warmup", warm)
+            cpu_tasks = [TinyTask(i) for i in range(len(paths))]
             configs = {
                 "local, 1 worker (in-process)": lambda: _summarise_into(root, caches / "l1", LocalExecutor(1)),
                 "local, 2 workers": lambda: _summarise_into(root, caches / "l2", LocalExecutor(2)),
@@ -147,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                 "dask, 2 workers, new cluster": lambda: _summarise_into(root, caches / "d2", fresh_dask(2)),
                 "dask, 1 worker, warm cluster": lambda: _summarise_into(root, caches / "w1", warm1),
                 "dask, 2 workers, warm cluster": lambda: _summarise_into(root, caches / "w2", warm2),
+                # The ceiling: the same amount of pure CPU work per task, no files.
+                "cpu-only tasks, dask 1 worker": lambda: list(warm1.map_unordered(burn, cpu_tasks)),
+                "cpu-only tasks, dask 2 workers": lambda: list(warm2.map_unordered(burn, cpu_tasks)),
             }
             results: dict[str, list[float]] = {label: [] for label in configs}
             # Round-robin, so that the load of a shared machine drifts over every configuration alike.
@@ -164,13 +178,18 @@ def main(argv: list[str] | None = None) -> int:
               "rounds; speed-up = median over rounds of (1-worker time / this time) in the same round")
         print(f"{'executor':32s} {'wall s':>8s} {'GB/s':>6s} {'speed-up':>9s} {'efficiency':>10s}")
         for label, times in results.items():
+            if label.startswith("cpu-only"):
+                continue
             med = statistics.median(times)
             workers = 1 if "1 worker" in label else 2
             ratio = statistics.median(b / t for b, t in zip(base, times))
             print(f"{label:32s} {med:8.2f} {total / 1e9 / med:6.2f} {ratio:8.2f}x {ratio / workers:10.0%}")
         scaling = statistics.median(a / b for a, b in zip(results["dask, 1 worker, warm cluster"],
                                                           results["dask, 2 workers, warm cluster"]))
-        print(f"dask warm, 2 workers over 1 worker: {scaling:.2f}x ({scaling / 2:.0%} efficiency)")
+        ceiling = statistics.median(a / b for a, b in zip(results["cpu-only tasks, dask 1 worker"],
+                                                          results["cpu-only tasks, dask 2 workers"]))
+        print(f"dask warm, 2 workers over 1 worker: {scaling:.2f}x ({scaling / 2:.0%} efficiency); the same for "
+              f"cpu-only tasks (what this machine allows now): {ceiling:.2f}x ({ceiling / 2:.0%})")
         per_task = statistics.median(overhead) / args.tiny_tasks
         print(f"dask overhead: {per_task * 1e3:.2f} ms per task ({args.tiny_tasks} no-op tasks on a warm 2-worker "
               f"cluster, median {statistics.median(overhead):.3f} s); LocalCluster start+stop "
