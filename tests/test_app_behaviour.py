@@ -48,6 +48,13 @@ def test_new_session_on_a_filled_cache_draws_then_reads_what_is_new(tiny_root, t
     assert _metric(at, "Checkpoints") == "4"
 
 
+def test_cache_dir_keeps_root_untouched(tiny_root, tmp_path):
+    at = _run(app_test(str(tiny_root), "--cache-dir", str(tmp_path / "cache")))
+    assert _metric(at, "Checkpoints") == "3"
+    assert len(list((tmp_path / "cache").glob("*.parquet"))) == 3  # one fragment per checkpoint
+    assert not (tiny_root / ".ckptboard").exists()
+
+
 def test_refresh_reads_only_the_new_checkpoint(tiny_root, tmp_path):
     at = _run(app_test(str(tiny_root)))
     write_tiny_run(tmp_path / "later", [10, 20, 30, 40])  # the run continued: step 40 lands in ROOT
