@@ -1,7 +1,8 @@
 """Numba loops behind the CPU statistics: one pass per chunk, float64 accumulation, compiled once and cached.
 
-Imported lazily (``import numba`` costs ~0.2 s and the first cached call ~0.35 s) by :mod:`ckptboard.core.stats`
-and :mod:`ckptboard.core.updates`. ``bits`` arguments are the int32 view of fp32 values: the top 16 bits of an
+Imported lazily by :mod:`ckptboard.core.stats` and :mod:`ckptboard.core.updates`: a fresh process pays ~1 s of CPU
+for numba on its first tensor (import ~0.25 s; target initialisation ~0.6 s, of which ~0.4 s is numba's BLAS
+probe importing scipy.linalg; loading the cached machine code), ~2 s more when the cache is cold. ``bits`` arguments are the int32 view of fp32 values: the top 16 bits of an
 fp32 value are its bf16 code (truncated), the histogram's bin index. Keys are the bits remapped so that integer
 order is float order (the sign-magnitude trick), which lets LLVM vectorise min/max as integer reductions.
 """

@@ -235,7 +235,7 @@ def tensor_stats(
     t: torch.Tensor, *, device: str | torch.device = "cpu", resolution: int | None = DEFAULT_RESOLUTION
 ) -> TensorStats:
     """Statistics of ``t`` streamed in chunks on ``device`` (``cpu`` or ``cuda[:N]``); see the module docstring."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if t.layout != torch.strided or t.device.type == "meta":
         raise ValueError(f"tensor_stats needs a dense tensor with data, got layout {t.layout} on {t.device}")
     t = t.detach()

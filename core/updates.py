@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ckptboard.core.stats import _cpu_kernels, _numpy, as_float, iter_chunks
+from ckptboard.core.stats import _cpu_kernels, _numpy, as_float, iter_chunks, resolve_device
 
 __all__ = ["UpdateStats", "update_stats", "norm_running_stats"]
 
@@ -49,17 +49,18 @@ def update_stats(
     if len(shapes) != 1:
         raise ValueError(f"update_stats needs tensors of one shape, got {sorted(shapes)}")
     tensors = [t.dequantize() if t.is_quantized else t for t in tensors]
-    dev = torch.device(device)
+    dev = resolve_device(device)
     kernels = _cpu_kernels() if dev.type == "cpu" else None
     sums = np.zeros(6)  # (c-p)^2, p^2, c^2, c*p, (c-f)^2, f^2
+    on_device = torch.zeros(6, dtype=torch.float64, device=dev)  # the torch path: one synchronisation at the end
     for chunk in iter_chunks(*tensors, device=dev):
         floats = _common_float(chunk)
         if kernels is not None:
             arrays = [_numpy(x) for x in floats]
             sums += kernels.update_sums(arrays[0], arrays[1], arrays[-1], len(arrays) == 3)
         else:
-            sums += _torch_sums(floats).cpu().numpy()
-    dd, pp, cc, cp, df, ff = (float(s) for s in sums)
+            on_device += _torch_sums(floats)
+    dd, pp, cc, cp, df, ff = (float(s) for s in sums + on_device.cpu().numpy())
     has_first = first is not None
     return UpdateStats(
         update_norm=math.sqrt(dd),

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ckptboard.core import stats
+from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import PERCENTILE_COLUMNS
 from ckptboard.core.stats import STAT_COLUMNS, tensor_stats
 
@@ -171,3 +172,11 @@ def test_as_row_has_exactly_the_stat_columns():
 def test_sparse_tensor_is_refused_with_its_layout():
     with pytest.raises(ValueError, match="dense tensor.*sparse"):
         tensor_stats(torch.eye(3).to_sparse())
+
+
+def test_unavailable_device_is_refused_before_any_work():
+    with pytest.raises(UsageError, match="device 'npu' is not a torch device|device 'npu' is not supported"):
+        tensor_stats(torch.ones(3), device="npu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="'cuda:0' is not available here: use --device cpu"):
+            tensor_stats(torch.ones(3), device="cuda:0")

@@ -13,7 +13,8 @@ from ckptboard.core.updates import UpdateStats, norm_running_stats, update_stats
 def test_known_numbers():
     prev, cur, first = torch.tensor([3.0, 0.0]), torch.tensor([3.0, 4.0]), torch.tensor([0.0, 4.0])
     u = update_stats(prev, cur, first)
-    # cur - prev = [0, 4] -> 4; ||prev|| = 3; <cur, prev> = 9, ||cur|| = 5 -> 9 / 15; cur - first = [3, 0]; ||first|| = 4
+    # cur - prev = [0, 4] -> 4; ||prev|| = 3; <cur, prev> = 9, ||cur|| = 5 -> 9 / 15
+    # cur - first = [3, 0] -> 3; ||first|| = 4
     assert u == UpdateStats(update_norm=4.0, update_ratio=4 / 3, cosine=0.6, dist_from_first=3.0,
                             rel_dist_from_first=0.75)
     assert list(u.as_row()) == ["update_norm", "update_ratio", "cosine", "dist_from_first", "rel_dist_from_first"]
