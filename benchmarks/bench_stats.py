@@ -12,9 +12,10 @@ and as separate processes (``python bench_stats.py --worker METHOD FILE``):
 
 Each round runs every method once (in-process, then as a process) so that load drifts on a shared machine hit
 all alike; medians over rounds are printed, wall and CPU (this thread's, or the child's user + sys). Process
-times have the median of ``python -c "import torch"`` (run in the same rounds) subtracted. Peak anonymous memory is RssAnon (not
-file-backed mmap pages) sampled every 2 ms, above its value after ``import torch``. ``--memory-gb 4`` also runs
-``ours`` once as a process over a 4 GB fp32 checkpoint for the memory bound. torch runs with ``--threads`` threads.
+times have the median of ``python -c "import torch"`` (run in the same rounds) subtracted. Peak anonymous memory
+is RssAnon (not file-backed mmap pages) sampled every 2 ms, above its value after ``import torch``.
+``--memory-gb 4`` also runs ``ours`` once as a process over a 4 GB fp32 checkpoint for the memory bound. torch
+runs with ``--threads`` threads.
 
 Usage: ``python benchmarks/bench_stats.py [--gb 1] [--repeat 3] [--threads 1] [--memory-gb 4] [--dir DIR]``
 """

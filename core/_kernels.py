@@ -2,9 +2,11 @@
 
 Imported lazily by :mod:`ckptboard.core.stats` and :mod:`ckptboard.core.updates`: a fresh process pays ~1 s of CPU
 for numba on its first tensor (import ~0.25 s; target initialisation ~0.6 s, of which ~0.4 s is numba's BLAS
-probe importing scipy.linalg; loading the cached machine code), ~2 s more when the cache is cold. ``bits`` arguments are the int32 view of fp32 values: the top 16 bits of an
-fp32 value are its bf16 code (truncated), the histogram's bin index. Keys are the bits remapped so that integer
-order is float order (the sign-magnitude trick), which lets LLVM vectorise min/max as integer reductions.
+probe importing scipy.linalg; loading the cached machine code), ~2 s more when the cache is cold.
+
+``bits`` arguments are the int32 view of fp32 values: the top 16 bits of an fp32 value are its bf16 code
+(truncated), the histogram's bin index. Keys are the bits remapped so that integer order is float order (the
+sign-magnitude trick), which lets LLVM vectorise min/max as integer reductions.
 """
 
 from __future__ import annotations
