@@ -1,6 +1,8 @@
 """Each edge case of the ckptboard.core.stats module docstring, tested by name."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +182,11 @@ def test_unavailable_device_is_refused_before_any_work():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="'cuda:0' is not available here: use --device cpu"):
             tensor_stats(torch.ones(3), device="cuda:0")
+
+
+def test_importing_the_engine_loads_neither_numba_nor_pandas():
+    # numba costs ~1 s of start-up: only the first tensor pays it, not `ckptboard inspect` or the dashboard
+    code = ("import sys, ckptboard.core.stats, ckptboard.core.updates; "
+            "print(sorted({'numba', 'pandas'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
