@@ -96,3 +96,10 @@ def test_rebin_conserves_counts_inside_the_edges():
 def test_rebin_refuses_bad_edges():
     with pytest.raises(ValueError, match="increasing"):
         rebin([0.0], [1.0], [1], np.array([1.0, 0.0]))
+
+
+def test_every_finite_code_in_value_order_tiles_the_line():
+    h = Histogram.from_code_counts(np.ones(N_CODES, dtype=np.int64))
+    assert h.counts.size == 65_280  # 65,536 codes minus 2 x 128 non-finite (exponent all ones)
+    assert np.all(h.lo[1:] == h.hi[:-1])  # sorted, each bin starting where the previous ends
+    assert (h.lo[0], h.hi[-1]) == (-(2.0**128), 2.0**128)
