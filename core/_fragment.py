@@ -9,8 +9,6 @@ the key (the checkpoint's identity) under ``ckptboard.*``; reading the key touch
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ckptboard.core import schema
+from ckptboard.core.atomic import TMP_PREFIX, atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -35,7 +34,6 @@ __all__ = [
 
 # Bump when a table's columns or types change: fragments of another version are recomputed with a warning.
 FORMAT_VERSION = 1
-TMP_PREFIX = ".tmp-"
 
 _VERSION_KEY = b"ckptboard.format_version"
 _KEY_KEY = b"ckptboard.key"
@@ -106,22 +104,8 @@ def write_fragment(path: Path, header: Header, rows: dict[str, list[dict[str, An
         _INFO_KEY: json.dumps(header.info, sort_keys=True).encode(),
     }
     table = pa.Table.from_arrays(columns, schema=_FRAGMENT_SCHEMA.with_metadata(metadata))
-    _atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
-
-
-def _atomic_write(path: Path, write) -> None:
-    # Temp file in the target folder (same file system), fsync, then rename: readers and concurrent writers only
-    # ever see a complete fragment, and a crash leaves at most a ``.tmp-*`` file, which nothing reads.
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".parquet", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A crash leaves at most a ``.tmp-*`` file, which nothing reads (and summarize prunes).
+    atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
 def read_header(path: Path) -> Header:

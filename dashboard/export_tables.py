@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import UsageError
 from ckptboard.core.records import StrEnum
 from ckptboard.core import schema
@@ -112,12 +113,12 @@ def export_tables(tables: StatsTables, out_dir: str | Path, formats: Sequence[st
 
 @_writer(ExportFormat.CSV)
 def _write_csv(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
-    return _write_each(tables, out, "csv", lambda frame, path: frame.to_csv(path, index=False), progress)
+    return _write_each(tables, out, "csv", lambda frame, path: atomic_write(path, lambda f: frame.to_csv(f, index=False)), progress)
 
 
 @_writer(ExportFormat.PARQUET)
 def _write_parquet(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
-    return _write_each(tables, out, "parquet", lambda frame, path: frame.to_parquet(path, index=False), progress)
+    return _write_each(tables, out, "parquet", lambda frame, path: atomic_write(path, lambda f: frame.to_parquet(f, index=False)), progress)
 
 
 @_writer(ExportFormat.HTML, ExportFormat.PNG)

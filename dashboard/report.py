@@ -24,9 +24,7 @@ tables are HTML only. When kaleido cannot render, the PNGs are left out and ``Re
 from __future__ import annotations
 
 import html
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import CkptboardError, UsageError
 from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.figures._common import format_bytes, tensor_label
@@ -322,7 +321,7 @@ def _write_html(sections: list[_Section], path: Path) -> Path:
                 parts.append(_table_html(item.table))
         parts.append("</section>")
     parts.append("</body></html>\n")
-    _atomic_write(path, "\n".join(parts))
+    atomic_write(path, lambda f: f.write("\n".join(parts).encode("utf-8")))  # a killed export leaves no half report
     return path
 
 
@@ -333,18 +332,6 @@ def _table_html(df: pd.DataFrame) -> str:
             df[col] = df[col].map(format_bytes)
     return df.to_html(index=False, na_rep="", border=0, classes="ckpt", escape=True,
                       float_format=lambda x: f"{x:.4g}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename: a killed export leaves no half report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- PNG -----------------------------------------------------------------------------------------------------

@@ -65,18 +65,6 @@ def test_truncated_fragment_is_invalid(tmp_path):
     assert lookup.status == "invalid" and "unreadable" in lookup.problem
 
 
-def test_failure_between_temp_write_and_rename_leaves_no_fragment(tmp_path):
-    target = tmp_path / "f.parquet"
-
-    def write_then_fail(f):
-        f.write(b"PAR1 half a fragment")
-        raise OSError("disk full")  # stands in for anything failing before os.replace
-
-    with pytest.raises(OSError, match="disk full"):
-        _fragment._atomic_write(target, write_then_fail)
-    assert list(tmp_path.iterdir()) == []  # neither the fragment nor the temp file
-
-
 def test_writer_killed_mid_write_leaves_previous_fragment_intact(tmp_path):
     cache = StatsCache(tmp_path, tmp_path / "cache")
     cache.ensure()
@@ -84,13 +72,13 @@ def test_writer_killed_mid_write_leaves_previous_fragment_intact(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from ckptboard.core import _fragment
+        from ckptboard.core.atomic import atomic_write
         def slow(f):
             f.write(b"PAR1 the first half of a new fragment")
             f.flush()
             print("writing", flush=True)
             time.sleep(60)
-        _fragment._atomic_write(Path({str(path)!r}), slow)
+        atomic_write(Path({str(path)!r}), slow)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
