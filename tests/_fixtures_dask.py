@@ -85,10 +85,10 @@ class _KillMidWrite:
 
     def __call__(self, task):
         if task.relpath == self.victim:
-            from ckptboard.core import _fragment
+            from ckptboard.core import atomic
 
             (Path(self.marker_dir) / uuid.uuid4().hex).touch()
-            _fragment.os = _DieOnRename()  # this worker process dies in this task, so nothing else sees it
+            atomic.os = _DieOnRename()  # this worker process dies in this task, so nothing else sees it
         return self.fn(task)
 
 
