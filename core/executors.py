@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -25,7 +26,6 @@ R = TypeVar("R")
 # (256 MiB) plus slack. The default worker count never asks for more than the memory available.
 WORKER_MEMORY_BYTES = 1 << 30
 
-_MAX_ATTEMPTS = 2  # a lost task is retried once
 
 
 @runtime_checkable
@@ -64,35 +64,51 @@ class LocalExecutor:
         yield from self._pool_map(fn, tasks)
 
     def _pool_map(self, fn: Callable[[Any], R], tasks: list[FailableTask]) -> Iterator[R]:
-        attempts = [0] * len(tasks)
-        pending = list(range(len(tasks)))
         context = multiprocessing.get_context(self.start_method)
-        while pending:
-            lost: list[tuple[int, BaseException]] = []
-            with ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=context) as pool:
-                futures: dict[Future, int] = {}
-                for i in pending:
-                    attempts[i] += 1
-                    futures[pool.submit(fn, tasks[i])] = i
-                remaining = set(futures)
-                while remaining:
-                    done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        try:
-                            receipt = future.result()
-                        except BrokenProcessPool as e:
-                            lost.append((futures[future], e))
-                            continue
-                        except Exception as e:  # the function itself raised: a bug, or unpicklable data
-                            yield tasks[futures[future]].failed(f"{type(e).__name__}: {e}")
-                            continue
-                        yield receipt
-            pending = []
-            for i, error in lost:
-                if attempts[i] < _MAX_ATTEMPTS:
-                    pending.append(i)
-                else:
+        lost: list[tuple[int, BaseException]] = []
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=context,
+                                 initializer=_one_thread_per_worker) as pool:
+            yield from _collect({pool.submit(fn, task): i for i, task in enumerate(tasks)}, tasks, lost)
+        # A dead worker breaks the whole pool, so every unfinished task is lost with it. Retry each lost task once
+        # in a pool of its own: only the task that kills its worker is lost again, and only it is reported.
+        for start in range(0, len(lost), self.workers):
+            batch = [i for i, _ in lost[start:start + self.workers]]
+            pools = [ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_one_thread_per_worker)
+                     for _ in batch]
+            try:
+                again: list[tuple[int, BaseException]] = []
+                yield from _collect({pool.submit(fn, tasks[i]): i for pool, i in zip(pools, batch)}, tasks, again)
+                for i, error in again:
                     yield tasks[i].failed(f"worker process died twice ({error or 'BrokenProcessPool'})")
+            finally:
+                for pool in pools:
+                    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _one_thread_per_worker() -> None:
+    """N workers share N cores: torch's own thread pool in each would oversubscribe them (as Dask's workers avoid)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = "1"  # read when the task imports torch; importing it here costs seconds
+    else:
+        torch.set_num_threads(1)
+
+
+def _collect(futures: dict[Future, int], tasks: list[FailableTask], lost: list[tuple[int, BaseException]]):
+    """Yield receipts as ``futures`` finish; tasks lost with a dead worker go to ``lost``."""
+    remaining = set(futures)
+    while remaining:
+        done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+        for future in done:
+            try:
+                receipt = future.result()
+            except BrokenProcessPool as e:
+                lost.append((futures[future], e))
+                continue
+            except Exception as e:  # the function itself raised: a bug, or unpicklable data
+                yield tasks[futures[future]].failed(f"{type(e).__name__}: {e}")
+                continue
+            yield receipt
 
 
 def default_workers(memory_per_worker: int = WORKER_MEMORY_BYTES) -> int:

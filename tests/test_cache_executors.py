@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,14 @@ class _Job:
     n: int
     marks: str = ""
     die_times: int = 0
+    seconds: float = 0.0
 
     def failed(self, problem: str) -> tuple:
         return ("failed", self.n, problem)
 
 
 def _square(job: _Job) -> tuple:
+    time.sleep(job.seconds)
     if job.die_times:
         marks = Path(job.marks)
         attempt = len(list(marks.glob(f"{job.n}-*")))
@@ -62,6 +65,15 @@ def test_local_executor_reports_a_task_lost_twice_as_failed(tmp_path):
     assert len(receipts) == 2
     assert len(failed) == 1 and failed[0][1] == 5
     assert "worker process died twice" in failed[0][2]
+
+
+def test_tasks_lost_beside_a_dying_worker_are_retried_alone_and_succeed(tmp_path):
+    # Job 5 kills its worker on every attempt; its death breaks the pool under the queued jobs 1-4 too.
+    jobs = [_Job(5, str(tmp_path), die_times=99)] + [_Job(n, seconds=1.0) for n in (1, 2, 3, 4)]
+    receipts = list(LocalExecutor(2).map_unordered(_square, jobs))
+    assert sorted(r[:2] for r in receipts if r[0] == "ok") == [("ok", 1), ("ok", 4), ("ok", 9), ("ok", 16)]
+    assert [r[:2] for r in receipts if r[0] == "failed"] == [("failed", 5)]
+    assert len(list(tmp_path.iterdir())) == 2  # job 5: the first attempt and one retry
 
 
 def test_local_executor_rejects_zero_workers():
