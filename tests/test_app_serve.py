@@ -59,7 +59,7 @@ def test_input_shape_parses(text, shape):
 
 @pytest.mark.parametrize("text", ["", "a,b", "1,-3", "0"])
 def test_input_shape_rejects_junk(text):
-    with pytest.raises(UsageError, match="positive integers"):
+    with pytest.raises(UsageError, match="positive sizes"):
         parse_input_shape(text)
 
 

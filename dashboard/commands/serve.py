@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.flops import parse_input_specs
 
 __all__ = [
     "AppConfig",
@@ -55,14 +56,7 @@ class AppConfig:
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``; :class:`UsageError` on anything else."""
-    parts = [p.strip() for p in text.replace("x", ",").replace(" ", ",").split(",") if p.strip()]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise UsageError(f"input shape {text!r}: expected positive integers separated by commas, e.g. 1,3,32,32")
-    return shape
+    return parse_input_specs([text])[0].shape
 
 
 def resolve_under_root(root: Path, text: str | Path) -> Path:
