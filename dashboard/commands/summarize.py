@@ -97,6 +97,7 @@ def summarize_with_progress(args: argparse.Namespace):
     _check_executor_options(args)  # at the boundary: before any file is opened
     work = plan(root, cache_dir=args.cache_dir, device=device, model=args.model, trust=args.trust)
     executor = make_executor(args, work.todo_bytes)
+    tqdm.monitor_interval = 0  # no monitor thread: a single-threaded CLI can fork its workers (core.executors)
     with tqdm(total=work.todo_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="summarize",
               file=sys.stderr, dynamic_ncols=True, disable=not work.tasks) as bar:
         sizes = {task.relpath: task.size for task in work.tasks}
