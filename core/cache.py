@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptboard.core._fragment import TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
+from ckptboard.core._fragment import FORMAT_VERSION, TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
 from ckptboard.core.errors import CacheError
 
 __all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "warn_invalid"]
@@ -101,6 +101,17 @@ class StatsCache:
         if not self.dir.is_dir():
             return []
         return sorted(p for p in self.dir.iterdir() if p.suffix == _SUFFIX and not p.name.startswith(TMP_PREFIX))
+
+    def fingerprint(self, paths: Iterable[Path] | None = None) -> str:
+        """Identity of the cache's content: a hash of the format version and every fragment's name, size, mtime."""
+        digest = hashlib.sha1(str(FORMAT_VERSION).encode())
+        for path in self.fragments() if paths is None else paths:
+            try:
+                info = path.stat()
+            except OSError:
+                continue  # pruned meanwhile
+            digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
     def prune(self, keep: Iterable[str]) -> int:
         """Remove fragments of checkpoints neither in ``keep`` nor on disk, and dead writers' temp files."""

@@ -3,16 +3,27 @@
 ``load_stats`` never opens a checkpoint: it reads the Parquet fragments that ``summarize`` wrote, concatenates them
 with pyarrow and converts once. Fragments of checkpoints deleted since are left out; an unreadable fragment or one
 of another format version is left out with one :class:`~ckptboard.core.cache.CacheWarning`.
+
+Reading hundreds of fragments costs ~5 ms each, so the concatenated tables are also kept as a *snapshot*: one
+Parquet file per table in ``CACHE/snapshot/<key>/``, where the key hashes every fragment's name, size and mtime.
+Any new, changed or removed fragment changes the key, so a stale snapshot is never read; it is rebuilt by the next
+``load_stats`` (best effort: a read-only cache folder just goes without).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ckptboard.core._fragment import TABLE_SCHEMAS, FragmentReadError, read_fragment
 from ckptboard.core.cache import StatsCache, warn_invalid
@@ -31,6 +42,23 @@ def load_stats(root: str | Path, cache_dir: str | Path | None = None) -> StatsTa
         raise UsageError(f"{root}: not a folder; pass the folder that was summarised")
     cache = StatsCache(root, cache_dir)
     paths = cache.fragments()
+    snapshot = cache.dir / _SNAPSHOT_DIRNAME / cache.fingerprint(paths)[:20]
+    combined, problems = _read_snapshot(snapshot)
+    if combined is None:
+        combined, problems = _combine_fragments(paths)
+        _write_snapshot(snapshot, combined, problems)
+    warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
+    combined = _without_deleted_checkpoints(root, combined)
+    frames = {name: _to_pandas(name, [table]) for name, table in combined.items()}
+    return StatsTables(**{f.name: frames[f.name] for f in fields(StatsTables)})
+
+
+_SNAPSHOT_DIRNAME = "snapshot"  # a sub-folder: StatsCache.fragments() lists only the cache folder's own files
+_PROBLEMS_FILE = "problems.json"
+
+
+def _combine_fragments(paths: list[Path]) -> tuple[dict[str, pa.Table], list[str]]:
+    """Every readable fragment's tables, concatenated per table; the unreadable ones as problem lines."""
     with ThreadPoolExecutor(max_workers=_READERS) as pool:
         results = list(pool.map(_read_one, paths))
     parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_SCHEMAS}
@@ -39,16 +67,55 @@ def load_stats(root: str | Path, cache_dir: str | Path | None = None) -> StatsTa
         if isinstance(result, str):
             problems.append(f"{path.name}: {result}")
             continue
-        header, tables = result
-        relpath = header.key.get("relpath")
-        if relpath is None or not (root / relpath).exists():
-            continue  # its checkpoint was deleted; ``summarize`` prunes it
-        for name, table in tables.items():
+        for name, table in result[1].items():
             if table.num_rows:
                 parts[name].append(table)
-    warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
-    frames = {name: _to_pandas(name, tables) for name, tables in parts.items()}
-    return StatsTables(**{f.name: frames[f.name] for f in fields(StatsTables)})
+    combined = {name: pa.concat_tables(t) if t else TABLE_SCHEMAS[name].empty_table() for name, t in parts.items()}
+    return combined, problems
+
+
+def _without_deleted_checkpoints(root: Path, combined: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """Rows of checkpoints deleted since they were summarised are left out (``summarize`` prunes their fragments)."""
+    relpaths = set()
+    for table in combined.values():
+        relpaths.update(table.column("checkpoint").unique().to_pylist())
+    deleted = [r for r in relpaths if r is not None and not (root / r).exists()]
+    if not deleted:
+        return combined
+    gone = pa.array(deleted, pa.string())
+    return {name: t.filter(pc.invert(pc.is_in(t.column("checkpoint"), value_set=gone))) for name, t in combined.items()}
+
+
+def _read_snapshot(folder: Path) -> tuple[dict[str, pa.Table] | None, list[str]]:
+    if not folder.is_dir():
+        return None, []
+    try:
+        problems = json.loads((folder / _PROBLEMS_FILE).read_text())
+        tables = {name: pq.read_table(folder / f"{name}.parquet", schema=schema)
+                  for name, schema in TABLE_SCHEMAS.items()}
+    except (OSError, ValueError, pa.ArrowException):
+        return None, []  # removed or rewritten under us: read the fragments instead
+    return tables, list(problems)
+
+
+def _write_snapshot(folder: Path, combined: dict[str, pa.Table], problems: list[str]) -> None:
+    """Write the tables into a temp folder, then rename it into place; drop older snapshots. Best effort."""
+    parent = folder.parent
+    try:
+        parent.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+        for name, table in combined.items():
+            pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+        (tmp / _PROBLEMS_FILE).write_text(json.dumps(problems))
+        try:
+            os.rename(tmp, folder)  # atomic; fails if a concurrent reader already put the same snapshot there
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for old in parent.iterdir():
+            if old.name != folder.name and not old.name.startswith(".tmp-"):
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass  # a read-only or full cache folder: load from the fragments every time
 
 
 def frozen_tensors(tables: StatsTables) -> pd.DataFrame:

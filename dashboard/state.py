@@ -9,7 +9,6 @@ checkpoints after the page, on Refresh, and on the auto-refresh interval.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import threading
@@ -48,7 +47,6 @@ AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 
 RECHECK_AFTER_S = 10.0
 
 _FINGERPRINT_KEY = "cache_fingerprint"
-_EMPTY_FINGERPRINT = hashlib.sha1().hexdigest()  # a cache without fragments
 _CHECK_KEY = "check_for_new_checkpoints"
 _REFRESH_KEY = "refresh_requested"
 _LOADED_AT_KEY = "loaded_at"
@@ -189,15 +187,8 @@ def _summarize_missing(config: AppConfig) -> None:
 
 
 def _fingerprint(config: AppConfig) -> str:
-    """Identity of the cache's content (every fragment's name, size and mtime): changes when any is written."""
-    digest = hashlib.sha1()
-    for path in StatsCache(config.root, config.cache_dir).fragments():
-        try:
-            info = path.stat()
-        except OSError:  # pruned meanwhile
-            continue
-        digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    """Identity of the cache's content: changes when any fragment is written."""
+    return StatsCache(config.root, config.cache_dir).fingerprint()
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -219,8 +210,10 @@ def load_tables(config: AppConfig) -> tuple[StatsTables, str]:
     st.session_state[_STATUS_SLOT] = st.empty()  # where a later summarize shows its progress: the top of the page
     refresh = st.session_state.pop(_REFRESH_KEY, False)
     if _FINGERPRINT_KEY not in st.session_state or refresh:
-        fingerprint = _fingerprint(config)
-        if refresh or fingerprint == _EMPTY_FINGERPRINT:
+        cache = StatsCache(config.root, config.cache_dir)
+        fragments = cache.fragments()
+        fingerprint = cache.fingerprint(fragments)
+        if refresh or not fragments:
             fingerprint = _summarize_into_slot(config)
         elif time.time() - _state_of(config).summarized_at > RECHECK_AFTER_S:
             st.session_state[_CHECK_KEY] = True
