@@ -45,6 +45,21 @@ def test_exploding_norm_threshold(tables):
     assert "embed.weight" not in set(rows["name"])  # frozen: ratio exactly 1
 
 
+def test_exploding_norm_skips_parameters_that_start_near_zero():
+    tables = synthetic_tables(n_checkpoints=3, n_tensors=4, runs=1)
+    t = tables.tensors
+    first, last = t["step"] == t["step"].min(), t["step"] == t["step"].max()
+    bias = t["name"] == t["name"].iloc[0]
+    t.loc[bias, "numel"] = 16
+    # RMS at the first checkpoint 0.02/√16 = 0.005 < 1e-2; grows 50x to 1.0: a bias learning, not an explosion.
+    t.loc[bias & first, "norm"], t.loc[bias & last, "norm"] = 0.02, 1.0
+    assert bias.any() and health_table(tables).query("check == 'exploding-norm'").empty
+    # From RMS 0.4/√16 = 0.1 to 50x that: flagged, at a ratio of exactly 20/0.4 = 50.
+    t.loc[bias & first, "norm"], t.loc[bias & last, "norm"] = 0.4, 20.0
+    rows = health_table(tables).query("check == 'exploding-norm'")
+    assert rows["value"].tolist() == [50.0]
+
+
 def test_largest_update_ratios_are_parameters_per_run(tables):
     h = health_table(tables)
     top = h[h["check"] == "largest-update-ratio"]

@@ -4,8 +4,9 @@ One row per finding; ``(run, group, name)`` lead to the tensor's charts (``name`
 for ``dead-bn-channel``). Checks, in the order they are listed:
 
 - ``non-finite`` (error): a tensor holds NaN/±Inf; one row per tensor at the first checkpoint where it does.
-- ``exploding-norm`` (warning): a parameter's norm exceeds ``explode_factor`` × its norm at its first checkpoint
-  (parameters whose first norm is 0 are skipped: every growth from 0 is infinite); row at the largest ratio.
+- ``exploding-norm`` (warning): a parameter's norm exceeds ``explode_factor`` × its norm at its first checkpoint;
+  row at the largest ratio. Parameters that start near zero (RMS = norm/√numel below ``explode_min_rms``: biases,
+  zero-initialised layers) are skipped: they grow by large factors simply by learning.
 - ``dead-bn-channel`` (warning): channels with ``running_var < dead_var`` at the run's last checkpoint.
 - ``unchanged-across-run`` (warning; info when the parameter is classified frozen): a parameter whose every
   update in a run of two or more checkpoints has ``update_norm == 0``.
@@ -47,13 +48,14 @@ def _non_finite(tables: StatsTables) -> pd.DataFrame:
     return first.assign(check="non-finite", severity="error", detail=detail)
 
 
-def _exploding(tables: StatsTables, factor: float) -> pd.DataFrame:
+def _exploding(tables: StatsTables, factor: float, min_rms: float) -> pd.DataFrame:
     t = tables.tensors
     p = t[t["kind"] == "parameter"].sort_values("step", kind="stable")
     keys = ["run", "group", "name"]
     first = p.groupby(keys)["norm"].transform("first")
+    first_rms = first / np.sqrt(p["numel"].astype(float).clip(lower=1))
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = p["norm"] / first.where(first > 0)
+        ratio = p["norm"] / first.where((first > 0) & (first_rms >= min_rms))
     p = p.assign(value=ratio, first_norm=first)[ratio > factor]
     if p.empty:
         return p
@@ -111,10 +113,11 @@ def _largest_updates(tables: StatsTables) -> pd.DataFrame:
     return top.assign(value=top["update_ratio"], check="largest-update-ratio", severity="info", detail=detail)
 
 
-def health_table(tables: StatsTables, *, dead_var: float = 1e-8, explode_factor: float = 10.0) -> pd.DataFrame:
+def health_table(tables: StatsTables, *, dead_var: float = 1e-8, explode_factor: float = 10.0,
+                 explode_min_rms: float = 1e-2) -> pd.DataFrame:
     """One row per finding (columns ``HEALTH_COLUMNS``), errors first, then by check, run and value."""
     parts = [
-        _non_finite(tables), _exploding(tables, explode_factor), _dead_bn(tables, dead_var), _unchanged(tables),
+        _non_finite(tables), _exploding(tables, explode_factor, explode_min_rms), _dead_bn(tables, dead_var), _unchanged(tables),
         _largest_updates(tables),
     ]
     parts = [p.reindex(columns=list(HEALTH_COLUMNS)) for p in parts if len(p)]
