@@ -27,6 +27,9 @@ def test_runs_overview_one_trace_per_run_per_panel(tables):
     # fc 10*16 + 10 = 170 -> 1483
     assert params.y.tolist() == [1483.0] * 4
     assert fig.layout.xaxis2.title.text == "step"
+    # Constant counts stay readable: both panels start at zero, counts as whole numbers.
+    assert fig.layout.yaxis.rangemode == fig.layout.yaxis2.rangemode == "tozero"
+    assert fig.layout.yaxis2.tickformat == ",d"
 
 
 def test_one_checkpoint_run_is_one_point(tables):

@@ -55,8 +55,9 @@ def runs_overview_figure(tables: StatsTables) -> go.Figure:
             customdata=df[["checkpoint"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>step %{x}<br>%{y:,} parameters<extra></extra>", **style,
         ), row=2, col=1)
-    fig.update_yaxes(title_text="bytes", row=1, col=1)
-    fig.update_yaxes(title_text="parameters", row=2, col=1)
+    # From zero: sizes and counts are usually constant over a run, and a zoomed axis would show 14.5505k ticks.
+    fig.update_yaxes(title_text="bytes", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="parameters", rangemode="tozero", tickformat=",d", row=2, col=1)
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_layout(title="Runs", height=520, hovermode="closest", legend_title_text="run")
     return fig
