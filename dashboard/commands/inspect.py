@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ckptboard.core.errors import UsageError
+from ckptboard.dashboard.figures._common import format_bytes
 
-__all__ = ["add_parser", "run", "format_report", "human_bytes"]
+__all__ = ["add_parser", "run", "format_report"]
 
 _COLUMNS = ("name", "kind", "trainable", "shape", "dtype", "size", "source")
 
@@ -62,16 +63,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def human_bytes(n: int) -> str:
-    """``512 B``, ``1.5 KiB``, ``3.0 MiB``: binary units."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
 def format_report(data: dict[str, Any]) -> str:
     """The readable table and footer for an :func:`inspect_report` object."""
     lines: list[str] = []
@@ -87,7 +78,7 @@ def format_report(data: dict[str, Any]) -> str:
 
 def _row(t: dict[str, Any]) -> tuple[str, ...]:
     trainable = {True: "true", False: "false", None: "unknown"}[t["trainable"]]
-    size = f"= {t['tied_to']}" if t["tied_to"] else human_bytes(t["nbytes"])
+    size = f"= {t['tied_to']}" if t["tied_to"] else format_bytes(t["nbytes"])
     shape = "[" + ", ".join(map(str, t["shape"])) + "]"
     return (t["name"], t["kind"], trainable, shape, t["dtype"], size, t["source"])
 
@@ -105,11 +96,11 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 def _footer(data: dict[str, Any]) -> list[str]:
     t = data["totals"]
     lines = [
-        f"parameters: {t['parameters']:,} ({human_bytes(t['parameter_bytes'])}) in {t['parameter_tensors']} tensors: "
+        f"parameters: {t['parameters']:,} ({format_bytes(t['parameter_bytes'])}) in {t['parameter_tensors']} tensors: "
         f"trainable {t['trainable_parameters']:,}, frozen {t['frozen_parameters']:,}, "
         f"unknown {t['unknown_parameters']:,}",
-        f"buffers: {t['buffers']:,} ({human_bytes(t['buffer_bytes'])}) in {t['buffer_tensors']} tensors",
-        "bytes by dtype: " + (", ".join(f"{d} {human_bytes(b)}" for d, b in t["bytes_by_dtype"].items()) or "none")
+        f"buffers: {t['buffers']:,} ({format_bytes(t['buffer_bytes'])}) in {t['buffer_tensors']} tensors",
+        "bytes by dtype: " + (", ".join(f"{d} {format_bytes(b)}" for d, b in t["bytes_by_dtype"].items()) or "none")
         + (f" (tied tensors counted once: {t['tied_tensors']})" if t["tied_tensors"] else ""),
         f"step: {data['step'] if data['step'] is not None else 'none'} (source: {data['step_source']})",
         f"format: {data['format']}",
@@ -119,7 +110,7 @@ def _footer(data: dict[str, Any]) -> list[str]:
             states = ", ".join(opt["states"]) or "no state"
             lines.append(
                 f"optimizer {opt['key_path']!r}: {opt['params']} parameters in {opt['param_groups']} "
-                f"param groups, state {states} ({human_bytes(opt['state_bytes'])})"
+                f"param groups, state {states} ({format_bytes(opt['state_bytes'])})"
             )
     else:
         lines.append("optimizer: no optimizer state found")
