@@ -171,11 +171,9 @@ def scalar_series(
     parts = []
     if tensors:
         wanted = set(tensors)
-        labels = [tensor_label(g, n) for g, n in zip(values["group"], values["name"])]
+        labels = np.array([tensor_label(g, n) for g, n in zip(values["group"], values["name"])], dtype=object)
         hit = values["name"].isin(wanted).to_numpy() | np.isin(labels, list(wanted))
-        sel = values[hit]
-        parts.append(sel[["run", "step", "value"]].assign(
-            series=[tensor_label(g, n) for g, n in zip(sel["group"], sel["name"])]))
+        parts.append(values[hit][["run", "step", "value"]].assign(series=labels[hit]))
     if modules or not tensors:
         params = values[values["kind"] == "parameter"]
         tagged = [_module_rows(params, m) for m in dict.fromkeys(modules or [""])]
