@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["TMP_PREFIX", "atomic_write"]
+__all__ = ["TMP_PREFIX", "DIR_MODE", "atomic_write"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -25,6 +25,7 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()  # for folders made with mkdtemp (0o700) and renamed into place
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import stat
 from dataclasses import fields
 
 import pandas as pd
 import pytest
 from _fixtures_runs import write_lightning_run, write_safetensors_run
 
+from ckptboard.core.atomic import DIR_MODE
 from ckptboard.core.cache import StatsCache
 from ckptboard.core.schema import StatsTables
 from ckptboard.core.summarize import summarize
@@ -37,7 +39,9 @@ def _assert_same(a: StatsTables, b: StatsTables) -> None:
 
 def test_second_load_reads_the_snapshot_and_equals_the_fragments(root):
     first = load_stats(root)  # from the fragments; writes the snapshot
-    assert len(_snapshots(root)) == 1
+    (name,) = _snapshots(root)
+    # Readable by the team like the fragments (0o777 less the umask), not mkdtemp's 0o700.
+    assert stat.S_IMODE((StatsCache(root).dir / "snapshot" / name).stat().st_mode) == DIR_MODE != 0o700
     _assert_same(load_stats(root), first)
 
 
