@@ -21,6 +21,7 @@ from ckptboard.core._safetensors import SafetensorsReader
 from ckptboard.core._sniff import Signature, sniff
 from ckptboard.core._torchzip import TorchZipReader
 from ckptboard.core.containers import Contents, display_prefix, split_contents, tensor_dtype, tensor_shape
+from ckptboard.core.devices import resolve_device
 from ckptboard.core.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -104,7 +105,7 @@ class Checkpoint:
 
 def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", trust: bool = False) -> Checkpoint:
     """Open a checkpoint file or Hugging Face folder and list its tensors without reading their data."""
-    device = _parse_device(device)
+    device = resolve_device(device)
     path = Path(path)
     if not path.exists():
         raise NotACheckpointError(path, "no such file or folder")
@@ -114,21 +115,6 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", trust:
         return _open_file(path, device, trust)
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
-
-
-def _parse_device(device: str | torch.device) -> torch.device:
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UsageError(f"device {device!r} is not a torch device ({e}); use cpu or cuda[:N]") from e
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r}: CUDA is not available here; use cpu")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif parsed.type != "cpu":
-        raise UsageError(f"device {device!r}: only cpu and cuda devices are supported")
-    return parsed
 
 
 def _file_reader(path: Path, label: str = "") -> tuple[FileReader, CheckpointFormat]:

@@ -44,7 +44,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ckptboard.core.errors import UsageError
+from ckptboard.core.devices import resolve_device
 from ckptboard.core.histogram import N_CODES, Histogram, code_values
 from ckptboard.core.schema import PERCENTILE_COLUMNS, PERCENTILES, TENSOR_COLUMNS
 
@@ -125,19 +125,6 @@ class _Acc:
     neginfs: int = 0
     low_bits: bool = False  # some finite value is not bf16-representable
     counts: np.ndarray = field(default_factory=lambda: np.zeros(N_CODES, dtype=np.int64))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``torch.device`` from user input, checked: a CUDA device must exist."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UsageError(f"device {device!r} is not a torch device: use cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UsageError(f"device {device!r} is not available here: use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
-    return dev
 
 
 def as_float(chunk: torch.Tensor) -> torch.Tensor:
