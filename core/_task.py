@@ -77,7 +77,7 @@ class CheckpointTask:
 def file_identity(path: Path) -> tuple[int, int]:
     """(size, mtime_ns) as discovery reports them: of the file; of a Hugging Face folder, its index and weight files
     (size summed, latest mtime)."""
-    from ckptboard.core._hf import hf_weight_files
+    from ckptboard.core.formats.hf_folder import hf_weight_files
 
     files = [path]
     if path.is_dir():

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from ckptboard.core.records import OptimizerParam, OptimizerState
-from ckptboard.core.safe_unpickle import LazyTensor, Skipped, dtype_name
+from ckptboard.core.formats.safe_unpickle import LazyTensor, Skipped, dtype_name
 
 __all__ = ["Contents", "split_contents", "is_tensor", "tensor_shape", "tensor_dtype", "display_prefix"]
 

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ckptboard.core._hf import hf_weight_files
-from ckptboard.core._sniff import is_checkpoint_file
+from ckptboard.core.formats.hf_folder import hf_weight_files
+from ckptboard.core.formats.sniff import is_checkpoint_file
 from ckptboard.core.errors import CorruptCheckpointError, UsageError
 from ckptboard.core.steps import step_from_name
 

@@ -1,7 +1,7 @@
 """Reading checkpoints: list every tensor without reading its data; materialise one tensor at a time.
 
 Formats are recognised by content: ``torch.save`` zip archives (``data.pkl`` read by
-:mod:`ckptboard.core.safe_unpickle`, storages mmapped on demand), legacy ``torch.save`` files, ``.safetensors``,
+:mod:`ckptboard.core.formats.safe_unpickle`, storages mmapped on demand), legacy ``torch.save`` files, ``.safetensors``,
 Hugging Face folders (index JSON + shards) and, with ``trust=True`` only, whole pickled modules and TorchScript.
 Nothing in a pickle runs unless ``trust=True``; even then the safe path is tried first.
 """
@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from ckptboard.core._filereader import FileReader
-from ckptboard.core._hf import read_hf_folder
-from ckptboard.core._legacy import LegacyReader
-from ckptboard.core._safetensors import SafetensorsReader
-from ckptboard.core._sniff import Signature, sniff
-from ckptboard.core._torchzip import TorchZipReader
+from ckptboard.core.formats.filereader import FileReader
+from ckptboard.core.formats.hf_folder import read_hf_folder
+from ckptboard.core.formats.legacy import LegacyReader
+from ckptboard.core.formats.safetensors_file import SafetensorsReader
+from ckptboard.core.formats.sniff import Signature, sniff
+from ckptboard.core.formats.torchzip import TorchZipReader
 from ckptboard.core.containers import Contents, display_prefix, split_contents, tensor_dtype, tensor_shape
 from ckptboard.core.devices import resolve_device
 from ckptboard.core.errors import (
@@ -30,7 +30,7 @@ from ckptboard.core.errors import (
     UsageError,
 )
 from ckptboard.core.records import CheckpointFormat, OptimizerState, StepSource, TensorGroup, TensorInfo
-from ckptboard.core.safe_unpickle import LazyTensor
+from ckptboard.core.formats.safe_unpickle import LazyTensor
 from ckptboard.core.steps import step_from_metadata, step_from_name
 
 __all__ = ["open_checkpoint", "Checkpoint"]

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from ckptboard.core._filereader import FileReader
-from ckptboard.core._sniff import _MAX_SAFETENSORS_HEADER
+from ckptboard.core.formats.filereader import FileReader
+from ckptboard.core.formats.sniff import _MAX_SAFETENSORS_HEADER
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
-from ckptboard.core.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride
+from ckptboard.core.formats.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride
 
 __all__ = ["SafetensorsReader", "SAFETENSORS_DTYPES"]
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from ckptboard.core._filereader import FileReader
-from ckptboard.core._materialise import build_tensor, bytes_tensor
-from ckptboard.core._sniff import LEGACY_MAGIC
+from ckptboard.core.formats.filereader import FileReader
+from ckptboard.core.formats.materialise import build_tensor, bytes_tensor
+from ckptboard.core.formats.sniff import LEGACY_MAGIC
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
-from ckptboard.core.safe_unpickle import LazyStorage, LazyTensor, load_pickle
+from ckptboard.core.formats.safe_unpickle import LazyStorage, LazyTensor, load_pickle
 
 __all__ = ["LegacyReader"]
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from ckptboard.core.safe_unpickle import LazyTensor
+from ckptboard.core.formats.safe_unpickle import LazyTensor
 
 __all__ = ["build_tensor", "bytes_tensor"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ckptboard.core.safe_unpickle import LazyTensor
+from ckptboard.core.formats.safe_unpickle import LazyTensor
 
 __all__ = ["FileReader"]
 
