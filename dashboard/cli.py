@@ -15,7 +15,7 @@ from ckptboard.core.errors import CkptboardError
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = ("inspect", "size", "flops", "summarize", "export", "serve")
+_COMMANDS = ("inspect", "size", "flops", "diff", "summarize", "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
