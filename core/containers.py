@@ -225,6 +225,8 @@ def _optimizer_state(key_path: str, value: Mapping, read_scalar: ScalarReader) -
                     group_index=index,
                     state_shapes={str(k): tensor_shape(v) for k, v in tensors.items()},
                     state_dtypes={str(k): tensor_dtype(v) for k, v in tensors.items()},
+                    state_refs={str(k): v for k, v in tensors.items()},
+                    state_scalars=_numbers(entry),
                 )
             )
         hyper = _Walker(read_scalar).walk({k: v for k, v in group.items() if k != "params"}, (), False)
@@ -237,3 +239,11 @@ def _optimizer_state(key_path: str, value: Mapping, read_scalar: ScalarReader) -
         if is_tensor(t)
     )
     return opt
+
+
+def _numbers(entry: Any) -> dict[str, float]:
+    """The plain numbers of an optimizer state entry (``step`` is an int in old torch, a 0-d tensor since 1.12)."""
+    if not isinstance(entry, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in entry.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -29,13 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.histogram import N_CODES, Histogram
 from ckptboard.core.records import StrEnum, TensorInfo, TensorKind
-from ckptboard.core.stats import as_float, iter_chunks
+from ckptboard.core.stats import add_finite_codes, as_float, iter_chunks
 
 __all__ = [
     "MatchRule",
@@ -64,7 +63,6 @@ KNOWN_PREFIXES: tuple[str, ...] = (
 )
 _PEFT_INFIX = ".base_layer."
 DEFAULT_BINS = 64
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class MatchRule(StrEnum):
@@ -233,9 +231,7 @@ def tensor_diff(a: torch.Tensor, b: torch.Tensor, *, device: str | torch.device 
         sums += torch.stack([(xa * xa).sum(), (xb * xb).sum(), (xa * xb).sum(), (d * d).sum(), df.sum()])
         ext = torch.maximum(ext, df.abs().max().reshape(1))
         tallies += torch.stack([((xa * xb) < 0).sum(), finite.sum()])
-        bits = df.clamp(-_F32_MAX, _F32_MAX).float().view(torch.int32)
-        codes = (bits >> 16) & 0xFFFF
-        counts += torch.bincount(codes[finite].long(), minlength=N_CODES)
+        add_finite_codes(torch.where(finite, d, math.nan), counts)
     aa, bb, ab, dd, ds = sums.tolist()
     flips, n_finite = tallies.tolist()
     hist = Histogram.from_code_counts(counts.cpu().numpy())
