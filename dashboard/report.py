@@ -38,7 +38,7 @@ from plotly.offline import get_plotlyjs
 from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import CkptboardError, UsageError
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.figures._common import format_bytes, tensor_label
+from ckptboard.dashboard.figures._common import tensor_label
 from ckptboard.dashboard.figures.batchnorm import (
     batchnorm_heatmap,
     batchnorm_layers_figure,
@@ -51,6 +51,7 @@ from ckptboard.dashboard.figures.histograms import distribution_figure, histogra
 from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
 from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
 from ckptboard.dashboard.figures.tensors import tensor_table
+from ckptboard.dashboard.text import format_bytes
 
 __all__ = [
     "REPORT_FORMATS", "REPORT_STATISTICS", "TABLE_ROWS", "SCALAR_MODULES", "HISTOGRAM_TENSORS",
