@@ -25,7 +25,7 @@ import streamlit as st
 from ckptboard.core.cache import CacheWarning, StatsCache
 from ckptboard.core.errors import CkptboardError, UsageError
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.commands.serve import AppConfig, parse_app_args
+from ckptboard.dashboard.config import AppConfig, parse_app_args
 
 __all__ = [
     "ARGV_KEY",

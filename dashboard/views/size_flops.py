@@ -10,7 +10,7 @@ from ckptboard.core.errors import CkptboardError, UsageError
 from ckptboard.core.flops import count_flops
 from ckptboard.core.model_spec import load_model
 from ckptboard.core.size import size_tree_from_frame
-from ckptboard.dashboard.commands.serve import parse_input_shape, resolve_under_root
+from ckptboard.dashboard.config import parse_input_shape, resolve_under_root
 from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import checkpoint_picker
