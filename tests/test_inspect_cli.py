@@ -233,3 +233,10 @@ def test_bad_device_is_one_line(capsys, lightning_ckpt):
     code, out, err = _inspect(capsys, lightning_ckpt, "--device", "nonsense")
     assert (code, out) == (1, "")
     assert err.startswith("UsageError: device 'nonsense'") and len(err.splitlines()) == 1
+
+
+def test_a_folder_of_runs_is_pointed_at_commands_that_exist(capsys, tmp_path):
+    code, out, err = _inspect(capsys, tmp_path)
+    assert (code, out) == (1, "")
+    assert err.startswith("NotACheckpointError: ") and "`ckptboard summarize` or `ckptboard serve`" in err
+    assert "discover" not in err  # there is no `ckptboard discover` command
