@@ -58,7 +58,8 @@ def format_table(
     right = set(range(1, len(headers))) if right is None else set(right)
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(cells).rstrip()
 
     dashes = [line(["-" * w for w in widths])] if rule else []
     return "\n".join([line(headers), *dashes, *(line(r) for r in rows)])

@@ -6,7 +6,12 @@ import re
 
 import streamlit as st
 
-from ckptboard.dashboard.figures.batchnorm import BatchNormStat, batchnorm_heatmap, batchnorm_layers_figure, num_batches_tracked_figure
+from ckptboard.dashboard.figures.batchnorm import (
+    BatchNormStat,
+    batchnorm_heatmap,
+    batchnorm_layers_figure,
+    num_batches_tracked_figure,
+)
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import run_picker
 
@@ -27,7 +32,8 @@ def render(ctx: ViewContext) -> None:
         st.stop()
     with right:
         pick_default("bn_stat", list(BatchNormStat), BatchNormStat.RUNNING_MEAN)
-        stat = st.segmented_control("Statistic", list(BatchNormStat), key="bn_stat", required=True, persist_state="session")
+        stat = st.segmented_control("Statistic", list(BatchNormStat), key="bn_stat", required=True,
+                                    persist_state="session")
     pick_default("bn_layers", layers, layers[:_FIRST_LAYERS])
     shown = st.multiselect(
         "Layers drawn", layers, key="bn_layers", persist_state="session",

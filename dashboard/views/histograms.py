@@ -19,7 +19,8 @@ def render(ctx: ViewContext) -> None:
         group, name = tensor_picker(ctx, run, "hist_tensor")
     with right:
         pick_default("hist_mode", list(HistogramMode), HistogramMode.OFFSET)
-        mode = st.segmented_control("Mode", list(HistogramMode), key="hist_mode", required=True, persist_state="session")
+        mode = st.segmented_control("Mode", list(HistogramMode), key="hist_mode", required=True,
+                                    persist_state="session")
     st.plotly_chart(memo(histogram_figure, ctx, run, group, name, mode=mode), key="hist_chart")
     st.subheader("Distribution")
     st.plotly_chart(memo(distribution_figure, ctx, run, group, name), key="hist_distribution_chart")
