@@ -16,7 +16,7 @@ from typing import Any
 from ckptboard.core.errors import UsageError
 from ckptboard.dashboard.text import format_bytes, format_table
 
-__all__ = ["add_parser", "run", "format_report"]
+__all__ = ["add_parser", "run"]
 
 _COLUMNS = ("name", "kind", "trainable", "shape", "dtype", "size", "source")
 
@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, default=str))
     else:
-        print(format_report(data))
+        print(_format_report(data))
     return 0
 
 
-def format_report(data: dict[str, Any]) -> str:
+def _format_report(data: dict[str, Any]) -> str:
     """The readable table and footer for an :func:`inspect_report` object."""
     lines: list[str] = []
     for group in data["groups"]:
