@@ -3,7 +3,7 @@
 ``csv`` writes ``stats.csv`` (the tensors table), ``updates.csv``, ``batchnorm.csv``, ``events.csv``,
 ``checkpoints.csv`` and ``errors.csv``, columns exactly as in :mod:`ckptboard.core.schema`; ``parquet`` writes the
 same tables plus ``histograms.parquet``. ``html`` and ``png`` go through :func:`ckptboard.dashboard.report.
-write_report`.
+write_report`; ``tensorboard`` through :func:`ckptboard.dashboard.export_tensorboard.write_tensorboard`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class ExportFormat(StrEnum):
     PARQUET = "parquet"
     HTML = "html"
     PNG = "png"
+    TENSORBOARD = "tensorboard"
 
 
 # table -> file stem; histograms are lists per row, so only the parquet writer carries them.
@@ -72,7 +73,7 @@ def parse_formats(text: str | Sequence[str]) -> tuple[ExportFormat, ...]:
     items = text.split(",") if isinstance(text, str) else list(text)
     names = [item.strip().lower() for item in items if item.strip()]
     if not names:
-        raise UsageError("--format: give at least one of csv, parquet, html, png (comma-separated)")
+        raise UsageError(f"--format: give at least one of {', '.join(f.value for f in ExportFormat)} (comma-separated)")
     formats: list[ExportFormat] = []
     for name in names:
         try:
@@ -118,6 +119,13 @@ def _write_report(tables: StatsTables, out: Path, formats, progress: Progress | 
 
     result = write_report(tables, out, [str(f) for f in formats], progress=progress)
     return list(result.files)
+
+
+@_writer(ExportFormat.TENSORBOARD)
+def _write_tensorboard(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
+    from ckptboard.dashboard.export_tensorboard import write_tensorboard  # torch's SummaryWriter only when asked
+
+    return write_tensorboard(tables, out, progress=progress)
 
 
 def _write_each(tables: StatsTables, out: Path, suffix: str, write: Callable[[pd.DataFrame, Path], None],

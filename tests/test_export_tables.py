@@ -40,7 +40,7 @@ def test_parse_formats_keeps_order_and_drops_duplicates():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("xlsx", "--format xlsx: unknown; choose from csv, parquet, html, png"),
+    ("xlsx", "--format xlsx: unknown; choose from csv, parquet, html, png, tensorboard"),
     (" , ", "--format: give at least one of csv"),
 ])
 def test_parse_formats_rejects_bad_input(text, message):

@@ -78,3 +78,15 @@ def test_exporting_again_replaces_the_event_files(exported, tmp_path):
     second = write_tensorboard(tables, tmp_path)
     assert len(first) == len(second) == 2
     assert sorted((tmp_path / "tensorboard").rglob("events.out.tfevents.*")) == sorted(second)
+
+
+def test_export_command_writes_tensorboard(tmp_path):
+    from ckptboard.dashboard.cli import main
+
+    write_lightning_run(tmp_path / "runs" / "lit", n_checkpoints=2)
+    code = main(["export", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--format", "csv,tensorboard",
+                 "--workers", "1"])
+    assert code == 0
+    acc = _accumulator(tmp_path / "out" / "tensorboard" / "lit")
+    assert "state_dict/fc.weight" in acc.Tags()["histograms"]
+    assert (tmp_path / "out" / "stats.csv").exists()
