@@ -101,3 +101,15 @@ def test_compare_two_runs_at_a_step(samples):
     # every run saved at steps 30, 60, …, 480 (16 checkpoints, 30 steps apart)
     assert at.selectbox(key="compare_step").value == 480
     assert _chart(at, "compare_chart") is not None
+
+
+def test_compare_exact_diff_of_two_runs(samples):
+    at = _open(samples, View.COMPARE)
+    at.segmented_control(key="compare_mode").set_value("Two runs at a step").run()
+    at.toggle(key="compare_exact").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Matched"] == "21"  # SmallCNN's 21 tensors, by the same names in both runs
+    assert at.selectbox(key="compare_exact_tensor").value is not None
+    assert _chart(at, "compare_exact_hist") is not None
