@@ -23,18 +23,21 @@ Per matched pair, streamed in chunks (one tensor pair in memory, as mmap views w
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.histogram import N_CODES, Histogram
 from ckptboard.core.records import StrEnum, TensorInfo, TensorKind
-from ckptboard.core.stats import add_finite_codes, as_float, iter_chunks
+from ckptboard.core.stats import _numpy, add_finite_codes, as_float, iter_chunks
+from ckptboard.core.updates import _common_float
 
 __all__ = [
     "MatchRule",
@@ -217,6 +220,48 @@ def tensor_diff(a: torch.Tensor, b: torch.Tensor, *, device: str | torch.device 
         raise ValueError(f"tensor_diff needs tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = (t.detach().dequantize() if t.is_quantized else t.detach() for t in (a, b))
     dev = torch.device(device)
+    kernels = _cpu_kernels() if dev.type == "cpu" else None
+    if kernels is not None:
+        aa, bb, ab, dd, ds, top, flips, n_finite, counts = _sums_numba(a, b, kernels)
+    else:
+        aa, bb, ab, dd, ds, top, flips, n_finite, counts = _sums_torch(a, b, dev)
+    hist = Histogram.from_code_counts(counts)
+    if hist.counts.size > 1 and bins:
+        hist = hist.coarsen((hist.hi[-1] - hist.lo[0]) / bins)
+    numel = a.numel()
+    norm_a, norm_b, diff_norm = math.sqrt(aa), math.sqrt(bb), math.sqrt(dd)
+    return TensorDiff(
+        numel=numel,
+        norm_a=norm_a,
+        norm_b=norm_b,
+        diff_norm=diff_norm,
+        rel_change=_ratio(diff_norm, norm_a),
+        cosine=_ratio(ab, norm_a * norm_b),
+        sign_flips=int(flips),
+        sign_flip_fraction=_ratio(flips, numel),
+        max_abs_diff=top if n_finite else math.nan,
+        mean_diff=ds / n_finite if n_finite else math.nan,
+        histogram=hist,
+    )
+
+
+def _sums_numba(a: torch.Tensor, b: torch.Tensor, kernels) -> tuple:
+    """The sums of :func:`tensor_diff` by the numba kernel, chunk by chunk (CPU)."""
+    sums = np.zeros(6)
+    flips = n_finite = 0
+    counts = np.zeros(N_CODES, dtype=np.int64)
+    scratch = np.empty(kernels.BLOCK, dtype=np.float32)
+    for chunk in iter_chunks(a, b):
+        x, y = (_numpy(c) for c in _common_float(chunk))
+        *s, f, n = kernels.diff_chunk(x, y, scratch, counts)
+        sums[:5] += s[:5]
+        sums[5] = max(sums[5], s[5])
+        flips, n_finite = flips + f, n_finite + n
+    return (*sums.tolist(), flips, n_finite, counts)
+
+
+def _sums_torch(a: torch.Tensor, b: torch.Tensor, dev: torch.device) -> tuple:
+    """The same sums in torch ops on ``dev`` (CUDA), one synchronisation at the end."""
     f64 = dict(dtype=torch.float64, device=dev)
     sums = torch.zeros(5, **f64)  # a², b², ab, d², d over finite d
     ext = torch.zeros(1, **f64)  # max |d| over finite d
@@ -232,26 +277,7 @@ def tensor_diff(a: torch.Tensor, b: torch.Tensor, *, device: str | torch.device 
         ext = torch.maximum(ext, df.abs().max().reshape(1))
         tallies += torch.stack([((xa * xb) < 0).sum(), finite.sum()])
         add_finite_codes(torch.where(finite, d, math.nan), counts)
-    aa, bb, ab, dd, ds = sums.tolist()
-    flips, n_finite = tallies.tolist()
-    hist = Histogram.from_code_counts(counts.cpu().numpy())
-    if hist.counts.size > 1 and bins:
-        hist = hist.coarsen((hist.hi[-1] - hist.lo[0]) / bins)
-    numel = a.numel()
-    norm_a, norm_b, diff_norm = math.sqrt(aa), math.sqrt(bb), math.sqrt(dd)
-    return TensorDiff(
-        numel=numel,
-        norm_a=norm_a,
-        norm_b=norm_b,
-        diff_norm=diff_norm,
-        rel_change=_ratio(diff_norm, norm_a),
-        cosine=_ratio(ab, norm_a * norm_b),
-        sign_flips=int(flips),
-        sign_flip_fraction=_ratio(flips, numel),
-        max_abs_diff=float(ext.item()) if n_finite else math.nan,
-        mean_diff=ds / n_finite if n_finite else math.nan,
-        histogram=hist,
-    )
+    return (*sums.tolist(), float(ext.item()), *tallies.tolist(), counts.cpu().numpy())
 
 
 def diff_checkpoints(
@@ -286,6 +312,16 @@ def diff_checkpoints(
             "pass --group-a/--group-b to compare one state_dict of each"
         )
     return DiffReport(str(path_a), str(path_b), alignment, diffs, notes)
+
+
+@functools.cache
+def _cpu_kernels():
+    """The numba kernels, or None where numba is missing (the torch path then runs on CPU too)."""
+    try:
+        from ckptboard.core import _extra_kernels
+    except ImportError:  # pragma: no cover - numba is a declared dependency
+        return None
+    return _extra_kernels
 
 
 def _side(ckpt: Any, group: str | None, option: str) -> tuple[list[TensorInfo], bool]:

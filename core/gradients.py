@@ -30,7 +30,9 @@ import torch
 
 from ckptboard.core.histogram import N_CODES, Histogram
 from ckptboard.core.records import OptimizerParam, OptimizerState, StrEnum, TensorInfo, TensorKind, Trainable
-from ckptboard.core.stats import add_finite_codes, as_float, iter_chunks
+from ckptboard.core.diff import _cpu_kernels
+from ckptboard.core.stats import _numpy, add_finite_codes, as_float, iter_chunks
+from ckptboard.core.updates import _common_float
 
 __all__ = [
     "MomentKind",
@@ -86,30 +88,54 @@ def adam_stats(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: float, *, 
     b1, b2 = betas
     c1, c2 = 1.0 - b1 ** step, 1.0 - b2 ** step
     dev = torch.device(device)
-    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # v̂, m̂², u², w²
-    top = torch.zeros(1, dtype=torch.float64, device=dev)
-    counts = torch.zeros(N_CODES, dtype=torch.int64, device=dev)
-    tensors = (exp_avg, exp_avg_sq) + ((weight,) if weight is not None else ())
-    for chunk in iter_chunks(*(t.detach() for t in tensors), device=dev):
-        m, v = (as_float(c).double() for c in chunk[:2])
-        m_hat, v_hat = m / c1, v / c2
-        rms = v_hat.clamp(min=0).sqrt()
-        u = lr * m_hat / (rms + eps)
-        w2 = as_float(chunk[2]).double().square().sum() if weight is not None else torch.zeros((), **_f64(dev))
-        sums += torch.stack([v_hat.sum(), m_hat.square().sum(), u.square().sum(), w2])
-        top = torch.maximum(top, rms.max().reshape(1))
-        add_finite_codes(rms, counts)
-    v_sum, m_sq, u_sq, w_sq = sums.tolist()
+    tensors = tuple(t.detach() for t in (exp_avg, exp_avg_sq) + ((weight,) if weight is not None else ()))
+    kernels = _cpu_kernels() if dev.type == "cpu" else None
+    if kernels is not None:
+        v_sum, m_sq, u_sq, w_sq, top, counts = _adam_numba(tensors, c1, c2, lr, eps, kernels)
+    else:
+        v_sum, m_sq, u_sq, w_sq, top, counts = _adam_torch(tensors, c1, c2, lr, eps, dev)
     n = exp_avg.numel()
     update_norm = math.sqrt(u_sq)
     weight_norm = math.sqrt(w_sq) if weight is not None else _NAN
     return GradientStats(
         moments=str(MomentKind.ADAM), opt_step=float(step), lr=float(lr), numel=n,
-        grad_rms=math.sqrt(max(v_sum, 0.0) / n) if n else _NAN, grad_rms_max=float(top.item()) if n else _NAN,
+        grad_rms=math.sqrt(max(v_sum, 0.0) / n) if n else _NAN, grad_rms_max=top if n else _NAN,
         m_norm=math.sqrt(m_sq), update_norm=update_norm, update_rms=update_norm / math.sqrt(n) if n else _NAN,
         weight_norm=weight_norm, update_ratio=_ratio(update_norm, weight_norm),
-        histogram=Histogram.from_code_counts(counts.cpu().numpy()),
+        histogram=Histogram.from_code_counts(counts),
     )
+
+
+def _adam_numba(tensors: tuple[torch.Tensor, ...], c1: float, c2: float, lr: float, eps: float, kernels) -> tuple:
+    sums = np.zeros(4)
+    top = 0.0
+    counts = np.zeros(N_CODES, dtype=np.int64)
+    scratch = np.empty(kernels.BLOCK, dtype=np.float32)
+    for chunk in iter_chunks(*tensors):
+        arrays = [_numpy(c) for c in _common_float(chunk)]
+        weight = arrays[2] if len(arrays) == 3 else arrays[0]
+        *s, t = kernels.adam_chunk(arrays[0], arrays[1], weight, len(arrays) == 3, c1, c2, lr, eps, scratch, counts)
+        sums += s
+        top = max(top, t)
+    return (*sums.tolist(), top, counts)
+
+
+def _adam_torch(tensors: tuple[torch.Tensor, ...], c1: float, c2: float, lr: float, eps: float,
+                dev: torch.device) -> tuple:
+    """The sums of :func:`adam_stats` in torch ops on ``dev`` (CUDA), one synchronisation at the end."""
+    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # v̂, m̂², u², w²
+    top = torch.zeros(1, dtype=torch.float64, device=dev)
+    counts = torch.zeros(N_CODES, dtype=torch.int64, device=dev)
+    for chunk in iter_chunks(*tensors, device=dev):
+        m, v = (as_float(c).double() for c in chunk[:2])
+        m_hat, v_hat = m / c1, v / c2
+        rms = v_hat.clamp(min=0).sqrt()
+        u = lr * m_hat / (rms + eps)
+        w2 = as_float(chunk[2]).double().square().sum() if len(chunk) == 3 else torch.zeros((), **_f64(dev))
+        sums += torch.stack([v_hat.sum(), m_hat.square().sum(), u.square().sum(), w2])
+        top = torch.maximum(top, rms.max().reshape(1))
+        add_finite_codes(rms, counts)
+    return (*sums.tolist(), float(top.item()), counts.cpu().numpy())
 
 
 def sgd_stats(momentum_buffer: torch.Tensor, *, lr: float, weight: torch.Tensor | None = None,

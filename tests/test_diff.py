@@ -4,6 +4,8 @@ on checkpoints written by transformers, peft, Lightning and torch.save."""
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -231,3 +233,18 @@ def test_cli_table_and_bad_input(capsys, tmp_path, base_and_finetune):
     assert code == 1 and err.startswith("NotACheckpointError: ") and len(err.splitlines()) == 1
     code, out, err = _diff(capsys, base, tuned, "--group-a", "nope")
     assert code == 1 and "no group 'nope' for --group-a" in err
+
+
+def test_numba_and_torch_paths_agree():
+    from ckptboard.core.diff import _cpu_kernels, _sums_numba, _sums_torch
+
+    torch.manual_seed(0)
+    a = torch.randn(300, 70)
+    b = a + 0.1 * torch.randn(300, 70)
+    a[0, 0], b[0, 1], a[1, 1], b[1, 1] = float("inf"), float("nan"), float("nan"), float("nan")
+    fast = _sums_numba(a, b, _cpu_kernels())
+    slow = _sums_torch(a, b, torch.device("cpu"))
+    assert fast[5:8] == slow[5:8]  # max |d|, flips, finite d: exact
+    assert np.array_equal(fast[8], slow[8])  # the same histogram codes
+    for x, y in zip(fast[:5], slow[:5]):
+        assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-12)

@@ -114,3 +114,17 @@ def test_adam_numbers_by_hand():
     u = [0.5 * 1 / math.sqrt(10), 0.5 * -2 / math.sqrt(40)]
     assert stats.update_norm == pytest.approx(math.hypot(*u))
     assert stats.update_ratio == pytest.approx(math.hypot(*u) / 5.0)  # ||W|| = 5
+
+
+def test_numba_and_torch_paths_agree():
+    import numpy as np
+
+    from ckptboard.core.diff import _cpu_kernels
+    from ckptboard.core.gradients import _adam_numba, _adam_torch
+
+    torch.manual_seed(0)
+    tensors = (torch.randn(200, 50) * 1e-3, torch.rand(200, 50) * 1e-6, torch.randn(200, 50))
+    fast = _adam_numba(tensors, 0.5, 0.1, 1e-3, 1e-8, _cpu_kernels())
+    slow = _adam_torch(tensors, 0.5, 0.1, 1e-3, 1e-8, torch.device("cpu"))
+    assert fast[:5] == pytest.approx(slow[:5], rel=1e-12)
+    assert np.array_equal(fast[5], slow[5])
