@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ckptboard.core._fragment import FORMAT_VERSION
-from ckptboard.core._task import CheckpointTask, Receipt, ReceiptStatus, resolve_model, run_task
+from ckptboard.core.model_spec import resolve_model
+from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
