@@ -19,6 +19,7 @@ from ckptboard.core._fragment import FORMAT_VERSION
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
 from ckptboard.core.cache import StatsCache, warn_invalid
+from ckptboard.core.discover import FileIdentity, discover
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
 from ckptboard.core.stats import resolve_device
@@ -113,8 +114,6 @@ class SummaryReport:
 def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", model: Any = None,
          trust: bool = False) -> Plan:
     """Discover ROOT's checkpoints and decide which need summarising; reads fragment footers, no checkpoint."""
-    from ckptboard.core.discover import discover
-
     root = Path(root).absolute()  # tasks may run in other processes, with another working directory
     if not root.is_dir():
         raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
@@ -125,7 +124,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     invalid: list[str] = []
     for run in discover(root):
         files = list(run.checkpoints)
-        identities = {cf.relpath: (cf.size, cf.mtime_ns) for cf in files}
+        identities = {cf.relpath: cf.identity() for cf in files}
         first_id = _ident(files[0].relpath, identities) if files else None
         for i, cf in enumerate(files):
             result.relpaths.append(cf.relpath)
@@ -182,8 +181,11 @@ def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_
     return report
 
 
-def _ident(relpath: str | None, identities: dict[str, tuple[int, int]]) -> list | None:
-    return None if relpath is None else [relpath, *identities[relpath]]
+def _ident(relpath: str | None, identities: dict[str, FileIdentity]) -> list | None:
+    if relpath is None:
+        return None
+    identity = identities[relpath]
+    return [relpath, identity.size, identity.mtime_ns]
 
 
 def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:

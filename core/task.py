@@ -18,12 +18,13 @@ from typing import Any
 
 from ckptboard.core._fragment import Header
 from ckptboard.core.cache import StatsCache
+from ckptboard.core.discover import FileIdentity, file_identity
 from ckptboard.core.errors import CacheError, CheckpointError, CkptboardError, IncompleteCheckpointError
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.records import StrEnum
 from ckptboard.core.rows import RowSource, checkpoint_rows
 
-__all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "RECENT_WRITE_S", "file_identity"]
+__all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "RECENT_WRITE_S"]
 
 # A file modified this recently that fails to read is taken to be still being written, not corrupt.
 RECENT_WRITE_S = 5.0
@@ -72,31 +73,17 @@ class CheckpointTask:
         return Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error="WorkerLost", message=problem)
 
 
-def file_identity(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) as discovery reports them: of the file; of a Hugging Face folder, its index and weight files
-    (size summed, latest mtime)."""
-    from ckptboard.core.formats.hf_folder import hf_weight_files
-
-    files = [path]
-    if path.is_dir():
-        try:
-            files = hf_weight_files(path) or [path]
-        except CheckpointError:
-            pass  # a damaged folder: identified by the folder itself, as discovery does
-    stats = [f.stat() for f in files]
-    return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
-
-
 def run_task(task: CheckpointTask) -> Receipt:
     """Summarise one checkpoint and write its fragment; every failure becomes a receipt, never an exception."""
     start = time.perf_counter()
     path = Path(task.root) / task.relpath
     receipt = Receipt(task.relpath, task.run, ReceiptStatus.OK)
     try:
-        if file_identity(path) != (task.size, task.mtime_ns):
+        listed = FileIdentity(task.size, task.mtime_ns)
+        if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed since it was listed; still being written?")
         rows, receipt.tensors = _summarise(task, path)
-        if file_identity(path) != (task.size, task.mtime_ns):
+        if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed while it was read; still being written?")
         _cache(task).write(task.relpath, _header(task, receipt), rows)
         receipt.bytes = task.size
