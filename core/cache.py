@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptboard.core._fragment import FORMAT_VERSION, TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
+from ckptboard.core._fragment import TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
+from ckptboard.core.schema import FORMAT_VERSION
 from ckptboard.core.errors import CacheError
 
 __all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "warn_invalid"]

@@ -15,6 +15,7 @@ import torch
 
 from ckptboard.core.errors import CheckpointError
 from ckptboard.core.records import TensorInfo, TensorKind, Trainable
+from ckptboard.core.schema import TableName
 
 __all__ = ["RowSource", "checkpoint_rows"]
 
@@ -34,7 +35,7 @@ class RowSource:
 
 
 def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *,
-                    device: str = "cpu") -> dict[str, list[dict[str, Any]]]:
+                    device: str = "cpu") -> dict[TableName, list[dict[str, Any]]]:
     """The rows of every table for the opened, classified ``ckpt``; ``prev``/``first`` (opened, or None) give the
     update statistics and the added/removed/reshaped events."""
     rows = _Rows(source, ckpt, prev, first, device)
@@ -48,8 +49,8 @@ class _Rows:
     def __init__(self, source: RowSource, ckpt, prev, first, device: str):
         self.source, self.ckpt, self.prev, self.first, self.device = source, ckpt, prev, first, device
         self.base = {"run": source.run, "checkpoint": source.relpath, "step": ckpt.step}
-        self.tables: dict[str, list[dict[str, Any]]] = {
-            name: [] for name in ("tensors", "histograms", "updates", "batchnorm", "events")
+        self.tables: dict[TableName, list[dict[str, Any]]] = {
+            name: [] for name in TableName if name != TableName.ERRORS
         }
         self._running: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
@@ -74,14 +75,14 @@ class _Rows:
                 self._keep_running_stat(info, tensor)
                 del tensor
                 done[ident] = (stats, hist, update)
-            self.tables["tensors"].append({**self.base, **_identity_row(info), **stats})
-            self.tables["histograms"].append({**self.base, "group": info.group, "name": info.name, **hist})
+            self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats})
+            self.tables[TableName.HISTOGRAMS].append({**self.base, "group": info.group, "name": info.name, **hist})
             if update is not None:
-                self.tables["updates"].append({**self._update_base(), "group": info.group, "name": info.name,
+                self.tables[TableName.UPDATES].append({**self._update_base(), "group": info.group, "name": info.name,
                                                "module": info.module, "kind": str(info.kind), **update})
         self._batchnorm_rows()
         self._event_rows(prev_index)
-        self.tables["checkpoints"] = [self._checkpoint_row()]
+        self.tables[TableName.CHECKPOINTS] = [self._checkpoint_row()]
 
     def _update(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
         from ckptboard.core.updates import update_stats
@@ -113,7 +114,7 @@ class _Rows:
             if set(stats) != set(_RUNNING_STATS) or stats["running_mean"].shape != stats["running_var"].shape:
                 continue  # not a norm layer's pair of running statistics
             rows = norm_running_stats(module, stats["running_mean"], stats["running_var"])
-            self.tables["batchnorm"] += [{**self.base, "group": group, **row} for row in rows]
+            self.tables[TableName.BATCHNORM] += [{**self.base, "group": group, **row} for row in rows]
 
     def _event_rows(self, prev_index: dict[tuple[str, str], TensorInfo]) -> None:
         if self.prev is None:
@@ -130,7 +131,7 @@ class _Rows:
             if ident not in current:
                 events.append((ident, "removed", f"{_shape(info.shape)} {info.dtype}"))
         for (group, name), event, detail in events:
-            self.tables["events"].append({**self.base, "group": group, "name": name, "event": event,
+            self.tables[TableName.EVENTS].append({**self.base, "group": group, "name": name, "event": event,
                                           "detail": detail})
 
     def _checkpoint_row(self) -> dict[str, Any]:

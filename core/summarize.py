@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptboard.core._fragment import FORMAT_VERSION
 from ckptboard.core.model_spec import resolve_model
+from ckptboard.core.schema import FORMAT_VERSION
 from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.discover import FileIdentity, discover

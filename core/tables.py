@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ckptboard.core._fragment import TABLE_SCHEMAS, FragmentReadError, read_fragment
+from ckptboard.core._fragment import FragmentReadError, read_fragment
 from ckptboard.core.atomic import DIR_MODE, TMP_PREFIX
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import StatsTables, TableName, arrow_schema
 
 __all__ = ["load_stats", "frozen_tensors", "run_summary"]
 
@@ -62,7 +62,7 @@ def _combine_fragments(paths: list[Path]) -> tuple[dict[str, pa.Table], list[str
     """Every readable fragment's tables, concatenated per table; the unreadable ones as problem lines."""
     with ThreadPoolExecutor(max_workers=_READERS) as pool:
         results = list(pool.map(_read_one, paths))
-    parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_SCHEMAS}
+    parts: dict[TableName, list[pa.Table]] = {name: [] for name in TableName}
     problems = []
     for path, result in zip(paths, results):
         if isinstance(result, str):
@@ -71,7 +71,7 @@ def _combine_fragments(paths: list[Path]) -> tuple[dict[str, pa.Table], list[str
         for name, table in result[1].items():
             if table.num_rows:
                 parts[name].append(table)
-    combined = {name: pa.concat_tables(t) if t else TABLE_SCHEMAS[name].empty_table() for name, t in parts.items()}
+    combined = {name: pa.concat_tables(t) if t else arrow_schema(name).empty_table() for name, t in parts.items()}
     return combined, problems
 
 
@@ -92,8 +92,7 @@ def _read_snapshot(folder: Path) -> tuple[dict[str, pa.Table] | None, list[str]]
         return None, []
     try:
         problems = json.loads((folder / _PROBLEMS_FILE).read_text())
-        tables = {name: pq.read_table(folder / f"{name}.parquet", schema=schema)
-                  for name, schema in TABLE_SCHEMAS.items()}
+        tables = {name: pq.read_table(folder / f"{name}.parquet", schema=arrow_schema(name)) for name in TableName}
     except (OSError, ValueError, pa.ArrowException):
         return None, []  # removed or rewritten under us: read the fragments instead
     return tables, list(problems)

@@ -23,6 +23,7 @@ from ckptboard.core.errors import CacheError, CheckpointError, CkptboardError, I
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.records import StrEnum
 from ckptboard.core.rows import RowSource, checkpoint_rows
+from ckptboard.core.schema import TableName
 
 __all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "RECENT_WRITE_S"]
 
@@ -97,7 +98,8 @@ def run_task(task: CheckpointTask) -> Receipt:
             # card without re-reading it.
             _set_error(receipt, ReceiptStatus.FAILED, e)
             try:
-                _cache(task).write(task.relpath, _header(task, receipt), {"errors": [_error_row(task, receipt)]})
+                rows = {TableName.ERRORS: [_error_row(task, receipt)]}
+                _cache(task).write(task.relpath, _header(task, receipt), rows)
             except CacheError:
                 pass  # the failure is reported all the same; it is just not remembered
     except FileNotFoundError as e:
