@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ckptboard.core.model_spec import resolve_model
-from ckptboard.core.schema import FORMAT_VERSION
 from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
-from ckptboard.core.cache import StatsCache, warn_invalid
-from ckptboard.core.discover import FileIdentity, discover
+from ckptboard.core.cache import LookupStatus, StatsCache, cache_key, warn_invalid
+from ckptboard.core.discover import discover
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
 from ckptboard.core.stats import resolve_device
@@ -124,27 +123,21 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     invalid: list[str] = []
     for run in discover(root):
         files = list(run.checkpoints)
-        identities = {cf.relpath: cf.identity() for cf in files}
-        first_id = _ident(files[0].relpath, identities) if files else None
         for i, cf in enumerate(files):
             result.relpaths.append(cf.relpath)
-            prev = files[i - 1].relpath if i else None
-            first = files[0].relpath if i else None
-            key = {
-                "relpath": cf.relpath, "size": cf.size, "mtime_ns": cf.mtime_ns,
-                "prev": _ident(prev, identities), "first": first_id if i else None,
-                "model": fingerprint, "format_version": FORMAT_VERSION,
-            }
+            prev = files[i - 1] if i else None
+            first = files[0] if i else None
+            key = cache_key(cf, prev, first, fingerprint)
             lookup = cache.lookup(cf.relpath, key)
-            if lookup.status == "invalid":
+            if lookup.status == LookupStatus.INVALID:
                 invalid.append(lookup.problem)
             if lookup.hit and not _retry_with_trust(lookup.header.info, trust):
                 result.cached.append(_cached_receipt(cf.relpath, run.name, lookup.header.info))
                 continue
             result.tasks.append(CheckpointTask(
                 root=str(root), relpath=cf.relpath, run=run.name, size=cf.size, mtime_ns=cf.mtime_ns,
-                prev=prev, first=first, cache_dir=str(cache.dir), key=key, device=device, trust=trust,
-                model=model,
+                prev=prev.relpath if prev else None, first=first.relpath if first else None, cache_dir=str(cache.dir),
+                key=key, device=device, trust=trust, model=model,
             ))
     warn_invalid(invalid, "were unreadable or of another format version and are recomputed")
     return result
@@ -179,13 +172,6 @@ def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_
     report = execute(plan(root, cache_dir=cache_dir, device=device, model=model, trust=trust), executor, progress)
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _ident(relpath: str | None, identities: dict[str, FileIdentity]) -> list | None:
-    if relpath is None:
-        return None
-    identity = identities[relpath]
-    return [relpath, identity.size, identity.mtime_ns]
 
 
 def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:

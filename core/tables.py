@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ckptboard.core._fragment import FragmentReadError, read_fragment
+from ckptboard.core.fragment import FragmentReadError, read_fragment
 from ckptboard.core.atomic import DIR_MODE, TMP_PREFIX
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError

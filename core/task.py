@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptboard.core._fragment import Header
+from ckptboard.core.fragment import Header
 from ckptboard.core.cache import StatsCache
 from ckptboard.core.discover import FileIdentity, file_identity
 from ckptboard.core.errors import CacheError, CheckpointError, CkptboardError, IncompleteCheckpointError

@@ -18,7 +18,7 @@ pytest.importorskip("distributed")
 
 from _fixtures_dask import KillMidWriteExecutor  # noqa: E402
 
-from ckptboard.core._fragment import TMP_PREFIX  # noqa: E402
+from ckptboard.core.fragment import TMP_PREFIX  # noqa: E402
 from ckptboard.core.cache import StatsCache  # noqa: E402
 from ckptboard.core.executors import LocalExecutor  # noqa: E402
 from ckptboard.core.executors_dask import SCHEDULER_CONFIG, DaskExecutor  # noqa: E402
