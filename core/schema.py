@@ -10,6 +10,7 @@ checkpoint's path relative to ROOT, POSIX separators) so that rows join across t
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ __all__ = [
     "EVENT_COLUMNS",
     "ERROR_COLUMNS",
     "percentile_column",
+    "tensor_label",
+    "format_shape",
     "StatsTables",
 ]
 
@@ -136,6 +139,27 @@ def arrow_schema(table: TableName | str) -> pa.Schema:
         **{c: pa.list_(pa.int64()) for c in _INT_LIST_COLUMNS},
     }
     return pa.schema([pa.field(c, types.get(c, pa.string())) for c in COLUMNS[TableName(table)]])
+
+
+def tensor_label(group: str, name: str) -> str:
+    """A tensor's ``(group, name)`` as one label: ``name`` for the bare state_dict, ``group:name`` for a tensor inside
+    a named group (e.g. ``ema:fc.weight``)."""
+    return f"{group}:{name}" if group else name
+
+
+def format_shape(shape) -> str:
+    """``[64, 3, 3, 3]`` from the ``shape`` column's JSON text, a list, tuple or array; ``[]`` for a 0-d tensor."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(shape, str):
+        try:
+            shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
+        except ValueError:
+            return shape
+    if shape is None or (np.isscalar(shape) and pd.isna(shape)):
+        return ""
+    return "[" + ", ".join(str(int(d)) for d in np.asarray(shape).ravel()) + "]"
 
 
 @dataclass

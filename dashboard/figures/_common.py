@@ -6,7 +6,6 @@ Tensors are identified by ``(group, name)``; :func:`tensor_label` writes that as
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
@@ -16,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import StatsTables, format_shape, tensor_label  # re-exported: the builders' helpers
 
 __all__ = [
     "decimate_steps",
@@ -48,11 +47,6 @@ def decimate_steps(steps: Sequence[int] | np.ndarray, max_points: int = 500) -> 
         return unique
     idx = np.unique(np.rint(np.linspace(0, len(unique) - 1, max_points)).astype(int))
     return unique[idx]
-
-
-def tensor_label(group: str, name: str) -> str:
-    """``name`` for the bare state_dict, ``group:name`` for a tensor inside a named group (e.g. ``ema:fc.weight``)."""
-    return f"{group}:{name}" if group else name
 
 
 def module_prefix(module: pd.Series, prefix: str) -> pd.Series:
@@ -130,18 +124,6 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover - loop always returns
-
-
-def format_shape(shape) -> str:
-    """``[64, 3, 3, 3]`` from a JSON string, list, tuple or array; ``[]`` for a 0-d tensor."""
-    if isinstance(shape, str):
-        try:
-            shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
-        except ValueError:
-            return shape
-    if shape is None or (np.isscalar(shape) and pd.isna(shape)):
-        return ""
-    return "[" + ", ".join(str(int(d)) for d in np.asarray(shape).ravel()) + "]"
 
 
 def step_ramp(n: int) -> list[str]:

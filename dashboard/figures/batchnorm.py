@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -19,7 +18,7 @@ from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
 
 __all__ = ["BN_STATS", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
-           "num_batches_tracked_figure", "bn_modules"]
+           "num_batches_tracked_figure"]
 
 BN_STATS = ("running_mean", "running_var")
 SMALL_MULTIPLES_OVER = 6
@@ -136,11 +135,3 @@ def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
                                  line={"color": series_color(i)}, meta={"name": name}))
     fig.update_layout(title=f"num_batches_tracked ({run})", xaxis_title="step", yaxis_title="batches", height=360)
     return fig
-
-
-def bn_modules(tables: StatsTables, run: str) -> pd.DataFrame:
-    """Norm layers of ``run`` with their channel count, widest first, then in model order (for pickers, the report)."""
-    bn = tables.batchnorm
-    bn = bn[bn["run"] == run]
-    return (bn.groupby(["group", "module"], sort=False)["channel"].nunique().rename("channels").reset_index()
-            .sort_values("channels", ascending=False, kind="stable").reset_index(drop=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ckptboard.dashboard.figures.health import health_table
+from ckptboard.core.health import health_table
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import VIEW_KEY, View
 from ckptboard.dashboard.views.scalars import BY_TENSOR

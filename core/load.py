@@ -31,7 +31,7 @@ from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import StatsTables, TableName, arrow_schema
 
-__all__ = ["load_stats", "frozen_tensors", "run_summary"]
+__all__ = ["load_stats"]
 
 _READERS = 4  # Parquet decoding releases the GIL: a few threads hide file-system latency
 
@@ -117,39 +117,6 @@ def _write_snapshot(folder: Path, combined: dict[str, pa.Table], problems: list[
                 shutil.rmtree(old, ignore_errors=True)
     except OSError:
         pass  # a read-only or full cache folder: load from the fragments every time
-
-
-def frozen_tensors(tables: StatsTables) -> pd.DataFrame:
-    """Tensors identical across their whole run (``update_norm == 0`` at every step): run, group, name, steps."""
-    updates = tables.updates
-    columns = ["run", "group", "name", "module", "kind", "n_updates"]
-    if updates.empty:
-        return pd.DataFrame(columns=columns)
-    grouped = updates.groupby(["run", "group", "name"], sort=True, dropna=False)
-    summary = grouped.agg(module=("module", "first"), kind=("kind", "first"), n_updates=("update_norm", "size"),
-                          nonzero=("update_norm", lambda s: bool((s != 0).any())))
-    frozen = summary[~summary["nonzero"]].reset_index()
-    return frozen[columns].reset_index(drop=True)
-
-
-def run_summary(tables: StatsTables) -> pd.DataFrame:
-    """One row per run: checkpoints summarised, failed, first and last step, tensors in the last checkpoint."""
-    ckpts, errors = tables.checkpoints, tables.errors
-    runs = sorted(set(ckpts["run"]).union(errors["run"]))
-    rows = []
-    for run in runs:
-        mine = ckpts[ckpts["run"] == run]
-        steps = mine["step"].dropna()
-        last = mine.sort_values("step").iloc[-1] if len(mine) else None
-        rows.append({
-            "run": run,
-            "checkpoints": len(mine),
-            "failed": int((errors["run"] == run).sum()),
-            "first_step": steps.min() if len(steps) else None,
-            "last_step": steps.max() if len(steps) else None,
-            "n_tensors": int(last["n_tensors"]) if last is not None else 0,
-        })
-    return pd.DataFrame(rows, columns=["run", "checkpoints", "failed", "first_step", "last_step", "n_tensors"])
 
 
 def _read_one(path: Path):
