@@ -1,6 +1,6 @@
 """Summarise every checkpoint under a folder into the stats cache, once: plan, hand tasks to an executor, report.
 
-``plan`` discovers the runs, keys each checkpoint (see :mod:`ckptboard.core.cache`) and keeps as work only those
+``plan`` discovers the runs, keys each checkpoint (:func:`ckptboard.core.cache.cache_key`) and keeps as work only those
 without a current fragment; ``execute`` runs that work on an :class:`~ckptboard.core.executors.Executor` and
 prunes fragments of deleted checkpoints; ``summarize`` does both. An unchanged folder costs one ``stat`` and one
 fragment footer per checkpoint and opens no checkpoint.
@@ -15,25 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptboard.core.model_spec import resolve_model
-from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
 from ckptboard.core.cache import LookupStatus, StatsCache, cache_key, warn_invalid
+from ckptboard.core.devices import resolve_device
 from ckptboard.core.discover import discover
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
-from ckptboard.core.stats import resolve_device
+from ckptboard.core.model_spec import resolve_model
+from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
 
 __all__ = [
-    "CheckpointTask",
-    "Receipt",
-    "ReceiptStatus",
     "Failure",
     "Plan",
     "SummaryReport",
     "plan",
     "execute",
     "summarize",
-    "run_task",
 ]
 
 

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from ckptboard.core.cache import CacheWarning, StatsCache
 from ckptboard.core.errors import UsageError
-from ckptboard.core.summarize import execute, plan, run_task, summarize
+from ckptboard.core.summarize import execute, plan, summarize
+from ckptboard.core.task import run_task
 from ckptboard.core.health import frozen_tensors, run_summary
 from ckptboard.core.load import load_stats
 
