@@ -44,6 +44,7 @@ __all__ = [
     "error_cards",
     "bn_modules",
     "CHANGE_COLUMNS",
+    "ChangeMethod",
     "CompareResult",
     "compare_checkpoints",
 ]
@@ -242,6 +243,13 @@ CHANGE_COLUMNS: tuple[str, ...] = (
 _TENSOR_KEY = ["group", "name"]
 
 
+class ChangeMethod(StrEnum):
+    """How ``abs_change`` was obtained (the ``method`` column of :attr:`CompareResult.changes`)."""
+
+    EXACT = "exact"  # ‖b − a‖ from the updates table
+    LOWER_BOUND = "lower bound"  # from the two checkpoints' mean, std and numel
+
+
 @dataclass
 class CompareResult:
     """What changed from ``checkpoint_a`` to ``checkpoint_b``."""
@@ -310,7 +318,8 @@ def compare_checkpoints(tables: StatsTables, checkpoint_a: str, checkpoint_b: st
         "group": same.get_level_values(0), "name": same.get_level_values(1),
         "module": ra["module"].to_numpy(), "kind": ra["kind"].to_numpy(), "shape": ra["shape"].to_numpy(),
         "numel": ra["numel"].to_numpy(), "norm_a": norm_a, "norm_b": rb["norm"].to_numpy(dtype=float),
-        "abs_change": dist, "rel_change": rel, "method": np.where(has_exact, "exact", "lower bound"),
+        "abs_change": dist, "rel_change": rel,
+        "method": np.where(has_exact, ChangeMethod.EXACT.value, ChangeMethod.LOWER_BOUND.value),
     }, columns=list(CHANGE_COLUMNS))
     changes = changes.sort_values("rel_change", ascending=False, na_position="last", kind="stable")
     return CompareResult(checkpoint_a, checkpoint_b, added, removed, reshaped, changes.reset_index(drop=True))

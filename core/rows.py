@@ -15,11 +15,11 @@ import torch
 
 from ckptboard.core.errors import CheckpointError
 from ckptboard.core.records import TensorInfo, TensorKind, Trainable
-from ckptboard.core.schema import TableName
+from ckptboard.core.schema import EventKind, TableName
+from ckptboard.core.stats import tensor_stats
+from ckptboard.core.updates import RunningStat, norm_running_stats, update_stats
 
 __all__ = ["RowSource", "checkpoint_rows"]
-
-_RUNNING_STATS = ("running_mean", "running_var")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,6 @@ class _Rows:
         self._running: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
     def collect(self) -> None:
-        from ckptboard.core.stats import tensor_stats
-
         device = self.device
         prev_index = _index(self.prev)
         first_index = _index(self.first)
@@ -85,8 +83,6 @@ class _Rows:
         self.tables[TableName.CHECKPOINTS] = [self._checkpoint_row()]
 
     def _update(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
-        from ckptboard.core.updates import update_stats
-
         if prev_info is None or tuple(prev_info.shape) != tuple(info.shape):
             return None
         # A neighbour that cannot be read (being rewritten, damaged) costs this checkpoint its update statistics,
@@ -104,16 +100,14 @@ class _Rows:
 
     def _keep_running_stat(self, info: TensorInfo, tensor) -> None:
         module, _, leaf = info.name.rpartition(".")
-        if leaf in _RUNNING_STATS and info.kind == TensorKind.BUFFER and tensor.dim() == 1:
+        if leaf in set(RunningStat) and info.kind == TensorKind.BUFFER and tensor.dim() == 1:
             self._running.setdefault((info.group, module), {})[leaf] = tensor.detach().to("cpu", copy=True)
 
     def _batchnorm_rows(self) -> None:
-        from ckptboard.core.updates import norm_running_stats
-
         for (group, module), stats in self._running.items():
-            if set(stats) != set(_RUNNING_STATS) or stats["running_mean"].shape != stats["running_var"].shape:
+            if set(stats) != set(RunningStat) or stats[RunningStat.MEAN].shape != stats[RunningStat.VAR].shape:
                 continue  # not a norm layer's pair of running statistics
-            rows = norm_running_stats(module, stats["running_mean"], stats["running_var"])
+            rows = norm_running_stats(module, stats[RunningStat.MEAN], stats[RunningStat.VAR])
             self.tables[TableName.BATCHNORM] += [{**self.base, "group": group, **row} for row in rows]
 
     def _event_rows(self, prev_index: dict[tuple[str, str], TensorInfo]) -> None:
@@ -124,14 +118,14 @@ class _Rows:
         for ident, info in current.items():
             before = prev_index.get(ident)
             if before is None:
-                events.append((ident, "added", f"{_shape(info.shape)} {info.dtype}"))
+                events.append((ident, EventKind.ADDED, f"{_shape(info.shape)} {info.dtype}"))
             elif tuple(before.shape) != tuple(info.shape):
-                events.append((ident, "reshaped", f"{_shape(before.shape)} -> {_shape(info.shape)}"))
+                events.append((ident, EventKind.RESHAPED, f"{_shape(before.shape)} -> {_shape(info.shape)}"))
         for ident, info in prev_index.items():
             if ident not in current:
-                events.append((ident, "removed", f"{_shape(info.shape)} {info.dtype}"))
+                events.append((ident, EventKind.REMOVED, f"{_shape(info.shape)} {info.dtype}"))
         for (group, name), event, detail in events:
-            self.tables[TableName.EVENTS].append({**self.base, "group": group, "name": name, "event": event,
+            self.tables[TableName.EVENTS].append({**self.base, "group": group, "name": name, "event": event.value,
                                           "detail": detail})
 
     def _checkpoint_row(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "ERROR_COLUMNS",
     "percentile_column",
+    "EventKind",
     "tensor_label",
     "format_shape",
     "StatsTables",
@@ -98,8 +99,16 @@ BATCHNORM_COLUMNS: tuple[str, ...] = (
     "run", "checkpoint", "step", "group", "module", "channel", "running_mean", "running_var",
 )
 
-# Tensors added, removed or reshaped between consecutive checkpoints of a run.
+# Tensors added, removed or reshaped between consecutive checkpoints of a run (``event``: an :class:`EventKind`).
 EVENT_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "group", "name", "event", "detail")
+
+
+class EventKind(StrEnum):
+    """The ``event`` column of the events table; ``detail`` says ``shape dtype`` or ``old shape -> new shape``."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+    RESHAPED = "reshaped"
 
 # One row per file that could not be summarised.
 ERROR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "error", "message")

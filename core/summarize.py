@@ -18,7 +18,7 @@ from typing import Any
 from ckptboard.core.cache import LookupStatus, StatsCache, cache_key, warn_invalid
 from ckptboard.core.devices import resolve_device
 from ckptboard.core.discover import discover
-from ckptboard.core.errors import UsageError
+from ckptboard.core.errors import UnsafeCheckpointError, UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
@@ -172,7 +172,7 @@ def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_
 
 def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:
     """A file refused as unsafe without --trust is worth reading again when trust is now given."""
-    return trust and info.get("error") == "UnsafeCheckpointError" and not info.get("trust")
+    return trust and info.get("error") == UnsafeCheckpointError.__name__ and not info.get("trust")
 
 
 def _cached_receipt(relpath: str, run: str, info: dict[str, Any]) -> Receipt:

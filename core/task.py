@@ -44,7 +44,7 @@ class Receipt:
 
     relpath: str
     run: str
-    status: str
+    status: ReceiptStatus
     error: str = ""  # exception type name when failed/incomplete
     message: str = ""
     tensors: int = 0
@@ -113,7 +113,7 @@ def run_task(task: CheckpointTask) -> Receipt:
     return receipt
 
 
-def _set_error(receipt: Receipt, status: str, error: BaseException) -> None:
+def _set_error(receipt: Receipt, status: ReceiptStatus, error: BaseException) -> None:
     # A CheckpointError's message starts with the absolute path; the receipt names the file by relpath already.
     receipt.status, receipt.error = status, type(error).__name__
     receipt.message = getattr(error, "problem", str(error))

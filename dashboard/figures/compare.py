@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from ckptboard.core.health import CompareResult
+from ckptboard.core.health import ChangeMethod, CompareResult
 from ckptboard.dashboard.figures._common import empty_figure, tensor_label
 
 __all__ = ["compare_figure"]
@@ -20,14 +20,14 @@ def compare_figure(result: CompareResult, top: int = 20) -> go.Figure:
     labels = [tensor_label(g, n) for g, n in zip(ch["group"], ch["name"])]
     ch = ch.assign(label=labels)
     fig = go.Figure()
-    for method, color in (("exact", "#1f77b4"), ("lower bound", "#ff7f0e")):
+    for method, color in ((ChangeMethod.EXACT, "#1f77b4"), (ChangeMethod.LOWER_BOUND, "#ff7f0e")):
         part = ch[ch["method"] == method]
         if part.empty:
             continue
         fig.add_trace(go.Bar(
             x=part["rel_change"].to_numpy(dtype=float), y=part["label"].to_numpy(), orientation="h",
-            name="‖b−a‖/‖a‖" if method == "exact" else "lower bound from mean/std", marker_color=color,
-            customdata=part[["norm_a", "norm_b", "abs_change"]].to_numpy(dtype=float), meta={"method": method},
+            name="‖b−a‖/‖a‖" if method == ChangeMethod.EXACT else "lower bound from mean/std", marker_color=color,
+            customdata=part[["norm_a", "norm_b", "abs_change"]].to_numpy(dtype=float), meta={"method": method.value},
             hovertemplate="%{y}<br>relative change %{x:.4g}"
                           "<br>‖a‖ %{customdata[0]:.4g} · ‖b‖ %{customdata[1]:.4g}"
                           "<br>‖b−a‖ %{customdata[2]:.4g}<extra></extra>",
