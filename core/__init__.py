@@ -1,6 +1,6 @@
 """ckptboard.core: reading, classification, statistics, size/FLOP accounting and the stats cache.
 
-The public verbs and records are re-exported here (``from ckptboard.core import summarize, load_stats``). Errors and
+The public verbs and records are re-exported here (``from ckptboard.core import refresh, load_stats``). Errors and
 records are imported eagerly; the verbs are imported on first use, so that ``import ckptboard.core`` still costs no
 torch, pandas or pyarrow. Never imports streamlit or plotly.
 """
@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "plan": "summarize",
     "execute": "summarize",
     "summarize": "summarize",
+    "refresh": "summarize",
     "Plan": "summarize",
     "SummaryReport": "summarize",
     "load_stats": "load",

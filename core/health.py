@@ -15,9 +15,9 @@ for ``dead-bn-channel``). Checks (:class:`HealthCheck`), in the order they are l
   update in a run of two or more checkpoints has ``update_norm == 0`` (the same test as :func:`frozen_tensors`).
 - ``largest-update-ratio`` (info): the ``LARGEST_UPDATES`` largest finite parameter update ratios of each run.
 
-Compare: the relative change of a tensor is ``‖b − a‖ / ‖a‖``. It is exact (``method == "exact"``) when the cache
-holds ``‖b − a‖``: the pair is consecutive in its run (``update_norm``), or one of them is the run's first checkpoint
-(``dist_from_first``). Otherwise (other pairs, two runs) it is the lower bound that the statistics allow,
+Compare: the relative change of a tensor is ``‖b − a‖ / ‖a‖``. It is exact (``method == "exact"``) when the
+cache holds ``‖b − a‖``: the pair is consecutive in its run (``update_norm``), or one of them is the run's first
+checkpoint (``dist_from_first``). Otherwise (other pairs, two runs) it is the lower bound that the statistics allow,
 ``√(n·((μb − μa)² + (σb − σa)²)) / ‖a‖`` (``method == "lower bound"``; a true bound for population std,
 since the std of a difference is at least the difference of the stds).
 """

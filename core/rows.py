@@ -15,9 +15,9 @@ import torch
 
 from ckptboard.core.errors import CheckpointError
 from ckptboard.core.records import TensorInfo, TensorKind, Trainable
-from ckptboard.core.schema import EventKind, TableName
+from ckptboard.core.schema import EventKind, RunningStat, TableName
 from ckptboard.core.stats import tensor_stats
-from ckptboard.core.updates import RunningStat, norm_running_stats, update_stats
+from ckptboard.core.updates import norm_running_stats, update_stats
 
 __all__ = ["RowSource", "checkpoint_rows"]
 
@@ -105,9 +105,10 @@ class _Rows:
 
     def _batchnorm_rows(self) -> None:
         for (group, module), stats in self._running.items():
-            if set(stats) != set(RunningStat) or stats[RunningStat.MEAN].shape != stats[RunningStat.VAR].shape:
+            mean, var = stats.get(RunningStat.RUNNING_MEAN), stats.get(RunningStat.RUNNING_VAR)
+            if len(stats) != len(RunningStat) or mean is None or var is None or mean.shape != var.shape:
                 continue  # not a norm layer's pair of running statistics
-            rows = norm_running_stats(module, stats[RunningStat.MEAN], stats[RunningStat.VAR])
+            rows = norm_running_stats(module, mean, var)
             self.tables[TableName.BATCHNORM] += [{**self.base, "group": group, **row} for row in rows]
 
     def _event_rows(self, prev_index: dict[tuple[str, str], TensorInfo]) -> None:

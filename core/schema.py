@@ -36,6 +36,7 @@ __all__ = [
     "ERROR_COLUMNS",
     "percentile_column",
     "EventKind",
+    "RunningStat",
     "tensor_label",
     "format_shape",
     "StatsTables",
@@ -98,6 +99,13 @@ UPDATE_COLUMNS: tuple[str, ...] = (
 BATCHNORM_COLUMNS: tuple[str, ...] = (
     "run", "checkpoint", "step", "group", "module", "channel", "running_mean", "running_var",
 )
+
+
+class RunningStat(StrEnum):
+    """A norm layer's running-statistics buffers: the leaves of their names and columns of the batchnorm table."""
+
+    RUNNING_MEAN = "running_mean"
+    RUNNING_VAR = "running_var"
 
 # Tensors added, removed or reshaped between consecutive checkpoints of a run (``event``: an :class:`EventKind`).
 EVENT_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "group", "name", "event", "detail")

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ckptboard.core.records import StrEnum
+from ckptboard.core.schema import RunningStat
 from ckptboard.core.stats import _cpu_kernels, _numpy, as_float, iter_chunks, resolve_device
 
-__all__ = ["UpdateStats", "update_stats", "RunningStat", "norm_running_stats"]
+__all__ = ["UpdateStats", "update_stats", "norm_running_stats"]
 
 _NAN = float("nan")
 
@@ -104,13 +104,6 @@ def _torch_sums(floats: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(out)
 
 
-class RunningStat(StrEnum):
-    """A norm layer's running-statistics buffers (the leaves of their names; columns of the batchnorm table)."""
-
-    MEAN = "running_mean"
-    VAR = "running_var"
-
-
 def norm_running_stats(module: str, running_mean: torch.Tensor, running_var: torch.Tensor) -> list[dict]:
     """One row per channel of a norm layer's buffers: the ``BATCHNORM_COLUMNS`` module, channel, running_mean and
     running_var (run, checkpoint, step and group are the caller's to add)."""
@@ -122,6 +115,7 @@ def norm_running_stats(module: str, running_mean: torch.Tensor, running_var: tor
             "they must come from the same norm layer"
         )
     return [
-        {"module": module, "channel": i, RunningStat.MEAN.value: float(m), RunningStat.VAR.value: float(v)}
+        {"module": module, "channel": i, RunningStat.RUNNING_MEAN.value: float(m),
+         RunningStat.RUNNING_VAR.value: float(v)}
         for i, (m, v) in enumerate(zip(mean, var))
     ]

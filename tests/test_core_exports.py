@@ -14,7 +14,8 @@ EXPECTED = {
     "CheckpointFormat", "TensorKind", "Trainable", "StepSource", "TensorInfo", "TensorGroup", "OptimizerParam",
     "OptimizerState",
     # verbs (imported on first use)
-    "open_checkpoint", "Checkpoint", "classify", "discover", "plan", "execute", "summarize", "Plan", "SummaryReport",
+    "open_checkpoint", "Checkpoint", "classify", "discover", "plan", "execute", "summarize", "refresh", "Plan",
+    "SummaryReport",
     "load_stats", "StatsTables", "TableName", "health_table", "compare_checkpoints", "frozen_tensors", "run_summary",
     "size_tree", "training_memory", "count_flops", "estimate_flops", "load_model",
 }

@@ -14,21 +14,23 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import RunningStat, StatsTables
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
 
-__all__ = ["BN_STATS", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
+__all__ = ["BatchNormStat", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
            "num_batches_tracked_figure"]
 
-BN_STATS = ("running_mean", "running_var")
+# The running statistics drawn per channel: the batchnorm table's, owned by core.schema.
+BatchNormStat = RunningStat
+
 SMALL_MULTIPLES_OVER = 6
 _COLS = 4
 _MAX_STEPS = 300
 
 
 def _check_stat(stat: str) -> None:
-    if stat not in BN_STATS:
-        raise UsageError(f"BatchNorm statistic must be one of {', '.join(BN_STATS)}, got {stat!r}")
+    if stat not in list(BatchNormStat):
+        raise UsageError(f"BatchNorm statistic must be one of {', '.join(BatchNormStat)}, got {stat!r}")
 
 
 def _layer_label(group: str, module: str) -> str:

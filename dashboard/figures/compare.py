@@ -26,7 +26,8 @@ def compare_figure(result: CompareResult, top: int = 20) -> go.Figure:
             continue
         fig.add_trace(go.Bar(
             x=part["rel_change"].to_numpy(dtype=float), y=part["label"].to_numpy(), orientation="h",
-            name="‖b−a‖/‖a‖" if method == ChangeMethod.EXACT else "lower bound from mean/std", marker_color=color,
+            name="‖b−a‖/‖a‖" if method == ChangeMethod.EXACT else "lower bound from mean/std",
+            marker_color=color,
             customdata=part[["norm_a", "norm_b", "abs_change"]].to_numpy(dtype=float), meta={"method": method.value},
             hovertemplate="%{y}<br>relative change %{x:.4g}"
                           "<br>‖a‖ %{customdata[0]:.4g} · ‖b‖ %{customdata[1]:.4g}"
