@@ -11,7 +11,7 @@ when it has none); wall time = the checkpoint file's mtime.
 - Scalars, tag ``<statistic>/<tensor>``: every column of :data:`TENSOR_SCALARS` of the tensors table, of
   :data:`UPDATE_SCALARS` of the updates table, and of any other table listed in :data:`EXTRA_SCALARS` that the
   cache holds (spectral health, gradients from optimizer state, training scalars).
-- Tensor names: ``group/name`` when the group is not empty, as in the dashboard.
+- Tensor names: ``group:name`` when the group is not empty, as in the dashboard.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.schema import tensor_label
 
 __all__ = ["write_tensorboard", "TENSOR_SCALARS", "UPDATE_SCALARS", "EXTRA_SCALARS", "run_folder"]
 
@@ -148,7 +149,7 @@ def _histogram(writer, tag: str, lo, hi, counts, stats, step: int, wall: float) 
 
 
 def _label(group: Any, name: Any) -> str:
-    return f"{group}/{name}" if isinstance(group, str) and group else str(name)
+    return tensor_label(group if isinstance(group, str) else "", str(name))
 
 
 def _finite(value: Any) -> bool:

@@ -5,7 +5,7 @@ import pytest
 
 from _fixtures_runs import write_lightning_run, write_safetensors_run
 from ckptboard.core.summarize import summarize
-from ckptboard.core.tables import load_stats
+from ckptboard.core.load import load_stats
 from ckptboard.dashboard.export_tensorboard import write_tensorboard
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -39,7 +39,7 @@ def test_one_folder_of_events_per_run(exported):
 def test_histograms_carry_our_bins(exported):
     tables, out, _ = exported
     acc = _accumulator(out / "tensorboard" / "lit")
-    events = acc.Histograms("state_dict/fc.weight")
+    events = acc.Histograms("state_dict:fc.weight")
     hist = tables.histograms
     ours = hist[(hist["run"] == "lit") & (hist["name"] == "fc.weight")].sort_values("step")
     assert [e.step for e in events] == ours["step"].astype(int).tolist()  # steps 0, 2, 4
@@ -88,5 +88,5 @@ def test_export_command_writes_tensorboard(tmp_path):
                  "--workers", "1"])
     assert code == 0
     acc = _accumulator(tmp_path / "out" / "tensorboard" / "lit")
-    assert "state_dict/fc.weight" in acc.Tags()["histograms"]
+    assert "state_dict:fc.weight" in acc.Tags()["histograms"]
     assert (tmp_path / "out" / "stats.csv").exists()
