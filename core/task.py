@@ -68,6 +68,7 @@ class CheckpointTask:
     device: str = "cpu"
     trust: bool = False
     model: Any = None  # a --model SPEC string, an nn.Module, or None
+    spectral: str = "off"  # ckptboard.core.spectral.SpectralMode
 
     def failed(self, problem: str) -> Receipt:
         """The receipt of a task the executor lost (its worker died)."""
@@ -155,7 +156,8 @@ def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[st
         prev = _open_neighbour(stack, task, task.prev, model)
         first = _open_neighbour(stack, task, task.first, model) if task.first != task.prev else prev
         source = RowSource(task.run, task.relpath, task.prev, task.size, task.mtime_ns)
-        return checkpoint_rows(source, ckpt, prev, first, device=task.device), len(ckpt.tensors)
+        rows = checkpoint_rows(source, ckpt, prev, first, device=task.device, spectral=task.spectral)
+        return rows, len(ckpt.tensors)
 
 
 def _open_neighbour(stack: ExitStack, task: CheckpointTask, relpath: str | None, model: Any):
