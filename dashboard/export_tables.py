@@ -1,8 +1,9 @@
 """Writing the statistics tables to files, one writer per format, looked up in one registry.
 
 ``csv`` writes ``stats.csv`` (the tensors table), ``updates.csv``, ``batchnorm.csv``, ``events.csv``,
-``checkpoints.csv`` and ``errors.csv``, columns exactly as in :mod:`ckptboard.core.schema`; ``parquet`` writes the
-same tables plus ``histograms.parquet``. ``html`` and ``png`` go through :func:`ckptboard.dashboard.report.
+``checkpoints.csv``, ``errors.csv``, ``spectral.csv`` and ``gradients.csv`` (without its √v̂ histogram lists), columns
+exactly as in :mod:`ckptboard.core.schema`; ``parquet`` writes the same tables (lists included) plus
+``histograms.parquet``. ``html`` and ``png`` go through :func:`ckptboard.dashboard.report.
 write_report`; ``tensorboard`` through :func:`ckptboard.dashboard.export_tensorboard.write_tensorboard`.
 """
 
@@ -38,7 +39,10 @@ TABLE_FILES: dict[TableName, str] = {
     TableName.CHECKPOINTS: "checkpoints",
     TableName.ERRORS: "errors",
     TableName.HISTOGRAMS: "histograms",
+    TableName.SPECTRAL: "spectral",
+    TableName.GRADIENTS: "gradients",
 }
+_LIST_COLUMNS = ("lo", "hi", "counts")  # per-row histograms: Parquet only
 
 Progress = Callable[[int, int, str], None]  # (done, total, what was just written)
 Writer = Callable[[StatsTables, Path, Sequence[ExportFormat], "Progress | None"], list[Path]]
@@ -124,7 +128,8 @@ def _write_each(tables: StatsTables, out: Path, suffix: str, write: Callable[[pd
     written = []
     for i, name in enumerate(names, 1):
         path = out / f"{TABLE_FILES[name]}.{suffix}"
-        frame = getattr(tables, name).reindex(columns=list(COLUMNS[name]))
+        columns = [c for c in COLUMNS[name] if suffix == "parquet" or c not in _LIST_COLUMNS]
+        frame = getattr(tables, name).reindex(columns=columns)
         write(frame, path)
         written.append(path)
         if progress is not None:
