@@ -25,6 +25,9 @@ EXPECTED = {
     View.COMPARE: [("segmented_control", "compare_mode"), ("selectbox", "compare_a"), ("selectbox", "compare_b"),
                    ("slider", "compare_top")],
     View.HEALTH: [("number_input", "health_dead_var"), ("number_input", "health_explode")],
+    View.SPECTRAL: [("selectbox", "spectral_metric"), ("multiselect", "spectral_layers")],
+    View.GRADIENTS: [("selectbox", "grad_metric"), ("segmented_control", "grad_by"), ("multiselect", "grad_tensors"),
+                     ("toggle", "grad_log_y"), ("selectbox", "grad_hist_run"), ("selectbox", "grad_hist_tensor")],
 }  # fmt: skip
 
 
@@ -113,3 +116,20 @@ def test_compare_exact_diff_of_two_runs(samples):
     assert metrics["Matched"] == "21"  # SmallCNN's 21 tensors, by the same names in both runs
     assert at.selectbox(key="compare_exact_tensor").value is not None
     assert _chart(at, "compare_exact_hist") is not None
+
+
+def test_spectral_view_draws_alpha_with_weightwatchers_bands(samples):
+    at = _open(samples, View.SPECTRAL)
+    assert at.selectbox(key="spectral_metric").value == "alpha"  # summarized with --spectral full
+    chart = _chart(at, "spectral_chart")
+    assert chart is not None and "WeightWatcher: well-trained" in chart.proto.spec
+    assert any("WeightWatcher's published reading" in c.value for c in at.caption)
+
+
+def test_gradients_view_by_module_states_the_approximation(samples):
+    at = _open(samples, View.GRADIENTS)
+    assert any("exponential moving averages" in c.value for c in at.caption)
+    at.segmented_control(key="grad_by").set_value("Modules").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="grad_modules").value
+    assert _chart(at, "grad_chart") is not None and _chart(at, "grad_hist_chart") is not None
