@@ -60,3 +60,13 @@ def test_cli_spectral_option_and_csv(run_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["summarize", str(run_root), "--spectral", "some"])
     assert "invalid choice: 'some'" in capsys.readouterr().err
+
+
+def test_html_report_has_spectral_and_gradient_sections(run_root, tmp_path):
+    from ckptboard.dashboard.report import write_report
+
+    summarize(run_root, spectral="default")
+    write_report(load_stats(run_root), tmp_path / "report", ["html"])
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Spectral (lit)" in page and "Gradients from optimizer state (lit)" in page
+    assert "exponential moving averages" in page  # the approximation, stated with the gradient figures
