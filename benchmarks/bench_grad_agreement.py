@@ -51,7 +51,8 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             for name, p in model.named_parameters():
-                sq_history[name].append(float(p.grad.double().square().mean()))
+                if p.grad is not None:  # the sample model's input_mean is frozen
+                    sq_history[name].append(float(p.grad.double().square().mean()))
             opt.step()
             if step % args.every:
                 continue
@@ -63,8 +64,8 @@ def main() -> None:
                 rows, _ = gradient_rows(ckpt)
             now, window = [], []
             for row in rows:
-                hist = sq_history[row["name"]]
-                if hist[-1] > 0:
+                hist = sq_history.get(row["name"])
+                if hist and hist[-1] > 0:
                     now.append(row["grad_rms"] / np.sqrt(hist[-1]))
                     window.append(row["grad_rms"] / np.sqrt(np.mean(hist[-1000:])))
             print(f"{step:4d}  {len(rows):7d}  {_summary(now):>32}   {_summary(window):>30}")
