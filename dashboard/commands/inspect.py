@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model) if args.model is not None else None
     # open_checkpoint checks --device before it opens anything.
     with open_checkpoint(path, device=args.device, trust=args.trust) as ckpt:
-        report = classify(ckpt, model)
+        report = classify(ckpt, model, trust=args.trust).report
         data = inspect_report(ckpt, report)
     if args.json:
         print(json.dumps(data, default=str))
@@ -140,6 +140,7 @@ def _model_report_lines(r: dict[str, Any]) -> list[str]:
          r["plain_tensor_attributes"]),
         ("other groups classified by the model", r["other_groups"]),
         ("requires_grad disagrees with the optimizer state", r["trainable_disagreements"]),
+        ("tied keys (saved once, under the other name)", r.get("tied_keys", [])),
     )
     for title, items in sections:
         lines.append(f"  {title}: {len(items)}")

@@ -86,7 +86,7 @@ def load_checkpoint_size(
     from ckptboard.core.reader import open_checkpoint
 
     with open_checkpoint(path, trust=trust) as ckpt:
-        report = classify(ckpt, model)
+        report = classify(ckpt, model, trust=trust).report
         groups = {g.name: g for g in ckpt.groups}
         chosen = _choose_group(path, groups, group, report.group if report is not None else None)
         tensors = list(groups[chosen].tensors)
