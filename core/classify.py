@@ -537,8 +537,10 @@ def _set_optimizer_verdict(info: TensorInfo, rule: str) -> None:
 def _classify_by_model(
     groups: Sequence[TensorGroup], model: nn.Module, optimizer_verdicts: dict[int, str], model_rule: Rule | None = None
 ) -> ModelReport:
+    from ckptboard.core.hf_model import saved_key_renamer
+
     try:
-        index = index_model(model)
+        index = index_model(model, saved_key_renamer(model))
     except Exception as e:  # a user's module whose state_dict()/named_parameters() fails
         raise ModelSpecError(
             f"the model's state_dict()/named_parameters() raised {type(e).__name__}: {e}; check the model class"

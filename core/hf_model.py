@@ -15,7 +15,8 @@ import functools
 import importlib.util
 import json
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "transformers_installed",
     "build_from_config",
     "model_for_checkpoint",
+    "saved_key_renamer",
 ]
 
 CONFIG_NAME = "config.json"
@@ -162,6 +164,38 @@ def model_for_checkpoint(ckpt: Any, *, trust: bool = False) -> ConfigModel:
 @functools.lru_cache(maxsize=8)
 def _cached_build(path: str, mtime_ns: int, size: int, trust: bool, names: tuple[str, ...]) -> tuple[nn.Module, str]:
     return build_from_config(path, trust=trust, names=names)
+
+
+def saved_key_renamer(model: nn.Module) -> Callable[[str], str] | None:
+    """For a transformers model whose module names differ from the names it saves (transformers 5 renames some
+    architectures' modules and reverts on save): model key -> saved key. ``None`` for any other model."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return None
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import PrefixChange, WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4: modules are named as saved
+        return None
+    try:
+        # What save_pretrained does for a model built from a config (revert_weight_conversion): every transform but
+        # prefix changes, reversed, last first.
+        transforms = [t for t in get_model_conversion_mapping(model, add_legacy=False) if not isinstance(t, PrefixChange)]
+        reverse = [t.reverse_transform() for t in transforms[::-1]]
+    except Exception:  # a private API of transformers: any change there means no renaming, not a crash
+        return None
+    renamings = [t for t in reverse if isinstance(t, WeightRenaming)]
+    converters = [t for t in reverse if isinstance(t, WeightConverter)]
+    if not renamings and not converters:
+        return None
+
+    def rename(key: str) -> str:
+        try:
+            return rename_source_key(key, renamings, converters, reverse=True)[0]
+        except Exception:  # see above
+            return key
+
+    return rename
 
 
 # ---------------------------------------------------------------------------------------------- helpers

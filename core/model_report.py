@@ -8,6 +8,7 @@ or adding one on the model side (a wrapper around the saved network), whichever 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -73,11 +74,17 @@ class GroupMatch:
     mapping: dict[str, str]
 
 
-def index_model(model: nn.Module) -> ModelIndex:
-    """Read a model's parameter/buffer names once (tied names included) and its unregistered tensor attributes."""
-    params = {n: (tuple(p.shape), bool(p.requires_grad)) for n, p in model.named_parameters(remove_duplicate=False)}
-    buffers = {n: tuple(b.shape) for n, b in model.named_buffers(remove_duplicate=False)}
-    state = {k: v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)}
+def index_model(model: nn.Module, rename: Callable[[str], str] | None = None) -> ModelIndex:
+    """Read a model's parameter/buffer names once (tied names included) and its unregistered tensor attributes.
+
+    ``rename``: model key -> the key its checkpoints use (transformers' saved names), applied to every name.
+    """
+    rename = rename or (lambda k: k)
+    params = {
+        rename(n): (tuple(p.shape), bool(p.requires_grad)) for n, p in model.named_parameters(remove_duplicate=False)
+    }
+    buffers = {rename(n): tuple(b.shape) for n, b in model.named_buffers(remove_duplicate=False)}
+    state = {rename(k): v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)}
     by_tensor: dict[int, list[str]] = {}
     for k, v in state.items():
         by_tensor.setdefault(id(v), []).append(k)
