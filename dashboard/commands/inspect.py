@@ -141,6 +141,7 @@ def _model_report_lines(r: dict[str, Any]) -> list[str]:
         ("other groups classified by the model", r["other_groups"]),
         ("requires_grad disagrees with the optimizer state", r["trainable_disagreements"]),
         ("tied keys (saved once, under the other name)", r.get("tied_keys", [])),
+        ("keys the model does not save (_keys_to_ignore_on_save)", r.get("ignored_on_save", [])),
     )
     for title, items in sections:
         lines.append(f"  {title}: {len(items)}")
