@@ -94,6 +94,7 @@ class Classification:
     notes: list[str] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     model_source: str | None = None
+    model: nn.Module | None = field(default=None, repr=False)  # the model that decided (meta), if any
 
     def counts(self) -> dict[str, int]:
         """Tensors per outcome: ``buffer``, ``trainable``, ``frozen``, ``unknown`` (parameters by trainable)."""
@@ -134,7 +135,7 @@ def classify(
         notes = [f"config.json not used: its {type(model).__name__} matches none of the checkpoint's names"]
         model, source, result.report = None, None, None
     result.notes[:0] = notes
-    result.model_source = source
+    result.model_source, result.model = source, model
     ckpt.notes.extend(n for n in result.notes if n not in ckpt.notes)
     return result
 

@@ -12,6 +12,11 @@ A multiply-add is 2 FLOPs. Which layer a weight belongs to is decided by named r
 - ``rnn-2d``: ``weight_ih_l<k>``/``weight_hh_l<k>`` of RNN/LSTM/GRU, and ``in_proj_weight`` of MultiheadAttention,
   follow ``linear-2d`` (per token, per time step).
 
+- ``tied-head``: an output head the file does not hold because it is tied to a saved weight (transformers and
+  safetensors save tied weights once; the model report lists them as ``tied_keys``) is a ``linear-2d`` of the saved
+  weight's shape. Without a model nothing says a head is tied: a token embedding with no 2-D weight of its shape
+  elsewhere is named in a caveat with the FLOPs a tied head would add.
+
 Weights named otherwise (``*.bias``, 1-D norm scales, 0-D scalars) are skipped. Tied weights are NOT skipped: a tied
 output head still multiplies. Biases, normalisation, activations and attention scores (they depend on the sequence
 length) are not estimated.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -43,6 +48,10 @@ EMBEDDING_MODULE_NAMES: frozenset[str] = frozenset({
     "position_embeddings", "token_type_embeddings", "tok_embeddings", "tok_emb", "pos_emb", "wte", "wpe",
     "token_embedding", "position_embedding", "shared",
 })
+
+# Of EMBEDDING_MODULE_NAMES, those that embed tokens (an output head may be tied to them), not positions.
+_TOKEN_EMBEDDINGS = frozenset({"embed_tokens", "word_embeddings", "tok_embeddings", "tok_emb", "wte",
+                               "token_embedding", "shared", "embed", "embedding", "embeddings"})
 
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?")
 _LINEAR_LIKE_NAMES = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
@@ -113,18 +122,48 @@ class FlopEstimate:
         }
 
 
-def estimate_flops(records: Iterable[Any], model: nn.Module | None = None) -> FlopEstimate:
-    """Estimate FLOPs from TensorInfo-like records (``name``, ``shape``, ``kind``); ``model`` only names embeddings."""
+def estimate_flops(
+    records: Iterable[Any], model: nn.Module | None = None, tied: Iterable[tuple[str, str]] = ()
+) -> FlopEstimate:
+    """Estimate FLOPs from TensorInfo-like records (``name``, ``shape``, ``kind``); ``model`` only names embeddings.
+
+    ``tied``: ``(absent key, saved key)`` pairs of weights saved once (the model report's ``tied_keys``).
+    """
     embedding_modules = _embedding_modules(model) if model is not None else None
     out = FlopEstimate()
+    shapes: dict[str, tuple[int, ...]] = {}
     for r in records:
         if str(getattr(r, "kind", TensorKind.PARAMETER)) != TensorKind.PARAMETER:
             continue
-        layer = _layer(str(r.name), tuple(int(d) for d in r.shape), embedding_modules)
+        shapes[str(r.name)] = tuple(int(d) for d in r.shape)
+        layer = _layer(str(r.name), shapes[str(r.name)], embedding_modules)
         if layer is None:
             out.skipped.append(str(r.name))
         else:
             out.layers.append(layer)
+    tied = [(head, saved) for head, saved in tied if saved in shapes and head not in shapes]
+    for head, saved in tied:
+        layer = _layer(head, shapes[saved], embedding_modules)
+        if layer is not None and layer.kind == LayerKind.LINEAR:
+            out.layers.append(replace(layer, rule="tied-head"))
+    if not tied:
+        out.caveats += _untied_embedding_caveats(out.layers, shapes)
+    return out
+
+
+def _untied_embedding_caveats(layers: list[LayerEstimate], shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Token embeddings no 2-D weight of the file has the shape of: a tied output head the file cannot show."""
+    linear_shapes = {layer.shape for layer in layers if layer.kind == LayerKind.LINEAR}
+    out = []
+    for layer in layers:
+        leaf_module = layer.module.rpartition(".")[2]
+        if layer.kind == LayerKind.EMBEDDING and leaf_module in _TOKEN_EMBEDDINGS and layer.shape not in linear_shapes:
+            flops = 2 * math.prod(layer.shape)
+            out.append(
+                f"{layer.weight} {tuple(layer.shape)} is a token embedding with no output layer of its shape in the "
+                f"file: if the model ties its output head to it (tie_word_embeddings), add {flops:,} FLOP per token "
+                "(give --model, or the config.json beside the weights, to count it)"
+            )
     return out
 
 

@@ -86,7 +86,8 @@ def load_checkpoint_size(
     from ckptboard.core.reader import open_checkpoint
 
     with open_checkpoint(path, trust=trust) as ckpt:
-        report = classify(ckpt, model, trust=trust).report
+        result = classify(ckpt, model, trust=trust)
+        report, model = result.report, model or result.model
         groups = {g.name: g for g in ckpt.groups}
         chosen = _choose_group(path, groups, group, report.group if report is not None else None)
         tensors = list(groups[chosen].tensors)
@@ -105,7 +106,7 @@ def load_checkpoint_size(
             group=chosen,
             tree=tree,
             memory=training_memory(tree, optimizer, list(ckpt.optimizers)),
-            estimate=estimate_flops(tensors, model),
+            estimate=estimate_flops(tensors, model, _tied_pairs(report)),
             notes=notes,
         )
 
@@ -225,6 +226,11 @@ def _render_estimate(est: FlopEstimate) -> list[str]:
     if convs:
         lines.append("  conv layers, FLOP per output position: " + ", ".join(f"{k} {v:,}" for k, v in convs.items()))
     return lines + [f"  caveat: {c}" for c in est.caveats]
+
+
+def _tied_pairs(report: Any) -> list[tuple[str, str]]:
+    """The model report's ``"head = saved"`` tied keys as pairs."""
+    return [tuple(t.split(" = ", 1)) for t in getattr(report, "tied_keys", None) or []]
 
 
 def _choose_group(path: str, groups: dict[str, Any], asked: str | None, matched: str | None) -> str:
