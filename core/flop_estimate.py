@@ -53,6 +53,9 @@ EMBEDDING_MODULE_NAMES: frozenset[str] = frozenset({
 _TOKEN_EMBEDDINGS = frozenset({"embed_tokens", "word_embeddings", "tok_embeddings", "tok_emb", "wte",
                                "token_embedding", "shared", "embed", "embedding", "embeddings"})
 
+# Last module names of output heads in common model code (an untied head saved in the file).
+_HEAD_NAMES = frozenset({"lm_head", "output", "head", "decoder", "proj_out", "embed_out", "output_projection"})
+
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?")
 _LINEAR_LIKE_NAMES = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
 
@@ -152,8 +155,11 @@ def estimate_flops(
 
 
 def _untied_embedding_caveats(layers: list[LayerEstimate], shapes: dict[str, tuple[int, ...]]) -> list[str]:
-    """Token embeddings no 2-D weight of the file has the shape of: a tied output head the file cannot show."""
-    linear_shapes = {layer.shape for layer in layers if layer.kind == LayerKind.LINEAR}
+    """Token embeddings no output head of the file has the shape of: a tied head the file cannot show."""
+    linear_shapes = {
+        layer.shape for layer in layers
+        if layer.kind == LayerKind.LINEAR and layer.module.rpartition(".")[2] in _HEAD_NAMES
+    }
     out = []
     for layer in layers:
         leaf_module = layer.module.rpartition(".")[2]
