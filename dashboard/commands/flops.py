@@ -25,18 +25,12 @@ from typing import Any
 import pandas as pd
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.checkpoint_size import CheckpointSize, check_depth, load_checkpoint_size
 from ckptboard.core.flops import FlopReport, InputSpec, count_flops, module_table, parse_input_specs
 from ckptboard.core.train_flops import TrainingStepFlops, count_training_step
-from ckptboard.dashboard.commands.size import (
-    CheckpointSize,
-    check_depth,
-    format_count,
-    format_table,
-    load_checkpoint_size,
-    module_label,
-)
+from ckptboard.dashboard.text import format_count, format_si, format_table, module_label
 
-__all__ = ["add_parser", "run", "format_si"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -145,16 +139,6 @@ def _render_training(t: TrainingStepFlops) -> str:
     else:
         lines.append("  6·N·D rule: not given (the inputs are not token ids)")
     return "\n".join(lines + ["  assumptions:", *(f"   - {a}" for a in t.assumptions)])
-
-
-def format_si(n: int, unit: str) -> str:
-    """``4.42 MFLOP``: SI prefixes (M = 10^6), as FLOP counts are usually quoted."""
-    value = float(n)
-    for prefix in ("", "K", "M", "G", "T", "P"):
-        if abs(value) < 1000 or prefix == "P":
-            return f"{int(value)} {unit}" if not prefix else f"{value:.2f} {prefix}{unit}"
-        value /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _run_estimate(args: argparse.Namespace, notes: list[str]) -> int:
