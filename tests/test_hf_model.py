@@ -149,3 +149,38 @@ def test_the_hub_is_never_asked(tmp_path, monkeypatch):
     seen.clear()
     build_from_config(tmp_path / "g")
     assert seen == ["1"] and "HF_HUB_OFFLINE" not in __import__("os").environ
+
+
+def test_inspect_on_a_hugging_face_folder(tmp_path, capsys, monkeypatch):
+    from ckptboard.dashboard.cli import main
+
+    save_hf("bart", tmp_path / "bart")
+    assert main(["inspect", str(tmp_path / "bart"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model_source"] == f"config.json ({tmp_path / 'bart' / 'config.json'})"
+    assert {t["source"] for t in data["tensors"]} == {"model:config.json"}
+    assert data["model_report"]["missing_keys"] == [] and data["model_report"]["unexpected_keys"] == []
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if transformers were not installed
+    assert main(["inspect", str(tmp_path / "bart")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: config.json found; {HF_EXTRA_HINT}" in out.splitlines()
+    assert "classified by: the rules" in out
+
+
+def test_peft_adapter_names_its_base_config(tmp_path):
+    """A PEFT layout puts adapter_config.json's base_model_name_or_path in the checkpoint's metadata; the base
+    model's config.json is named, and the adapter's tensors are not classified by the base model."""
+    peft = pytest.importorskip("peft")
+    base = save_hf("gpt2", tmp_path / "base")
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True))
+    lora.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    lora.save_pretrained(tmp_path / "adapter")
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    with open_checkpoint(tmp_path / "adapter" / "adapter_model.safetensors") as ckpt:
+        ckpt.metadata["base_model_name_or_path"] = adapter_config["base_model_name_or_path"]
+        built = model_for_checkpoint(ckpt)
+    assert built.model is None and built.config_path == tmp_path / "base" / "config.json"
+    assert built.notes == [
+        f"PEFT adapter: base model config {tmp_path / 'base' / 'config.json'} (gpt2); the adapter's tensors are "
+        "classified by the adapter layout, not by the base model"
+    ]

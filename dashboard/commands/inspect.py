@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model) if args.model is not None else None
     # open_checkpoint checks --device before it opens anything.
     with open_checkpoint(path, device=args.device, trust=args.trust) as ckpt:
-        report = classify(ckpt, model, trust=args.trust).report
-        data = inspect_report(ckpt, report)
+        result = classify(ckpt, model, trust=args.trust)
+        data = inspect_report(ckpt, result.report, result.model_source)
     if args.json:
         print(json.dumps(data, default=str))
     else:
@@ -98,6 +98,7 @@ def _footer(data: dict[str, Any]) -> list[str]:
         + (f" (tied tensors counted once: {t['tied_tensors']})" if t["tied_tensors"] else ""),
         f"step: {data['step'] if data['step'] is not None else 'none'} (source: {data['step_source']})",
         f"format: {data['format']}",
+        f"classified by: {data.get('model_source') or 'the rules (no model; the source column names each rule)'}",
     ]
     if data["optimizers"]:
         for opt in data["optimizers"]:
