@@ -66,7 +66,8 @@ def count_training_step(
     """Count forward + backward of ``model`` on ``inputs``: on meta when it runs there, else on CPU."""
     inputs = list(inputs)
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens = sum(math.prod(s.shape) for s in inputs if not torch.empty((), dtype=getattr(torch, s.dtype)).is_floating_point()) or None
+    token_inputs = [s for s in inputs if not getattr(torch, s.dtype).is_floating_point]  # int64 ids
+    tokens = sum(math.prod(s.shape) for s in token_inputs) or None
     try:
         fwd, bwd = _step(model, inputs, torch.device("meta"))
         device = "meta"

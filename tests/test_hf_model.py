@@ -184,3 +184,29 @@ def test_peft_adapter_names_its_base_config(tmp_path):
         f"PEFT adapter: base model config {tmp_path / 'base' / 'config.json'} (gpt2); the adapter's tensors are "
         "classified by the adapter layout, not by the base model"
     ]
+
+
+def test_config_model_takes_trainable_from_the_optimizer_where_it_lines_up():
+    """A fine-tune that froze the embeddings: the config only knows requires_grad=True, the optimizer knows better."""
+    from _fixtures_hf import build_hf
+    from _fixtures_zoo import group_from_module, optimizer_record, train_one_step
+
+    from ckptboard.core.classify import classify_tensors
+
+    model = build_hf("gpt2")
+    model.transformer.wte.requires_grad_(False)
+    model.transformer.wpe.requires_grad_(False)
+    opt = train_one_step(model, lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad]))
+    group = group_from_module(model)
+    on_meta, _ = _on_meta(model)
+    result = classify_tensors([group], [optimizer_record(opt.state_dict())], on_meta, model_rule=Rule.MODEL_CONFIG)
+    got = {i.name: (i.trainable, i.source) for i in group.tensors}
+    assert got["transformer.wte.weight"] == ("false", Rule.MODEL_CONFIG)
+    assert got["transformer.h.0.attn.c_attn.weight"] == ("true", Rule.MODEL_CONFIG)
+    assert result.report.trainable_disagreements == []  # the config's default is not a disagreement
+
+
+def _on_meta(model):
+    """The same architecture built on meta from the model's own config."""
+    with torch.device("meta"):
+        return type(model)(model.config), type(model).__name__
