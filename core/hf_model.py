@@ -121,12 +121,13 @@ def build_from_config(
         if isinstance(config.get("auto_map"), dict) and not any(hasattr(transformers, a) for a in architectures):
             return _build_custom(path, config, architectures, trust, torch.device(device))
         hf_config = _hf_config(transformers, path, config, model_type)
-        classes = [getattr(transformers, a) for a in architectures if hasattr(transformers, a)]
-        if not classes:
-            classes = _auto_classes(transformers, model_type)
+        named = [getattr(transformers, a) for a in architectures if hasattr(transformers, a)]
+        if named:
+            return _instantiate(path, named[0], hf_config, device), named[0].__name__
+        classes = _auto_classes(transformers, model_type)
         if not classes:
             raise ModelSpecError(f"{path}: transformers has no model class for model_type {model_type!r}")
-        return _best_of(path, classes[:1] if architectures and classes else classes, hf_config, device, names)
+        return _best_of(path, classes, hf_config, device, names)
 
 
 def model_for_checkpoint(ckpt: Any, *, trust: bool = False) -> ConfigModel:
@@ -203,22 +204,30 @@ def saved_key_renamer(model: nn.Module) -> Callable[[str], str] | None:
 
 @contextlib.contextmanager
 def _offline_quiet() -> Iterator[Any]:
-    """Import transformers with the hub offline and its warnings muted; yield the module."""
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update({k: "1" for k in saved})
+    """transformers with the hub offline and its warnings muted while the block runs; yield the module.
+
+    Imported before going offline: huggingface_hub reads HF_HUB_OFFLINE once, at import, and the caller's process
+    must keep its own setting afterwards. Inside, the environment and huggingface_hub's constant both say offline.
+    """
     try:
-        try:
-            import transformers
-        except ImportError as e:
-            raise ModelSpecError(f"building a model from config.json needs transformers: {HF_EXTRA_HINT}") from e
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-        try:
-            yield transformers
-        finally:
-            transformers.logging.set_verbosity(verbosity)
+        import transformers
+    except ImportError as e:
+        raise ModelSpecError(f"building a model from config.json needs transformers: {HF_EXTRA_HINT}") from e
+    constants = sys.modules.get("huggingface_hub.constants")
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    saved_constant = getattr(constants, "HF_HUB_OFFLINE", None)
+    os.environ.update({k: "1" for k in saved_env})
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield transformers
     finally:
-        for k, v in saved.items():
+        transformers.logging.set_verbosity(verbosity)
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = saved_constant
+        for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:

@@ -147,8 +147,12 @@ def test_the_hub_is_never_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(transformers.GPT2LMHeadModel, "__init__", spy)
     save_hf("gpt2", tmp_path / "g")
     seen.clear()
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
     build_from_config(tmp_path / "g")
     assert seen == ["1"] and "HF_HUB_OFFLINE" not in __import__("os").environ
+    assert constants.HF_HUB_OFFLINE == before  # the caller's process keeps its own setting
 
 
 def test_inspect_on_a_hugging_face_folder(tmp_path, capsys, monkeypatch):
