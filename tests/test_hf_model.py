@@ -214,3 +214,16 @@ def _on_meta(model):
     """The same architecture built on meta from the model's own config."""
     with torch.device("meta"):
         return type(model)(model.config), type(model).__name__
+
+
+def test_summarize_recomputes_a_checkpoint_when_its_config_json_changes(tmp_path):
+    from ckptboard.core.summarize import plan, summarize
+
+    save_hf("gpt2", tmp_path / "run" / "gpt2")
+    summarize(tmp_path)
+    assert plan(tmp_path).tasks == []  # cached
+    config_path = tmp_path / "run" / "gpt2" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["architectures"] = ["GPT2Model"]
+    config_path.write_text(json.dumps(config, indent=1))
+    assert len(plan(tmp_path).tasks) == 1  # the config decides the verdicts: a new config, a new key
