@@ -67,7 +67,7 @@ def load_model(spec: str, *, device: str | torch.device = "meta") -> nn.Module:
         except Exception as e:
             raise ModelSpecError(
                 f"--model {spec}: the factory raised {type(e).__name__}: {_one_line(e)} "
-                f"(built with no arguments on device '{dev}')"
+                f"(built with no arguments on device '{dev}')" + _hf_hint(spec)
             ) from e
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
@@ -169,6 +169,13 @@ def _factory(spec: str, module: Any, attr: str) -> Callable[[], Any]:
             f"--model {spec}: {attr!r} is a {type(obj).__name__}, not a class or function that builds the model"
         )
     return obj
+
+
+def _hf_hint(spec: str) -> str:
+    """A transformers class needs its config: say how to give one."""
+    return "; a transformers model is built from its config: --model hf:CONFIG_DIR_OR_JSON" if spec.startswith(
+        "transformers"
+    ) else ""
 
 
 def _parse_hf_spec(spec: str) -> tuple[str, str]:

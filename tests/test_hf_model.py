@@ -227,3 +227,8 @@ def test_summarize_recomputes_a_checkpoint_when_its_config_json_changes(tmp_path
     config["architectures"] = ["GPT2Model"]
     config_path.write_text(json.dumps(config, indent=1))
     assert len(plan(tmp_path).tasks) == 1  # the config decides the verdicts: a new config, a new key
+
+
+def test_a_transformers_class_as_factory_points_at_hf_specs():
+    with pytest.raises(ModelSpecError, match=r"GPT2LMHeadModel.*--model hf:CONFIG_DIR_OR_JSON"):
+        load_model("transformers:GPT2LMHeadModel")
