@@ -14,8 +14,9 @@ A multiply-add is 2 FLOPs. Which layer a weight belongs to is decided by named r
 
 - ``tied-head``: an output head the file does not hold because it is tied to a saved weight (transformers and
   safetensors save tied weights once; the model report lists them as ``tied_keys``) is a ``linear-2d`` of the saved
-  weight's shape. Without a model nothing says a head is tied: a token embedding with no 2-D weight of its shape
-  elsewhere is named in a caveat with the FLOPs a tied head would add.
+  weight's shape. Without a model, a ``config.json`` that says ``"tie_word_embeddings": true`` gives each token
+  embedding with no output head of its shape a tied head (``tied-head-config``); else nothing says a head is tied,
+  and such an embedding is named in a caveat with the FLOPs a tied head would add.
 
 Weights named otherwise (``*.bias``, 1-D norm scales, 0-D scalars) are skipped. Tied weights are NOT skipped: a tied
 output head still multiplies. Biases, normalisation, activations and attention scores (they depend on the sequence
@@ -126,11 +127,15 @@ class FlopEstimate:
 
 
 def estimate_flops(
-    records: Iterable[Any], model: nn.Module | None = None, tied: Iterable[tuple[str, str]] = ()
+    records: Iterable[Any],
+    model: nn.Module | None = None,
+    tied: Iterable[tuple[str, str]] = (),
+    tie_word_embeddings: bool = False,
 ) -> FlopEstimate:
     """Estimate FLOPs from TensorInfo-like records (``name``, ``shape``, ``kind``); ``model`` only names embeddings.
 
     ``tied``: ``(absent key, saved key)`` pairs of weights saved once (the model report's ``tied_keys``).
+    ``tie_word_embeddings``: a config says the output head is tied to the token embedding (used without ``tied``).
     """
     embedding_modules = _embedding_modules(model) if model is not None else None
     out = FlopEstimate()
@@ -150,27 +155,35 @@ def estimate_flops(
         if layer is not None and layer.kind == LayerKind.LINEAR:
             out.layers.append(replace(layer, rule="tied-head"))
     if not tied:
-        out.caveats += _untied_embedding_caveats(out.layers, shapes)
+        headless = _headless_token_embeddings(out.layers)
+        if tie_word_embeddings:
+            out.layers += [
+                replace(layer, weight=f"{layer.weight} (tied output head)", module="", kind=LayerKind.LINEAR.value,
+                        rule="tied-head-config", flops=2 * math.prod(layer.shape), per="token")
+                for layer in headless
+            ]
+        else:
+            out.caveats += [
+                f"{layer.weight} {tuple(layer.shape)} is a token embedding with no output layer of its shape in the "
+                f"file: if the model ties its output head to it (tie_word_embeddings), add "
+                f"{2 * math.prod(layer.shape):,} FLOP per token (give --model, or the config.json beside the weights, "
+                "to count it)"
+                for layer in headless
+            ]
     return out
 
 
-def _untied_embedding_caveats(layers: list[LayerEstimate], shapes: dict[str, tuple[int, ...]]) -> list[str]:
+def _headless_token_embeddings(layers: list[LayerEstimate]) -> list[LayerEstimate]:
     """Token embeddings no output head of the file has the shape of: a tied head the file cannot show."""
-    linear_shapes = {
+    head_shapes = {
         layer.shape for layer in layers
         if layer.kind == LayerKind.LINEAR and layer.module.rpartition(".")[2] in _HEAD_NAMES
     }
-    out = []
-    for layer in layers:
-        leaf_module = layer.module.rpartition(".")[2]
-        if layer.kind == LayerKind.EMBEDDING and leaf_module in _TOKEN_EMBEDDINGS and layer.shape not in linear_shapes:
-            flops = 2 * math.prod(layer.shape)
-            out.append(
-                f"{layer.weight} {tuple(layer.shape)} is a token embedding with no output layer of its shape in the "
-                f"file: if the model ties its output head to it (tie_word_embeddings), add {flops:,} FLOP per token "
-                "(give --model, or the config.json beside the weights, to count it)"
-            )
-    return out
+    return [
+        layer for layer in layers
+        if layer.kind == LayerKind.EMBEDDING and layer.module.rpartition(".")[2] in _TOKEN_EMBEDDINGS
+        and layer.shape not in head_shapes
+    ]
 
 
 def _layer(name: str, shape: tuple[int, ...], embedding_modules: set[str] | None) -> LayerEstimate | None:

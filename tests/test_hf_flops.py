@@ -96,3 +96,17 @@ def test_flops_cli_counts_a_hugging_face_folder_without_model(tmp_path, capsys):
     assert out["total_flops"] == out["training_step"]["forward_flops"]
     assert out["training_step"]["six_n_d"] == 6 * out["training_step"]["trainable_parameters"] * 32
     assert "model: LlamaForCausalLM built from" in out["notes"][0]
+
+
+def test_estimate_without_transformers_counts_the_head_a_config_says_is_tied(tmp_path, monkeypatch, capsys):
+    import sys
+
+    save_hf("gpt2", tmp_path / "g")  # config.json says "tie_word_embeddings": true
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if transformers were not installed
+    assert main(["flops", "--checkpoint", str(tmp_path / "g"), "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)["estimate"]
+    [head] = [layer for layer in estimate["layers"] if layer["rule"] == "tied-head-config"]
+    assert (head["weight"], head["flops"]) == ("transformer.wte.weight (tied output head)", 2 * 64 * 16)
+    # the same per-token total as with the model's own tie (test above): 1,536 + 512 + 2,048 + 2,048 + 2,048
+    assert estimate["linear_flops_per_token"] == 8_192
+    assert any("pip install 'ckptboard[hf]'" in c for c in estimate["caveats"])
