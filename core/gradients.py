@@ -243,6 +243,8 @@ def _param_stats(ckpt: Any, optimizer: OptimizerState, param: OptimizerParam, hy
         if not step or not isinstance(betas, (list, tuple)) or len(betas) != 2:
             return None  # before the first step, or not Adam's hyperparameters: nothing to correct with
         second = "max_exp_avg_sq" if hyper.get("amsgrad") and "max_exp_avg_sq" in refs else "exp_avg_sq"
+        if tuple(refs["exp_avg"].shape) != tuple(refs[second].shape):
+            return None  # not Adam's pair of moments of one parameter: nothing to read from it
         return adam_stats(ckpt.load_state(optimizer, param, "exp_avg"), ckpt.load_state(optimizer, param, second),
                           step, lr=lr, betas=(_number(betas[0]), _number(betas[1])),
                           eps=_number(hyper.get("eps", 1e-8)), weight=_same_shape(weight, refs["exp_avg"]),

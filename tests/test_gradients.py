@@ -128,3 +128,17 @@ def test_numba_and_torch_paths_agree():
     slow = _adam_torch(tensors, 0.5, 0.1, 1e-3, 1e-8, torch.device("cpu"))
     assert fast[:5] == pytest.approx(slow[:5], rel=1e-12)
     assert np.array_equal(fast[5], slow[5])
+
+
+def test_odd_optimizer_state_gives_no_row_and_no_failure(tmp_path):
+    # Hostile or foreign state: moments of different shapes, Adam state without betas, a non-tensor momentum buffer.
+    state = {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(4, 2), "exp_avg_sq": torch.ones(3)},
+             1: {"step": torch.tensor(3.0), "exp_avg": torch.ones(3), "exp_avg_sq": torch.ones(3)},
+             2: {"momentum_buffer": None}}
+    optimizer = {"state": state, "param_groups": [{"params": [0, 1], "lr": 0.1, "betas": [0.9, 0.99], "eps": 1e-8},
+                                                  {"params": [2], "lr": "not a number"}]}
+    torch.save({"model": {"w": torch.ones(4, 2), "b": torch.ones(3), "c": torch.ones(5)}, "optim": optimizer},
+               tmp_path / "odd.pt")
+    rows, _ = _rows(tmp_path / "odd.pt")
+    assert list(rows) == ["b"]  # only entry 1 is a usable pair of Adam moments
+    assert rows["b"]["grad_rms"] == pytest.approx(math.sqrt(1 / (1 - 0.99 ** 3)))  # v = 1 everywhere, bias-corrected
