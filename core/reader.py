@@ -20,7 +20,14 @@ from ckptboard.core.formats.legacy import LegacyReader
 from ckptboard.core.formats.safetensors_file import SafetensorsReader
 from ckptboard.core.formats.sniff import Signature, sniff
 from ckptboard.core.formats.torchzip import TorchZipReader
-from ckptboard.core.containers import Contents, display_prefix, split_contents, tensor_dtype, tensor_shape
+from ckptboard.core.containers import (
+    Contents,
+    WalkBudgetError,
+    display_prefix,
+    split_contents,
+    tensor_dtype,
+    tensor_shape,
+)
 from ckptboard.core.devices import resolve_device
 from ckptboard.core.errors import (
     CheckpointError,
@@ -115,6 +122,10 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", trust:
         return _open_file(path, device, trust)
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
+    except WalkBudgetError as e:
+        raise CorruptCheckpointError(path, str(e)) from e
+    except RecursionError as e:  # a guard missed somewhere: still one line, never a traceback
+        raise CorruptCheckpointError(path, "objects nested too deeply to read") from e
 
 
 def _file_reader(path: Path, label: str = "") -> tuple[FileReader, CheckpointFormat]:
