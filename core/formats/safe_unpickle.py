@@ -36,6 +36,7 @@ __all__ = [
     "dtype_name",
     "contiguous_stride",
     "short_repr",
+    "DANGEROUS_MODULES",
 ]
 
 
@@ -142,7 +143,7 @@ StorageHook = Callable[[torch.dtype, str, str, int, Any], LazyStorage]
 
 # Module roots (or exact globals) whose objects a checkpoint has no reason to hold: naming one is an attack or
 # a file only its author should load (with trust). Anything else unknown is merely skipped.
-_DANGEROUS_ROOTS = frozenset(
+DANGEROUS_MODULES = frozenset(
     "os posix nt subprocess _posixsubprocess sys builtins shutil socket importlib runpy pty code codeop pickle "
     "_pickle marshal ctypes types webbrowser multiprocessing signal io _io pathlib tempfile operator _operator "
     "functools _functools inspect pdb bdb timeit platform asyncio http urllib ftplib smtplib telnetlib shelve "
@@ -372,7 +373,7 @@ class SafeUnpickler(pickle._Unpickler):
             return _TENSOR_TYPE  # only ever the type tag of _rebuild_from_type_v2
         if module.startswith("torch") and (value := _torch_value(qualname)) is not None:
             return value
-        if module.split(".")[0] in _DANGEROUS_ROOTS or qualname in _DANGEROUS_GLOBALS:
+        if module.split(".")[0] in DANGEROUS_MODULES or qualname in _DANGEROUS_GLOBALS:
             raise DangerousGlobal(qualname[:200])
         return self._placeholder(qualname[:200])
 
