@@ -260,3 +260,50 @@ def test_legacy_storage_key_list_with_unhashable_keys_is_one_error(tmp_path):
     path.write_bytes(data[:start] + pickle.dumps([keys], protocol=2) + data[f.tell() :])
     with pytest.raises(CorruptCheckpointError, match=r"legacy\.pt: .*storage key list"):
         open_checkpoint(path)
+
+
+# --- 3. a file changing under the read ----------------------------------------------------------------------------
+
+_TRUNCATE_RUNNER = r"""
+import sys
+import torch
+from ckptboard.core.errors import CkptboardError
+from ckptboard.core.reader import open_checkpoint
+try:
+    with open_checkpoint(sys.argv[1]) as ckpt:
+        for n, info in enumerate(ckpt.tensors):
+            total = float(ckpt.load(info).sum())  # touches every byte
+            if n == 0:
+                print("first", total, flush=True)
+                sys.stdin.readline()  # the parent truncates the file now: `: > last.ckpt`
+    print("OK")
+except CkptboardError as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
+def test_file_truncated_while_read_is_reported_and_the_process_lives(tmp_path, kind):
+    """256 MB written by torch, truncated in place after the first tensor is read: SIGBUS (exit -7) with a mapping."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    state = {f"t{i}": torch.full((8 << 20,), float(i)) for i in range(8)}  # 8 x 32 MiB of float32
+    path = tmp_path / f"last.{kind}"
+    if kind == "safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=kind == "zip")
+    del state
+    child = subprocess.Popen([sys.executable, "-c", _TRUNCATE_RUNNER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = child.stdout.readline()
+    assert first.startswith("first 0.0"), first + child.stderr.read()
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    out, err = child.communicate("go\n", timeout=120)
+    assert child.returncode == 0, f"exit {child.returncode}: {err[-500:]}"
+    assert out.strip().startswith(f"ChangedWhileReadError: {path}: changed while read"), out + err[-500:]
