@@ -10,7 +10,8 @@ length-field tweaks, or pickle-opcode-aware edits of ``data.pkl`` re-packed into
 :func:`ckptboard.core.reader.open_checkpoint` and loads every tensor. Cases run in batches, each batch in a worker
 process with ``RLIMIT_AS`` (1 GiB above what the worker holds after importing torch) that reports every case as it
 goes, so that a crash (signal) or a hang (no report within ``--hang`` seconds: the worker is killed) is charged to
-its case and the next worker carries on after it. Outcomes: ``ok``, ``expected`` (a CkptboardError), ``unhandled``
+its case and the next worker carries on after it (a hang: ``--hang`` seconds of the worker's CPU time, or six
+times that of wall time, on one case). Outcomes: ``ok``, ``expected`` (a CkptboardError), ``unhandled``
 (any other exception), ``hang``, ``crash``, ``memory`` (MemoryError anywhere, or peak RSS above ``--rss-gb``).
 Only the standard library and the project are used; a case is reproducible from ``(seed, case number)``.
 """
@@ -289,11 +290,16 @@ def _run_batch(args: argparse.Namespace, first: int, last: int, on_case) -> None
         cmd = [sys.executable, "-m", "tests.fuzz.mutate", "--worker", str(args.seed), str(first), str(last),
                "--rss-gb", str(args.rss_gb)]  # fmt: skip
         proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        current, resume = None, first
+        current, resume, case_cpu, case_wall = None, first, 0.0, 0.0
         while True:
-            # a case in flight has --hang seconds; starting up (torch import) and moving on get a generous wait
+            # a case in flight has --hang seconds of CPU (wall time on a shared, niced machine says little; a
+            # case blocked without using CPU is caught by the wall cap); starting up and moving on wait longer
             wait = args.hang if current is not None else _IDLE_WAIT
             ready, _, _ = select.select([proc.stdout], [], [], wait)
+            if not ready and current is not None:
+                used, waited = _cpu_seconds(proc.pid) - case_cpu, time.monotonic() - case_wall
+                if used < args.hang and waited < _WALL_FACTOR * args.hang:
+                    continue
             if not ready:
                 proc.kill()
                 proc.wait()
@@ -312,7 +318,7 @@ def _run_batch(args: argparse.Namespace, first: int, last: int, on_case) -> None
                 break
             record = json.loads(line)
             if "start" in record:
-                current = record["start"]
+                current, case_cpu, case_wall = record["start"], _cpu_seconds(proc.pid), time.monotonic()
             else:
                 on_case(record["case"], record["outcome"], record["detail"])
                 current, resume = None, record["case"] + 1
@@ -323,7 +329,17 @@ def _run_batch(args: argparse.Namespace, first: int, last: int, on_case) -> None
         first = resume
 
 
-_IDLE_WAIT = 300.0
+_IDLE_WAIT, _WALL_FACTOR = 300.0, 6
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _signal_name(code: int) -> str:
