@@ -551,24 +551,16 @@ class SafeUnpickler(pickle._Unpickler):
             self._charge(len(part))
             target.__dict__.update(part)
 
-    dispatch[pickle.REDUCE[0]] = load_reduce
-    dispatch[pickle.NEWOBJ[0]] = load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
-    dispatch[pickle.DICT[0]] = load_dict
-    dispatch[pickle.FROZENSET[0]] = load_frozenset
-    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
-    dispatch[pickle.PUT[0]] = load_put
-    dispatch[pickle.BINPUT[0]] = load_binput
-    dispatch[pickle.LONG_BINPUT[0]] = load_long_binput
-    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
-        dispatch[_op[0]] = load_ext
-    dispatch[pickle.SETITEM[0]] = load_setitem
-    dispatch[pickle.SETITEMS[0]] = load_setitems
-    dispatch[pickle.APPEND[0]] = load_append
-    dispatch[pickle.APPENDS[0]] = load_appends
-    dispatch[pickle.ADDITEMS[0]] = load_additems
-    dispatch[pickle.BUILD[0]] = load_build
-    del _op
+    for _op, _load in [
+        (pickle.REDUCE, load_reduce), (pickle.NEWOBJ, load_newobj), (pickle.NEWOBJ_EX, load_newobj_ex),
+        (pickle.DICT, load_dict), (pickle.FROZENSET, load_frozenset), (pickle.BYTEARRAY8, load_bytearray8),
+        (pickle.PUT, load_put), (pickle.BINPUT, load_binput), (pickle.LONG_BINPUT, load_long_binput),
+        (pickle.EXT1, load_ext), (pickle.EXT2, load_ext), (pickle.EXT4, load_ext),
+        (pickle.SETITEM, load_setitem), (pickle.SETITEMS, load_setitems), (pickle.APPEND, load_append),
+        (pickle.APPENDS, load_appends), (pickle.ADDITEMS, load_additems), (pickle.BUILD, load_build),
+    ]:  # fmt: skip
+        dispatch[_op[0]] = _load
+    del _op, _load
 
 
 def _remaining(file: BinaryIO) -> int:
