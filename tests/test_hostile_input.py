@@ -307,3 +307,17 @@ def test_file_truncated_while_read_is_reported_and_the_process_lives(tmp_path, k
     out, err = child.communicate("go\n", timeout=120)
     assert child.returncode == 0, f"exit {child.returncode}: {err[-500:]}"
     assert out.strip().startswith(f"ChangedWhileReadError: {path}: changed while read"), out + err[-500:]
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [("[" * 100_000 + "]" * 100_000, "nests too deeply to parse"), ('["weight_map"]', "is not a JSON object")],
+    ids=["deep", "list"],
+)
+def test_hugging_face_index_that_is_no_json_object_is_one_error(tmp_path, text, problem):
+    """RecursionError and AttributeError (``list.get``) today."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "model.safetensors.index.json").write_text(text)
+    with pytest.raises(CorruptCheckpointError, match=rf"hf: model\.safetensors\.index\.json {problem}"):
+        open_checkpoint(folder)

@@ -18,7 +18,7 @@ from ckptboard.core.formats.sniff import _MAX_SAFETENSORS_HEADER
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
 from ckptboard.core.formats.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride
 
-__all__ = ["SafetensorsReader", "SAFETENSORS_DTYPES"]
+__all__ = ["SafetensorsReader", "SAFETENSORS_DTYPES", "flat_metadata"]
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -43,7 +43,7 @@ class SafetensorsReader(FileReader):
         entries = []
         for name, entry in header.items():
             if name == "__metadata__":
-                self.metadata = _flat_metadata(entry)
+                self.metadata = flat_metadata(entry)
                 continue
             entries.append((*self._entry(name, entry, data_size), name))
         data_start = self._size - data_size
@@ -105,8 +105,8 @@ class SafetensorsReader(FileReader):
         return begin, LazyTensor(storage, 0, shape, contiguous_stride(shape), dtype)
 
 
-def _flat_metadata(entry: Any) -> dict[str, Any]:
-    """The ``__metadata__`` map (str to str by the format); nested JSON, which the format does not allow, as a tag."""
+def flat_metadata(entry: Any) -> dict[str, Any]:
+    """A JSON metadata map with scalar values only (safetensors' is str to str); nested values become a tag."""
     if not isinstance(entry, dict):
         return {}
     plain = (str, int, float, bool, type(None))
