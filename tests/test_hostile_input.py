@@ -321,3 +321,12 @@ def test_hugging_face_index_that_is_no_json_object_is_one_error(tmp_path, text, 
     (folder / "model.safetensors.index.json").write_text(text)
     with pytest.raises(CorruptCheckpointError, match=rf"hf: model\.safetensors\.index\.json {problem}"):
         open_checkpoint(folder)
+
+
+def test_dict_keys_flooding_one_hash_are_refused(tmp_path):
+    """100k int keys k * (2**61 - 1) all hash to 0 (1.3 MB of opcodes): 5e9 probes, minutes of CPU, today."""
+    modulus = (1 << 61) - 1  # CPython's int hash is the value modulo this prime
+    keys = b"".join(pickled(k * modulus) + pickle.NONE for k in range(1, 100_001))
+    path = torch_zip(tmp_path / "flood.pt", _P2 + pickle.EMPTY_DICT + pickle.MARK + keys + pickle.SETITEMS + pickle.STOP)
+    line, _ = open_in_subprocess(path, timeout=60)
+    assert line.startswith("CorruptCheckpointError: ") and "share a hash (hash flooding)" in line, line

@@ -311,6 +311,9 @@ _REPR.maxlevel, _REPR.maxtuple, _REPR.maxlist, _REPR.maxdict, _REPR.maxset = 2, 
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
 _MAX_GLOBALS = 10_000  # distinct unknown globals; each costs a placeholder class
 _MAX_KEY_DEPTH = 32  # nesting of a tuple used as a dict key or set element
+# Distinct keys of one dict or set sharing one hash: each insert probes past all of them, so n such keys cost n**2.
+# str and bytes hashes are salted per process; int, float and tuple hashes are not, and are easy to collide.
+_MAX_SAME_HASH = 64
 _MAX_LINE = 1 << 20  # a protocol-0 text argument (GLOBAL names, INT, LONG, UNICODE)
 # Work a pickle may ask for, in units of one element copied or hashed: a multiple of its size, so that memo
 # references cannot make a small file cost quadratic time (the same big tuple hashed or copied many times).
@@ -361,6 +364,7 @@ class SafeUnpickler(pickle._Unpickler):
         self._placeholders: dict[str, type[Skipped]] = {}
         self.skipped_globals: list[str] = []
         self._work, self._work_limit = 0, _WORK_PER_BYTE * size + _WORK_BASE
+        self._hashes: dict[int, Counter] = {}  # id of a dict or set being filled -> its keys' hash counts
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -420,6 +424,17 @@ class SafeUnpickler(pickle._Unpickler):
         elif isinstance(key, frozenset):
             self._charge(len(key))
 
+    def _charge_keys(self, target: Any, keys: Any) -> None:
+        """Pay for hashing ``keys`` into ``target`` (None: a new container); refuse a flood of equal hashes."""
+        hashes = self._hashes.setdefault(id(target), Counter()) if target is not None else Counter()
+        for key in keys:
+            self._charge_key(key)
+            if not isinstance(key, (str, bytes)):
+                h = hash(key)
+                hashes[h] += 1
+                if hashes[h] > _MAX_SAME_HASH:
+                    raise BadRecord(f"more than {_MAX_SAME_HASH} keys of one dict or set share a hash (hash flooding)")
+
     def _charge_call(self, func: Any, args: Any, kwargs: Any = None) -> tuple:
         if not isinstance(args, tuple) or not (kwargs is None or type(kwargs) is dict):
             raise BadRecord(f"call arguments {short_repr(args)} are not a tuple")
@@ -428,8 +443,7 @@ class SafeUnpickler(pickle._Unpickler):
             if isinstance(arg, (str, bytes, bytearray, tuple, list, dict, set, frozenset)):
                 self._charge(len(arg))  # most allowed calls copy or iterate their arguments
                 if func in _HASHING_CALLS:
-                    for item in arg:
-                        self._charge_key(item)
+                    self._charge_keys(None, arg)
         return args
 
     # --- opcodes that make objects --------------------------------------------------------------------------
@@ -459,14 +473,12 @@ class SafeUnpickler(pickle._Unpickler):
 
     def load_dict(self) -> None:
         items = self.pop_mark()
-        for key in items[::2]:
-            self._charge_key(key)
+        self._charge_keys(None, items[::2])
         self.append({items[i]: items[i + 1] for i in range(0, len(items) - 1, 2)})
 
     def load_frozenset(self) -> None:
         items = self.pop_mark()
-        for item in items:
-            self._charge_key(item)
+        self._charge_keys(None, items)
         self.append(frozenset(items))
 
     def load_bytearray8(self) -> None:
@@ -503,8 +515,8 @@ class SafeUnpickler(pickle._Unpickler):
         target = self.stack[-1]
         if not (type(target) in (dict, OrderedDict, Counter) or isinstance(target, Skipped)):
             raise BadRecord(f"SETITEM on {short_repr(target)}, which is not a dict this pickle built")
+        self._charge_keys(target, items[::2])
         for i in range(0, len(items) - 1, 2):
-            self._charge_key(items[i])
             target[items[i]] = items[i + 1]
 
     def load_append(self) -> None:
@@ -528,8 +540,7 @@ class SafeUnpickler(pickle._Unpickler):
         target = self.stack[-1]
         if type(target) is not set:
             raise BadRecord(f"ADDITEMS on {short_repr(target)}, which is not a set this pickle built")
-        for item in items:
-            self._charge_key(item)
+        self._charge_keys(target, items)
         target.update(items)
 
     def load_build(self) -> None:
