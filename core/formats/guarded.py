@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ckptboard.core.errors import ChangedWhileReadError
 
 __all__ = ["GuardedFile"]
@@ -26,10 +28,12 @@ class GuardedFile:
         self._stamp = self._now()
         self.size = self._stamp[0]
 
-    def read_at(self, offset: int, nbytes: int) -> bytearray:
-        """``nbytes`` from ``offset`` into a fresh buffer the caller owns."""
-        buffer = bytearray(nbytes)
-        view, done = memoryview(buffer), 0
+    def read_at(self, offset: int, nbytes: int) -> torch.Tensor:
+        """``nbytes`` from ``offset`` into a fresh uint8 tensor the caller owns (not zero-filled first)."""
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        if not nbytes:
+            return buffer
+        view, done = memoryview(buffer.numpy()), 0
         while done < nbytes:
             n = os.preadv(self.file.fileno(), [view[done : done + _CHUNK]], offset + done)
             if n == 0:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ckptboard.core.formats.filereader import FileReader
-from ckptboard.core.formats.materialise import build_tensor, bytes_tensor
+from ckptboard.core.formats.materialise import build_tensor
 from ckptboard.core.formats.sniff import LEGACY_MAGIC
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
 from ckptboard.core.formats.guarded import GuardedFile
@@ -58,7 +58,7 @@ class LegacyReader(FileReader):
         """One tensor, read from its storage's byte range into fresh memory."""
         key = lazy.storage.key
         root = self._roots[key]
-        raw = bytes_tensor(self._guarded.read_at(self._offsets[key], root.nbytes), 0, root.nbytes)
+        raw = self._guarded.read_at(self._offsets[key], root.nbytes)
         tensor = build_tensor(raw, lazy, lambda q: self.materialise(q, torch.device("cpu")))
         return tensor if device.type == "cpu" else tensor.to(device)
 

@@ -55,9 +55,8 @@ class SafetensorsReader(FileReader):
         """One tensor, read into memory of its own (little-endian, as safetensors stores it)."""
         if self._guarded is None:
             self._guarded = GuardedFile(self.path)
-        buffer = self._guarded.read_at(self._begins[lazy.storage.key], lazy.nbytes)
-        flat = torch.frombuffer(buffer, dtype=lazy.dtype) if lazy.nbytes else torch.empty(0, dtype=lazy.dtype)
-        tensor = flat.reshape(lazy.shape)
+        raw = self._guarded.read_at(self._begins[lazy.storage.key], lazy.nbytes)
+        tensor = raw.view(lazy.dtype).reshape(lazy.shape) if lazy.nbytes else torch.empty(lazy.shape, dtype=lazy.dtype)
         return tensor if device.type == "cpu" else tensor.to(device)
 
     def close(self) -> None:

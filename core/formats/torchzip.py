@@ -143,11 +143,11 @@ class TorchZipReader(FileReader):
         file_size = self._guarded.size
         if info.header_offset + _LOCAL_HEADER.size > file_size:
             raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
-        header = self._guarded.read_at(info.header_offset, _LOCAL_HEADER.size)
+        header = self._guarded.read_at(info.header_offset, _LOCAL_HEADER.size).numpy().tobytes()
         signature, name_len, extra_len = _LOCAL_HEADER.unpack(header)
         offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         if signature != b"PK\x03\x04" or offset + storage.nbytes > file_size:
             raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
         if not storage.nbytes:
             return bytes_tensor(b"", 0, 0)
-        return bytes_tensor(self._guarded.read_at(offset, storage.nbytes), 0, storage.nbytes)
+        return self._guarded.read_at(offset, storage.nbytes)
