@@ -330,3 +330,24 @@ def test_dict_keys_flooding_one_hash_are_refused(tmp_path):
     path = torch_zip(tmp_path / "flood.pt", _P2 + pickle.EMPTY_DICT + pickle.MARK + keys + pickle.SETITEMS + pickle.STOP)
     line, _ = open_in_subprocess(path, timeout=60)
     assert line.startswith("CorruptCheckpointError: ") and "share a hash (hash flooding)" in line, line
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
+def test_loaded_tensors_held_together_keep_their_values(tmp_path, kind):
+    """Reads reuse a spare buffer only once no tensor refers to it: tensors a caller keeps are never overwritten."""
+    from safetensors.torch import save_file
+
+    state = {"a": torch.arange(10.0), "b": torch.arange(5.0) * 2, "c": torch.ones(3, dtype=torch.bfloat16)}
+    path = tmp_path / f"x.{kind}"
+    if kind == "safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=kind == "zip")
+    with open_checkpoint(path) as ckpt:
+        held = [ckpt.load(info) for info in ckpt.tensors]
+        again = {info.name: ckpt.load(info).clone() for info in ckpt.tensors}  # each dropped: the buffer is reused
+        held[0].add_(100)  # a caller's write reaches neither the file nor the next load
+        for info, tensor in zip(ckpt.tensors, held):
+            expected = state[info.name] + (100 if tensor is held[0] else 0)
+            assert torch.equal(tensor, expected) and torch.equal(again[info.name], state[info.name]), info.name
+        assert torch.equal(ckpt.load(ckpt.tensors[0]), state[ckpt.tensors[0].name])

@@ -143,7 +143,10 @@ class TorchZipReader(FileReader):
         file_size = self._guarded.size
         if info.header_offset + _LOCAL_HEADER.size > file_size:
             raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
-        header = self._guarded.read_at(info.header_offset, _LOCAL_HEADER.size).numpy().tobytes()
+        header = self._guarded.read_small(info.header_offset, _LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size:
+            self._guarded.check()
+            raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
         signature, name_len, extra_len = _LOCAL_HEADER.unpack(header)
         offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         if signature != b"PK\x03\x04" or offset + storage.nbytes > file_size:
