@@ -1,7 +1,7 @@
 """Reading checkpoints: list every tensor without reading its data; materialise one tensor at a time.
 
 Formats are recognised by content: ``torch.save`` zip archives (``data.pkl`` read by
-:mod:`ckptboard.core.formats.safe_unpickle`, storages mmapped on demand), legacy ``torch.save`` files, ``.safetensors``,
+:mod:`ckptboard.core.formats.safe_unpickle`, storages read on demand with ``pread``), legacy ``torch.save`` files, ``.safetensors``,
 Hugging Face folders (index JSON + shards) and, with ``trust=True`` only, whole pickled modules and TorchScript.
 Nothing in a pickle runs unless ``trust=True``; even then the safe path is tried first.
 """
@@ -80,7 +80,7 @@ class Checkpoint:
         return [info for group in self.groups for info in group.tensors]
 
     def load(self, info: TensorInfo) -> torch.Tensor:
-        """The tensor ``info`` describes, on :attr:`device` (on CPU a view of the mmapped file where possible)."""
+        """The tensor ``info`` describes, on :attr:`device`, in memory of its own (never a mapping of the file)."""
         if self._closed:
             raise UsageError(f"{self.path}: the checkpoint was closed; open it again to load {info.name}")
         try:
@@ -97,7 +97,7 @@ class Checkpoint:
             raise CorruptCheckpointError(self.path, f"tensor {info.name} cannot be read ({e})") from e
 
     def close(self) -> None:
-        """Release files and mmaps; tensors already loaded stay valid."""
+        """Release files and buffers; tensors already loaded stay valid."""
         for reader in self._readers:
             reader.close()
         self._readers.clear()
