@@ -1,8 +1,9 @@
 """Reading checkpoints: list every tensor without reading its data; materialise one tensor at a time.
 
 Formats are recognised by content: ``torch.save`` zip archives (``data.pkl`` read by
-:mod:`ckptboard.core.formats.safe_unpickle`, storages read on demand with ``pread``), legacy ``torch.save`` files, ``.safetensors``,
-Hugging Face folders (index JSON + shards) and, with ``trust=True`` only, whole pickled modules and TorchScript.
+:mod:`ckptboard.core.formats.safe_unpickle`, storages read on demand with ``pread``), legacy ``torch.save`` files,
+``.safetensors``, Hugging Face folders (index JSON + shards) and, with ``trust=True`` only, whole pickled modules and
+TorchScript.
 Nothing in a pickle runs unless ``trust=True``; even then the safe path is tried first.
 """
 
