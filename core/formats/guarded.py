@@ -1,8 +1,9 @@
-"""Reading byte ranges of a file that may change under us: ``pread`` into fresh buffers, never a mapping.
+"""Reading byte ranges of a file that may change under us: ``pread`` into buffers of our own, never a mapping.
 
 A mapping of a file that is truncated while read kills the process with SIGBUS (training scripts overwrite
-``last.ckpt`` in place); a short ``pread`` is only a short read. The price is one copy of each tensor's bytes. The file's size, mtime and inode at open are the
-reference: a short read, or a change seen after a read, is a :class:`ChangedWhileReadError` (retry later).
+``last.ckpt`` in place); a short ``pread`` is only a short read. The price is one copy of each tensor's bytes.
+The file's size, mtime and inode at open are the reference: a short read, or a change seen after a read, is a
+:class:`ChangedWhileReadError` (retry later).
 """
 
 from __future__ import annotations

@@ -200,7 +200,9 @@ def _flags(metadata: Any) -> dict[str, bool]:
     return {k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, bool)}
 
 
-def _lazy(storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype | None = None, **extra: Any) -> LazyTensor:
+def _lazy(
+    storage: Any, offset: Any, size: Any, stride: Any, dtype: torch.dtype | None = None, **extra: Any
+) -> LazyTensor:
     if not isinstance(storage, LazyStorage):
         raise BadRecord(f"tensor rebuilt from {type(storage).__name__}, not a storage record")
     if type(offset) is not int or offset < 0:
@@ -241,7 +243,9 @@ def _rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, re
         raise BadRecord(f"per-tensor quantizer needs (scheme, float scale, int zero point), not {short_repr(params)}")
     if not per_tensor and not (len(params) == 4 and all(isinstance(p, LazyTensor) for p in params[1:3])
                                and type(params[3]) is int):  # fmt: skip
-        raise BadRecord(f"per-channel quantizer needs (scheme, scales, zero points, int axis), not {short_repr(params)}")
+        raise BadRecord(
+            f"per-channel quantizer needs (scheme, scales, zero points, int axis), not {short_repr(params)}"
+        )
     return _lazy(storage, storage_offset, size, stride, quantizer=params)
 
 
@@ -487,8 +491,9 @@ class SafeUnpickler(pickle._Unpickler):
 
     def _memo_put(self, index: int) -> None:
         # a pickler numbers memo entries 0, 1, 2…: an index past the bytes read so far is forged
-        if index > self._size - self._bounded.left:
-            raise BadRecord(f"memo index {index} is larger than the {self._size - self._bounded.left} bytes read so far")
+        read = self._size - self._bounded.left
+        if index > read:
+            raise BadRecord(f"memo index {index} is larger than the {read} bytes read so far")
         self.memo[index] = self.stack[-1]
 
     def load_put(self) -> None:

@@ -91,9 +91,8 @@ class TorchZipReader(FileReader):
         except _ZIP_FAILURES as e:
             self._guarded.check()
             text = " ".join(str(e).split())[:200]
-            raise CorruptCheckpointError(
-                self.path, f"truncated or damaged {what}, or a zip feature ckptboard does not read ({type(e).__name__}: {text})"
-            ) from e
+            problem = f"truncated or damaged {what}, or a zip feature ckptboard does not read"
+            raise CorruptCheckpointError(self.path, f"{problem} ({type(e).__name__}: {text})") from e
 
     def _read_member(self, name: str, default: bytes | None = None) -> bytes:
         full = f"{self._prefix}/{name}"
@@ -139,7 +138,8 @@ class TorchZipReader(FileReader):
     def _record(self, storage: LazyStorage) -> torch.Tensor:
         info = self._zf.getinfo(f"{self._prefix}/data/{storage.key}")
         if info.compress_type != zipfile.ZIP_STORED:
-            return bytes_tensor(self._inflate(info, f"storage record {info.filename}", storage.nbytes), 0, storage.nbytes)
+            data = self._inflate(info, f"storage record {info.filename}", storage.nbytes)
+            return bytes_tensor(data, 0, storage.nbytes)
         file_size = self._guarded.size
         if info.header_offset + _LOCAL_HEADER.size > file_size:
             raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
