@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ from ckptboard.core.errors import ChangedWhileReadError
 __all__ = ["GuardedFile"]
 
 _CHUNK = 1 << 30  # Linux moves at most ~2 GiB per read call
+_SPARES = 2
 
 
 class GuardedFile:
@@ -29,22 +31,17 @@ class GuardedFile:
         self.file = open(path, "rb")
         self._stamp = self._now()
         self.size = self._stamp[0]
-        self._spare: bytearray | None = None
+        self._spares: list[Any] = []  # numpy views of uninitialised memory
 
     def read_at(self, offset: int, nbytes: int) -> torch.Tensor:
         """``nbytes`` from ``offset`` as a uint8 tensor the caller owns until it drops it.
 
-        The bytes land in a spare buffer kept by this file and reused once no tensor refers to it any more (a fresh
-        buffer costs a page fault and a zero-fill per page, several times the copy itself on large tensors).
+        The bytes land in one of two spare buffers kept by this file, reused once no tensor refers to it (a caller
+        usually holds the previous tensor while loading the next); a fresh buffer costs a page fault per page.
         """
         if not nbytes:
             return torch.empty(0, dtype=torch.uint8)
-        buffer = self._spare
-        # 2 = the attribute and getrefcount's argument: a tensor made by torch.frombuffer holds one more
-        if buffer is None or len(buffer) < nbytes or sys.getrefcount(buffer) > 2:
-            buffer = bytearray(nbytes)
-            if self._spare is None or len(self._spare) < nbytes:
-                self._spare = buffer
+        buffer = self._spare_buffer(nbytes)
         with memoryview(buffer) as view:
             done = 0
             while done < nbytes:
@@ -59,6 +56,20 @@ class GuardedFile:
         self.check()
         return torch.frombuffer(buffer, dtype=torch.uint8, count=nbytes)
 
+    def _spare_buffer(self, nbytes: int) -> Any:
+        """A free spare of at least ``nbytes`` (uninitialised memory), replacing the smallest free one if needed."""
+        # 2 references = the list's and getrefcount's argument; a tensor made by torch.frombuffer holds another
+        free = [i for i in range(len(self._spares)) if sys.getrefcount(self._spares[i]) == 2]
+        fits = [i for i in free if len(self._spares[i]) >= nbytes]
+        if fits:
+            return self._spares[fits[0]]
+        buffer = torch.empty(nbytes, dtype=torch.uint8).numpy()
+        if len(self._spares) < _SPARES:
+            self._spares.append(buffer)
+        elif free:
+            self._spares[min(free, key=lambda i: len(self._spares[i]))] = buffer
+        return buffer
+
     def read_small(self, offset: int, nbytes: int) -> bytes:
         """A few bytes (a header) at ``offset``; short when the file ends first."""
         return os.pread(self.file.fileno(), nbytes, offset)
@@ -72,7 +83,7 @@ class GuardedFile:
             raise ChangedWhileReadError(self.path, "changed while read (size or mtime differs from when it was opened)")
 
     def close(self) -> None:
-        self._spare = None  # tensors still holding it keep it alive
+        self._spares.clear()  # tensors still holding a spare keep it alive
         self.file.close()
 
     def _now(self) -> tuple[int, int, int]:
