@@ -351,3 +351,10 @@ def test_loaded_tensors_held_together_keep_their_values(tmp_path, kind):
             expected = state[info.name] + (100 if tensor is held[0] else 0)
             assert torch.equal(tensor, expected) and torch.equal(again[info.name], state[info.name]), info.name
         assert torch.equal(ckpt.load(ckpt.tensors[0]), state[ckpt.tensors[0].name])
+
+
+def test_changed_while_read_is_retried_like_a_file_still_being_written():
+    """The summarizer records IncompleteCheckpointError as incomplete (retried next run), not as a cached failure."""
+    from ckptboard.core.errors import ChangedWhileReadError, IncompleteCheckpointError
+
+    assert issubclass(ChangedWhileReadError, IncompleteCheckpointError)
