@@ -116,7 +116,8 @@ def test_deflated_data_pkl_bomb_is_refused_before_it_inflates(tmp_path):
     bomb = _P2 + pickle.BINBYTES + (200 << 20).to_bytes(4, "little") + bytes(200 << 20) + pickle.STOP
     path = torch_zip(tmp_path / "bomb.pt", bomb, compress=zipfile.ZIP_DEFLATED)
     assert path.stat().st_size < 1 << 20  # 200 MiB of zeros deflate ~1000:1
-    with pytest.raises(CorruptCheckpointError, match=r"bomb\.pt: archive member .*data\.pkl inflates to 209715\d\d\d bytes"):
+    # 2 (PROTO) + 1 (BINBYTES) + 4 (length) + 209715200 (200 MiB) + 1 (STOP) = 209715208 bytes declared
+    with pytest.raises(CorruptCheckpointError, match=r"bomb\.pt: archive member .*data\.pkl inflates to 209715208 bytes"):
         open_checkpoint(path)
 
 
