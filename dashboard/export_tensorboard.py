@@ -9,8 +9,11 @@ when it has none); wall time = the checkpoint file's mtime.
   ``[lo, hi]`` becomes a bucket ending at ``hi``, a gap between bins an empty bucket ending at the next ``lo``;
   ``min``/``max``/``num``/``sum``/``sum_squares`` from the tensor's statistics (finite values).
 - Scalars, tag ``<statistic>/<tensor>``: every column of :data:`TENSOR_SCALARS` of the tensors table, of
-  :data:`UPDATE_SCALARS` of the updates table, and of any other table listed in :data:`EXTRA_SCALARS` that the
-  cache holds (spectral health, gradients from optimizer state, training scalars).
+  :data:`UPDATE_SCALARS` of the updates table, and ``<table>/<statistic>/<tensor>`` of the tables in
+  :data:`EXTRA_SCALARS` that the cache holds (spectral health, gradients from optimizer state, with histograms of
+  √v̂ under ``gradients/<tensor>``).
+- Training scalars (the ``training_scalars`` table, when the trainer logged any): under their own names, at the
+  steps they were logged at.
 - Tensor names: ``group:name`` when the group is not empty, as in the dashboard.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +31,25 @@ import pandas as pd
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import tensor_label
 
-__all__ = ["write_tensorboard", "TENSOR_SCALARS", "UPDATE_SCALARS", "EXTRA_SCALARS", "run_folder"]
+__all__ = ["write_tensorboard", "TENSOR_SCALARS", "UPDATE_SCALARS", "EXTRA_SCALARS", "ExtraTable", "run_folder"]
 
 TENSOR_SCALARS: tuple[str, ...] = ("norm", "mean", "std", "min", "max", "abs_mean", "zeros", "nans", "infs")
 UPDATE_SCALARS: tuple[str, ...] = ("update_ratio", "update_norm", "cosine", "rel_dist_from_first")
-# table -> (columns written as scalars, the column naming the series, histogram columns or None)
-EXTRA_SCALARS: dict[str, tuple[tuple[str, ...], str, bool]] = {
-    "spectral": (("sigma_max", "stable_rank", "alpha"), "name", False),
-    "gradients": (("grad_rms", "m_norm", "update_norm", "update_ratio"), "name", True),
-    "training_scalars": (("value",), "tag", False),
+
+
+@dataclass(frozen=True)
+class ExtraTable:
+    """A table written as scalars when the cache holds it: its value columns, the column naming each series, and
+    whether its rows carry histograms (``lo``/``hi``/``counts``)."""
+
+    columns: tuple[str, ...]
+    key: str
+    histograms: bool = False
+
+
+EXTRA_SCALARS: dict[str, ExtraTable] = {
+    "spectral": ExtraTable(("sigma_max", "stable_rank", "alpha"), "name"),
+    "gradients": ExtraTable(("grad_rms", "m_norm", "update_norm", "update_ratio"), "name", histograms=True),
 }
 
 Progress = Callable[[int, int, str], None]
@@ -94,18 +108,29 @@ def _write_run(writer, tables: Any, run: str, steps: dict[str, tuple[int, float]
         _histogram(writer, _label(row.group, row.name), row.lo, row.hi, row.counts, stats, *steps[row.checkpoint])
     _scalars(writer, tensors, TENSOR_SCALARS, steps, lambda r: _label(r["group"], r["name"]))
     _scalars(writer, _of_run(tables.updates, run), UPDATE_SCALARS, steps, lambda r: _label(r["group"], r["name"]))
-    for table, (columns, key, with_histograms) in EXTRA_SCALARS.items():
+    for table, spec in EXTRA_SCALARS.items():
         frame = getattr(tables, table, None)
-        if frame is None or not len(frame) or key not in frame.columns:
+        if frame is None or not len(frame) or spec.key not in frame.columns:
             continue
         frame = _of_run(frame, run)
-        label = (lambda r: _label(r.get("group", ""), r[key])) if "group" in frame.columns else (lambda r: str(r[key]))
-        _scalars(writer, frame, [c for c in columns if c in frame.columns], steps, label, prefix=f"{table}/")
-        if with_histograms and {"lo", "hi", "counts"} <= set(frame.columns):
+        label = (lambda r: _label(r["group"], r[spec.key])) if "group" in frame.columns else (lambda r: str(r[spec.key]))
+        _scalars(writer, frame, [c for c in spec.columns if c in frame.columns], steps, label, prefix=f"{table}/")
+        if spec.histograms and {"lo", "hi", "counts"} <= set(frame.columns):
             for r in frame.to_dict("records"):
                 if r["checkpoint"] in steps and len(r["counts"]):
                     _histogram(writer, f"{table}/{label(r)}", r["lo"], r["hi"], r["counts"], None,
                                *steps[r["checkpoint"]])
+    _training_scalars(writer, getattr(tables, "training_scalars", None), run, steps)
+
+
+def _training_scalars(writer, frame: pd.DataFrame | None, run: str, steps: dict[str, tuple[int, float]]) -> None:
+    """What the trainer logged (the training_scalars table), under its own names and at its own steps."""
+    if frame is None or not len(frame) or not {"name", "value", "step"} <= set(frame.columns):
+        return
+    for r in _of_run(frame, run).to_dict("records"):
+        if _finite(r["value"]) and _finite(r["step"]):
+            wall = steps.get(r["checkpoint"], (0, 0.0))[1]
+            writer.add_scalar(str(r["name"]), float(r["value"]), global_step=int(r["step"]), walltime=wall)
 
 
 def _of_run(frame: pd.DataFrame, run: str) -> pd.DataFrame:

@@ -90,3 +90,27 @@ def test_export_command_writes_tensorboard(tmp_path):
     acc = _accumulator(tmp_path / "out" / "tensorboard" / "lit")
     assert "state_dict:fc.weight" in acc.Tags()["histograms"]
     assert (tmp_path / "out" / "stats.csv").exists()
+
+
+def test_spectral_gradients_and_training_scalars_become_tags(tmp_path):
+    import pandas as pd
+
+    root = tmp_path / "runs"
+    write_lightning_run(root / "lit", n_checkpoints=3)  # SGD with momentum
+    summarize(root, workers=1, spectral="default")
+    tables = load_stats(root)
+    last = tables.checkpoints.sort_values("step")["checkpoint"].iloc[-1]
+    # what a trainer logged between checkpoints, as the training_scalars table holds it
+    tables.training_scalars = pd.DataFrame([
+        {"run": "lit", "checkpoint": last, "step": 3, "source": "trainer_state.json", "name": "train/loss", "value": 0.5},
+        {"run": "lit", "checkpoint": last, "step": 4, "source": "trainer_state.json", "name": "train/loss", "value": 0.25},
+    ])
+    write_tensorboard(tables, tmp_path / "out")
+    acc = _accumulator(tmp_path / "out" / "tensorboard" / "lit")
+    tags = acc.Tags()["scalars"]
+    assert "spectral/stable_rank/state_dict:fc.weight" in tags
+    assert "gradients/m_norm/state_dict:fc.weight" in tags
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(3, 0.5), (4, 0.25)]
+    spectral = tables.spectral[(tables.spectral["name"] == "fc.weight")].sort_values("step")
+    read = acc.Scalars("spectral/sigma_max/state_dict:fc.weight")
+    assert np.allclose([e.value for e in read], spectral["sigma_max"], rtol=1e-6)
