@@ -170,7 +170,7 @@ def _summarize_missing(config: AppConfig) -> None:
         shown = _ReadProgress()
         try:
             report = refresh(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust,
-                             on_plan=shown.start, progress=shown.advance)
+                             spectral=config.spectral, on_plan=shown.start, progress=shown.advance)
         except BaseException:
             shown.fail()
             raise
