@@ -10,7 +10,7 @@ Alignment, in three passes over the model tensors of A and B (each tensor is mat
 A pair whose names match (pass 1 or 2) but whose shapes differ is a *shape mismatch*, never diffed. What is left is
 ``only_a`` / ``only_b``.
 
-Per matched pair, streamed in chunks (one tensor pair in memory, as mmap views where possible), with
+Per matched pair, streamed in chunks (one tensor pair in memory at a time), with
 ``d = b - a`` (0 where a and b are equal, NaN and Inf included) and sums in float64:
 
 - ``rel_change`` = ‖d‖ / ‖a‖ (NaN when ‖a‖ = 0); ``cosine`` = ⟨a, b⟩ / (‖a‖ ‖b‖) (NaN when either norm is 0);
