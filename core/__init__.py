@@ -11,6 +11,7 @@ import types
 
 from ckptboard.core.errors import (
     CacheError,
+    ChangedWhileReadError,
     CheckpointError,
     CkptboardError,
     CorruptCheckpointError,
@@ -73,6 +74,7 @@ __all__ = [
     "CorruptCheckpointError",
     "FlopCountError",
     "IncompleteCheckpointError",
+    "ChangedWhileReadError",
     "ModelSpecError",
     "NotACheckpointError",
     "OptimizerParam",
