@@ -51,6 +51,7 @@ __all__ = [
 FULL_MAX_DIM = 4096  # the smaller side of a matrix whose full ESD --spectral full computes (a Gram of that size)
 EVALS_THRESH = 1e-5  # WeightWatcher's EVALS_THRESH: eigenvalues at or below it are left out of the fit
 MIN_EVALS = 20  # WeightWatcher's SMALL_N_CUTOFF: below it, its standard fit is not used
+_NUMPY_EIG_MAX = 128  # measured: NumPy eigvalsh 0.02 vs torch 0.2 ms at 16x16; 570 vs 18 ms at 256x256
 POWER_ITERS = 64
 POWER_TOL = 1e-5
 OVER_TRAINED_BELOW = 2.0
@@ -185,10 +186,10 @@ def esd(mats: torch.Tensor) -> np.ndarray:
     """Every eigenvalue λ = σ² of every matrix of the stack, pooled and sorted ascending (float64)."""
     mats = mats.double()
     gram = mats.transpose(1, 2) @ mats if mats.shape[2] <= mats.shape[1] else mats @ mats.transpose(1, 2)
-    if gram.device.type == "cpu":
-        evals = np.linalg.eigvalsh(gram.numpy()).reshape(-1)  # torch's CPU eigvalsh costs ~50 ms a call on small stacks
+    if gram.device.type == "cpu" and gram.shape[-1] <= _NUMPY_EIG_MAX:
+        evals = np.linalg.eigvalsh(gram.numpy()).reshape(-1)  # small: NumPy's call overhead is ~10x less than torch's
     else:
-        evals = torch.linalg.eigvalsh(gram).reshape(-1).cpu().numpy()
+        evals = torch.linalg.eigvalsh(gram).reshape(-1).cpu().numpy()  # large: torch's is ~10x faster than NumPy's
     return np.sort(np.clip(evals, 0.0, None))
 
 
