@@ -68,6 +68,13 @@ class CheckpointTask:
     device: str = "cpu"
     trust: bool = False
     model: Any = None  # a --model SPEC string, an nn.Module, or None
+    ino: int = 0  # with size and mtime_ns: the checkpoint's FileIdentity as listed
+    ctime_ns: int = 0
+
+    @property
+    def listed(self) -> FileIdentity:
+        """The checkpoint's identity when it was listed: the task reads it only while it still has it."""
+        return FileIdentity(self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
     def failed(self, problem: str) -> Receipt:
         """The receipt of a task the executor lost (its worker died)."""
@@ -80,7 +87,7 @@ def run_task(task: CheckpointTask) -> Receipt:
     path = Path(task.root) / task.relpath
     receipt = Receipt(task.relpath, task.run, ReceiptStatus.OK)
     try:
-        listed = FileIdentity(task.size, task.mtime_ns)
+        listed = task.listed
         if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed since it was listed; still being written?")
         rows, receipt.tensors = _summarise(task, path)
@@ -91,26 +98,29 @@ def run_task(task: CheckpointTask) -> Receipt:
     except IncompleteCheckpointError as e:
         _set_error(receipt, ReceiptStatus.INCOMPLETE, e)
     except CheckpointError as e:
-        if _recently_modified(path):
-            _set_error(receipt, ReceiptStatus.INCOMPLETE, e)
-        else:
-            # A broken file stays broken until it changes: cache the failure so the dashboard shows its error
-            # card without re-reading it.
-            _set_error(receipt, ReceiptStatus.FAILED, e)
-            try:
-                rows = {TableName.ERRORS: [_error_row(task, receipt)]}
-                _cache(task).write(task.relpath, _header(task, receipt), rows)
-            except CacheError:
-                pass  # the failure is reported all the same; it is just not remembered
+        _record_failure(task, receipt, path, e)
     except FileNotFoundError as e:
         _set_error(receipt, ReceiptStatus.INCOMPLETE, e)  # deleted (or renamed into place) since listing
     except CkptboardError as e:  # model spec, cache folder: not the file's fault, so nothing is cached
         _set_error(receipt, ReceiptStatus.FAILED, e)
-    except Exception as e:  # torch internals on a file we did not anticipate: reported, retried next run
-        _set_error(receipt, ReceiptStatus.FAILED, e)
-        receipt.message = f"unexpected {type(e).__name__}: {e}"
+    except Exception as e:  # an exception type the reader did not anticipate: the file's, recorded like the others
+        _record_failure(task, receipt, path, e)
     receipt.seconds = time.perf_counter() - start
     return receipt
+
+
+def _record_failure(task: CheckpointTask, receipt: Receipt, path: Path, error: BaseException) -> None:
+    """A file that fails to read: skipped if a writer may still be at it, else its error row and failure fragment,
+    so that the dashboard shows its error card and a re-run does not read it again until it changes."""
+    if _recently_modified(path):
+        _set_error(receipt, ReceiptStatus.INCOMPLETE, error)
+        return
+    _set_error(receipt, ReceiptStatus.FAILED, error)
+    try:
+        rows = {TableName.ERRORS: [_error_row(task, receipt)]}
+        _cache(task).write(task.relpath, _header(task, receipt), rows)
+    except CacheError:
+        pass  # the failure is reported all the same; it is just not remembered
 
 
 def _set_error(receipt: Receipt, status: ReceiptStatus, error: BaseException) -> None:
