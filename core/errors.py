@@ -6,7 +6,8 @@
     │   ├── CorruptCheckpointError  truncated, bad header, inconsistent records
     │   ├── UnsafeCheckpointError   needs code execution (pickled module, TorchScript, unknown
     │   │                           globals holding tensors): re-run with ``--trust``
-    │   └── IncompleteCheckpointError  still being written by a running job: retry later
+    │   ├── IncompleteCheckpointError  still being written by a running job: retry later
+    │   └── ResourceLimitError      summarising it needs more memory or time than a worker may use
     ├── ModelSpecError              ``--model SPEC`` cannot be resolved or built
     ├── CacheError                  the stats cache cannot be read or written
     ├── FlopCountError              the model's forward fails on the given input shapes, on meta and on CPU
@@ -24,6 +25,7 @@ __all__ = [
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompleteCheckpointError",
+    "ResourceLimitError",
     "ModelSpecError",
     "CacheError",
     "FlopCountError",
@@ -58,6 +60,10 @@ class UnsafeCheckpointError(CheckpointError):
 
 class IncompleteCheckpointError(CheckpointError):
     """The file is still being written (size/mtime changing or zip directory missing)."""
+
+
+class ResourceLimitError(CheckpointError):
+    """Summarising the file went past the worker's memory or time limit (``--max-memory``, ``--timeout``)."""
 
 
 class ModelSpecError(CkptboardError):

@@ -20,6 +20,7 @@ from ckptboard.core.fragment import Header
 from ckptboard.core.cache import StatsCache
 from ckptboard.core.discover import FileIdentity, file_identity
 from ckptboard.core.errors import CacheError, CheckpointError, CkptboardError, IncompleteCheckpointError
+from ckptboard.core.limits import bounded_memory
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.records import StrEnum
 from ckptboard.core.rows import RowSource, checkpoint_rows
@@ -76,9 +77,28 @@ class CheckpointTask:
         """The checkpoint's identity when it was listed: the task reads it only while it still has it."""
         return FileIdentity(self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
-    def failed(self, problem: str) -> Receipt:
-        """The receipt of a task the executor lost (its worker died)."""
-        return Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error="WorkerLost", message=problem)
+    def failed(self, problem: str, error: str = "WorkerLost", record: bool = False) -> Receipt:
+        """The receipt of a task the executor lost. With ``record`` (its worker died on it twice, or was killed past
+        its time limit) the failure is the file's: its error row and fragment are written, so that a re-run does
+        not repeat it, unless the file changed meanwhile (a worker reading a file truncated under it dies of
+        SIGBUS): then it is skipped and read again next time."""
+        receipt = Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error=error, message=problem)
+        if not record:
+            return receipt
+        path = Path(self.root) / self.relpath
+        try:
+            changed = file_identity(path) != self.listed
+        except OSError:
+            changed = True
+        if changed:
+            receipt.status = ReceiptStatus.INCOMPLETE
+            receipt.message = f"changed while it was read ({problem}); read again next time"
+            return receipt
+        try:
+            _cache(self).write(self.relpath, _header(self, receipt), {TableName.ERRORS: [_error_row(self, receipt)]})
+        except CkptboardError:
+            pass  # the failure is reported all the same; it is just not remembered
+        return receipt
 
 
 def run_task(task: CheckpointTask) -> Receipt:
@@ -90,7 +110,8 @@ def run_task(task: CheckpointTask) -> Receipt:
         listed = task.listed
         if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed since it was listed; still being written?")
-        rows, receipt.tensors = _summarise(task, path)
+        with bounded_memory(path, _files_bytes(task), task.device):
+            rows, receipt.tensors = _summarise(task, path)
         if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed while it was read; still being written?")
         _cache(task).write(task.relpath, _header(task, receipt), rows)
@@ -127,6 +148,41 @@ def _set_error(receipt: Receipt, status: ReceiptStatus, error: BaseException) ->
     # A CheckpointError's message starts with the absolute path; the receipt names the file by relpath already.
     receipt.status, receipt.error = status, type(error).__name__
     receipt.message = getattr(error, "problem", str(error))
+
+
+_WORKER_PREPARED = False
+
+
+def _prepare_worker() -> None:
+    """Load the readers' native libraries and the statistics' compiled kernels (numba, LLVM: ~100 MB of address
+    space) in a worker before its first task (``run_task.prepare_worker``: outside its limits), so that the limits
+    measure what a file costs, not what this process loads once."""
+    global _WORKER_PREPARED
+    if _WORKER_PREPARED:
+        return
+    import safetensors.torch  # noqa: F401  # its Rust library is mapped on first import
+    import torch
+
+    import ckptboard.core.classify  # noqa: F401
+    import ckptboard.core.reader  # noqa: F401
+    from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL, tensor_stats
+    from ckptboard.core.updates import update_stats
+
+    for dtype in (torch.float32, torch.bfloat16):  # the numba kernels are used past the exact-percentile size
+        tensor_stats(torch.ones(EXACT_PERCENTILE_NUMEL + 1, dtype=dtype))
+    update_stats(torch.zeros(2), torch.ones(2), torch.ones(2))
+    _WORKER_PREPARED = True
+
+
+run_task.prepare_worker = _prepare_worker  # type: ignore[attr-defined]  # see core.worker_pool
+
+
+def _files_bytes(task: CheckpointTask) -> int:
+    """Bytes of the files the task opens (the checkpoint, its previous and first): what may be mapped or read."""
+    total = task.size
+    for relpath in {task.prev, task.first} - {None}:
+        total += file_identity(Path(task.root) / relpath, missing_ok=True).size
+    return total
 
 
 def _recently_modified(path: Path) -> bool:
