@@ -71,6 +71,7 @@ class CheckpointTask:
     model: Any = None  # a --model SPEC string, an nn.Module, or None
     ino: int = 0  # with size and mtime_ns: the checkpoint's FileIdentity as listed
     ctime_ns: int = 0
+    listed_at: float = 0.0  # when it was listed (epoch seconds); 0: when the task runs
 
     @property
     def listed(self) -> FileIdentity:
@@ -133,7 +134,7 @@ def run_task(task: CheckpointTask) -> Receipt:
 def _record_failure(task: CheckpointTask, receipt: Receipt, path: Path, error: BaseException) -> None:
     """A file that fails to read: skipped if a writer may still be at it, else its error row and failure fragment,
     so that the dashboard shows its error card and a re-run does not read it again until it changes."""
-    if _recently_modified(path):
+    if _recently_modified(path, task.listed_at):
         _set_error(receipt, ReceiptStatus.INCOMPLETE, error)
         return
     _set_error(receipt, ReceiptStatus.FAILED, error)
@@ -185,9 +186,10 @@ def _files_bytes(task: CheckpointTask) -> int:
     return total
 
 
-def _recently_modified(path: Path) -> bool:
+def _recently_modified(path: Path, listed_at: float = 0.0) -> bool:
+    """Modified within ``RECENT_WRITE_S`` before it was listed (a worker may start reading it seconds later)."""
     try:
-        return time.time() - path.stat().st_mtime < RECENT_WRITE_S
+        return min(time.time(), listed_at or time.time()) - path.stat().st_mtime < RECENT_WRITE_S
     except OSError:
         return True  # vanished meanwhile: a writer replaced it
 
