@@ -7,6 +7,7 @@
     │   ├── UnsafeCheckpointError   needs code execution (pickled module, TorchScript, unknown
     │   │                           globals holding tensors): re-run with ``--trust``
     │   ├── IncompleteCheckpointError  still being written by a running job: retry later
+    │   │   └── ChangedWhileReadError  truncated or rewritten in place while ckptboard read it
     │   └── ResourceLimitError      summarising it needs more memory or time than a worker may use
     ├── ModelSpecError              ``--model SPEC`` cannot be resolved or built
     ├── CacheError                  the stats cache cannot be read or written
@@ -25,6 +26,7 @@ __all__ = [
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompleteCheckpointError",
+    "ChangedWhileReadError",
     "ResourceLimitError",
     "ModelSpecError",
     "CacheError",
@@ -60,6 +62,10 @@ class UnsafeCheckpointError(CheckpointError):
 
 class IncompleteCheckpointError(CheckpointError):
     """The file is still being written (size/mtime changing or zip directory missing)."""
+
+
+class ChangedWhileReadError(IncompleteCheckpointError):
+    """The file shrank or was rewritten in place during a read (``: > last.ckpt``): retry once it is written."""
 
 
 class ResourceLimitError(CheckpointError):

@@ -4,10 +4,13 @@ failure row (cached until the file changes); the other checkpoints are summarise
 from __future__ import annotations
 
 import os
+import re
 import signal
+import zipfile
 
 import pytest
 import torch
+from _fixtures_procs import holders
 from _fixtures_runs import age, write_safetensors_run
 from safetensors.torch import save_file
 
@@ -18,7 +21,7 @@ from ckptboard.core.summarize import summarize
 from ckptboard.core.task import run_task
 from ckptboard.dashboard.cli import main
 
-MANY = 1000  # tensors in the "many" checkpoint: its rows alone take several MiB of Python objects
+MANY = 1000  # tensors in the "many" checkpoint: summarising it takes seconds
 
 
 @pytest.fixture
@@ -37,17 +40,35 @@ def _errors(root) -> dict[str, tuple[str, str]]:
     return {row.checkpoint: (row.error, row.message) for row in errors.itertuples()}
 
 
-def test_a_checkpoint_past_the_memory_limit_is_a_recorded_resource_limit_error(root, capsys):
-    # 1 MiB beyond the worker's start: the two 9-tensor checkpoints fit, 1000 tensors' rows do not.
-    assert main(["summarize", str(root), "--max-memory", "1M", "--workers", "1"]) == 1
+def _deflated_checkpoint(path) -> None:
+    """A real ``torch.save`` file (28 MiB of zeros) re-zipped with deflate, as archive tools do: 30 kB on disk, its
+    storage inflates to 28 MiB in memory when read (within the reader's own inflation bound of 32 MiB)."""
+    plain = path.with_suffix(".plain")
+    torch.save({"state_dict": {"w": torch.zeros(7 << 20)}}, plain)  # 7 Mi fp32 = 28 MiB
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    plain.unlink()
+    age(path)
+
+
+def test_a_checkpoint_past_the_memory_limit_is_a_recorded_resource_limit_error(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_safetensors_run(root / "run", 2)
+    _deflated_checkpoint(root / "run" / "deflated.pt")
+    # 8 MiB beyond the worker's start and the files: the small checkpoints fit, 28 MiB inflated does not.
+    assert main(["summarize", str(root), "--max-memory", "8M", "--workers", "1"]) == 1
     out, err = capsys.readouterr()
     assert err.count("FAILED") == 1
-    assert "FAILED run/many.safetensors: ResourceLimitError: needed more than 1.08 MiB" in err  # 1 MiB + 80 kB file
+    assert re.search(r"FAILED run/deflated.pt: ResourceLimitError: needed more than 8.0\d MiB", err)  # 8 MiB + 30 kB
     assert out.startswith("2 checkpoints")
-    assert _errors(root)["run/many.safetensors"][0] == "ResourceLimitError"
+    assert _errors(root)["run/deflated.pt"][0] == "ResourceLimitError"
 
     again = summarize(root)  # in this process, no limit: the recorded failure is served until the file changes
     assert (again.computed, again.cached) == (0, 3)
+    (root / "run" / "deflated.pt").touch()
+    age(root / "run" / "deflated.pt")
+    assert main(["summarize", str(root)]) == 0  # the default limit (2 GiB) reads it
 
 
 def test_a_checkpoint_past_the_time_limit_is_killed_and_recorded(root, capsys):
@@ -57,22 +78,7 @@ def test_a_checkpoint_past_the_time_limit_is_killed_and_recorded(root, capsys):
     assert "FAILED run/many.safetensors: ResourceLimitError: took longer than 0.5 s" in err
     error, message = _errors(root)["run/many.safetensors"]
     assert error == "ResourceLimitError" and "--timeout" in message
-    assert not _holders(root / "run" / "many.safetensors")  # its worker was killed, not left running
-
-
-def _holders(path) -> list[str]:
-    """Processes that have ``path`` open or mapped."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-            with open(f"/proc/{pid}/maps") as f:
-                maps = f.read()
-        except OSError:
-            continue
-        if str(path) in fds or str(path) in maps:
-            found.append(pid)
-    return found
+    assert not holders(root / "run" / "many.safetensors")  # its worker was killed, not left running
 
 
 def _dies_on_many(task):
