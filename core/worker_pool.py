@@ -110,7 +110,7 @@ class _Worker:
         except (EOFError, OSError):
             pass  # the pipe closed under a reply: the worker died
         if not self.process.is_alive():
-            self.process.join()
+            self.stop()
             return "died", _how(self.process.exitcode)
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stop()
