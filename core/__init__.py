@@ -19,6 +19,7 @@ from ckptboard.core.errors import (
     IncompleteCheckpointError,
     ModelSpecError,
     NotACheckpointError,
+    ResourceLimitError,
     UnsafeCheckpointError,
     UsageError,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "FlopCountError",
     "IncompleteCheckpointError",
     "ChangedWhileReadError",
+    "ResourceLimitError",
     "ModelSpecError",
     "NotACheckpointError",
     "OptimizerParam",
