@@ -25,14 +25,14 @@ def copy_samples(dst: Path) -> Path:
 
 
 def summarized_samples(tmp_path_factory, dst: Path) -> Path:
-    """A copy of ``sample_ckpts/`` at ``dst`` whose stats cache is already written (``--spectral full``). The samples are summarized
+    """A copy of ``sample_ckpts/`` at ``dst`` whose stats cache is already written. The samples are summarized
     once per test session and copied after that (``copy2`` keeps mtimes, so the cache keys still match)."""
     from ckptboard.core.summarize import summarize
 
     base = tmp_path_factory.getbasetemp() / "summarized_samples"
     if not base.exists():
         staging = copy_samples(tmp_path_factory.mktemp("staging") / "samples")
-        summarize(staging, spectral="full")  # the Spectral view draws alpha too
+        summarize(staging, spectral="full")  # the Spectral view draws alpha too (with the app's --spectral full)
         staging.rename(base)
     shutil.copytree(base, dst)
     return dst

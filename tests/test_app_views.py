@@ -31,6 +31,11 @@ EXPECTED = {
 }  # fmt: skip
 
 
+# Every app of this module summarises with --spectral full, as the samples' cache was: the server's state is shared
+# by the module's sessions, so one session without it would leave the others a cache without spectral rows.
+SPECTRAL = ("--spectral", "full")
+
+
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """A copy of sample_ckpts with its cache already summarized (the first-open path has its own test)."""
@@ -44,7 +49,7 @@ def _chart(at, key: str):
 
 
 def _open(root, view: View):
-    at = app_test(str(root))
+    at = app_test(str(root), *SPECTRAL)
     at.session_state["view"] = view
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -52,7 +57,7 @@ def _open(root, view: View):
 
 
 def test_app_opens_on_overview_with_sidebar(samples):
-    at = app_test(str(samples))
+    at = app_test(str(samples), *SPECTRAL)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.segmented_control(key="view").value == View.OVERVIEW
