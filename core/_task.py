@@ -75,17 +75,11 @@ class CheckpointTask:
 
 
 def file_identity(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) as discovery reports them: of the file; of a Hugging Face folder, its index and weight files
+    """(size, mtime_ns) as discovery reports them: of the file; of a checkpoint folder, the files its layout names
     (size summed, latest mtime)."""
-    from ckptboard.core.formats.hf_folder import hf_weight_files
+    from ckptboard.core.layouts import checkpoint_files
 
-    files = [path]
-    if path.is_dir():
-        try:
-            files = hf_weight_files(path) or [path]
-        except CheckpointError:
-            pass  # a damaged folder: identified by the folder itself, as discovery does
-    stats = [f.stat() for f in files]
+    stats = [f.stat() for f in checkpoint_files(path)]
     return sum(s.st_size for s in stats), max(s.st_mtime_ns for s in stats)
 
 

@@ -10,6 +10,7 @@ No substring guessing: names are compared whole, component by component.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,15 @@ from ckptboard.core.errors import ModelSpecError
 from ckptboard.core.model_report import ModelReport, build_report, index_model, match_group
 from ckptboard.core.records import OptimizerState, StrEnum, TensorGroup, TensorInfo, TensorKind, Trainable
 
-__all__ = ["Rule", "Classification", "classify", "classify_tensors", "buffer_rule", "is_floating_dtype"]
+__all__ = [
+    "Rule",
+    "Classification",
+    "classify",
+    "classify_tensors",
+    "buffer_rule",
+    "is_floating_dtype",
+    "OPTIMIZER_STATE_NAMES",
+]
 
 
 class Rule(StrEnum):
@@ -73,10 +82,14 @@ def classify_tensors(
     optimizer_verdicts: dict[int, str] = {}
     for group in groups:
         _classify_by_rules(group)
-    for gi, verdicts in _align_optimizers(groups, optimizers, result.notes).items():
+    by_name = [opt for opt in optimizers if opt.by_name]
+    for gi, verdicts in _align_optimizers(groups, [o for o in optimizers if not o.by_name], result.notes).items():
         for info, rule in zip(_candidates(groups[gi]), verdicts):
             _set_optimizer_verdict(info, rule)
             optimizer_verdicts[id(info)] = rule
+    for info, rule in _match_by_name(groups, by_name, result.notes):
+        _set_optimizer_verdict(info, rule)
+        optimizer_verdicts[id(info)] = rule
     for group in groups:
         _copy_tied(group)
     if model is not None:
@@ -163,9 +176,19 @@ def _set(info: TensorInfo, kind: TensorKind, trainable: Trainable, rule: Rule) -
     info.kind, info.trainable, info.source = kind, trainable, rule
 
 
+def _is_layout_verdict(info: TensorInfo) -> bool:
+    """A verdict the checkpoint's layout states exactly (``peft:adapter``, ``deepspeed:…``): kept as it is."""
+    return bool(info.source) and info.source not in _RULE_VALUES
+
+
+_RULE_VALUES = frozenset(r.value for r in Rule)
+
+
 def _classify_by_rules(group: TensorGroup) -> None:
     leaves = _leaves_by_module(group)
     for info in group.tensors:
+        if _is_layout_verdict(info):
+            continue
         module_leaves = leaves[info.module]
         rule = buffer_rule(info, module_leaves)
         if rule is not None:
@@ -205,9 +228,35 @@ class _Slot:
     stateless_among_stateful: bool  # no state while others in its param group have some
 
 
+OPTIMIZER_STATE_NAMES = frozenset(_PARAM_SHAPED_STATES) | {"step"}
+
+
 def _candidates(group: TensorGroup) -> list[TensorInfo]:
-    """The entries an optimizer may hold: floating-point, not a buffer by an exact rule, not a tied view."""
-    return [i for i in group.tensors if i.kind == TensorKind.PARAMETER and not i.tied_to]
+    """The entries an optimizer may hold: floating-point, not a buffer by an exact rule, not a tied view, not
+    decided by the layout."""
+    return [i for i in group.tensors if i.kind == TensorKind.PARAMETER and not i.tied_to and not _is_layout_verdict(i)]
+
+
+def _match_by_name(
+    groups: Sequence[TensorGroup], optimizers: Sequence[OptimizerState], notes: list[str]
+) -> list[tuple[TensorInfo, Rule]]:
+    """Optimizers that name their parameters (DCP): held when named, else not held, in each group they name."""
+    held = {str(p.param_id) for opt in optimizers for p in opt.params if p.state_shapes}
+    if not held:
+        return []
+    out = []
+    matched = 0
+    for group in groups:
+        cands = _candidates(group)
+        names = {id(c) for c in cands if c.name in held or c.raw_name in held}
+        if not names:
+            continue
+        matched += len(names)
+        out += [(c, Rule.OPTIMIZER_HELD if id(c) in names else Rule.OPTIMIZER_NOT_HELD) for c in cands]
+    if matched < len(held):
+        notes.append(f"{len(held) - matched} parameters named by the optimizer state are in no group; trainable of "
+                     "the others follows the names found")
+    return out
 
 
 def _slots(optimizer: OptimizerState) -> list[list[_Slot]]:
@@ -256,16 +305,51 @@ def _embedding_bounds(slots: Sequence[_Slot], cands: Sequence[TensorInfo]) -> tu
 
 @dataclass
 class _Placement:
-    """Per candidate position: held for sure (and by which slot), or possibly held."""
+    """Per candidate position: held for sure (and by which slot), or possibly held.
+
+    ``possible`` is built from the slots' ranges in one sweep (a difference array for shapeless slots, merged
+    ranges per shape otherwise), so a placement costs O(n log n) even when every range spans most candidates.
+    """
 
     certain: dict[int, _Slot] = field(default_factory=dict)
     possible: set[int] = field(default_factory=set)
 
     def add(self, slots: Sequence[_Slot], cands: Sequence[TensorInfo], bounds: tuple[list[int], list[int]]) -> None:
+        anywhere = [0] * (len(cands) + 1)
+        ranges: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
         for slot, lo, hi in zip(slots, *bounds):
             if lo == hi:
                 self.certain[lo] = slot
-            self.possible.update(j for j in range(lo, hi + 1) if _matches(slot, cands[j]))
+            if slot.shape is None:
+                anywhere[lo] += 1
+                anywhere[hi + 1] -= 1
+            else:
+                ranges[tuple(slot.shape)].append((lo, hi))
+        covered = 0
+        for j in range(len(cands)):
+            covered += anywhere[j]
+            if covered:
+                self.possible.add(j)
+        if not ranges:
+            return
+        positions: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for j, info in enumerate(cands):
+            positions[tuple(info.shape)].append(j)
+        for shape, spans in ranges.items():
+            where = positions.get(shape, [])
+            for lo, hi in _merged(spans):
+                self.possible.update(where[bisect.bisect_left(where, lo) : bisect.bisect_right(where, hi)])
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching ``[lo, hi]`` ranges joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _place(optimizer: OptimizerState, cands: Sequence[TensorInfo]) -> _Placement | None:

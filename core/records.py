@@ -37,6 +37,10 @@ class CheckpointFormat(StrEnum):
     TORCH_LEGACY = "torch-legacy"
     SAFETENSORS = "safetensors"
     HF_SHARDED = "hf-sharded"
+    HF_TRAINER = "hf-trainer"  # Trainer's checkpoint-N/: weights + optimizer.pt + trainer_state.json
+    ACCELERATE = "accelerate"  # Accelerator.save_state folder
+    PEFT = "peft"  # adapter_model.* + adapter_config.json
+    DCP = "dcp"  # torch.distributed.checkpoint: .metadata + *.distcp
     PICKLED_MODULE = "pickled-module"
     TORCHSCRIPT = "torchscript"
 
@@ -118,6 +122,7 @@ class OptimizerState:
     params: list[OptimizerParam] = field(default_factory=list)  # in param_groups order
     hyperparams: list[dict[str, Any]] = field(default_factory=list)  # per param group, JSON-safe
     state_nbytes: int = 0
+    by_name: bool = False  # ``param_id`` is the parameter's name (DCP's flattened keys), not its index
 
     @property
     def state_names(self) -> list[str]:
