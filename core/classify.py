@@ -313,6 +313,7 @@ class _Placement:
 
     certain: dict[int, _Slot] = field(default_factory=dict)
     possible: set[int] = field(default_factory=set)
+    by_shape: bool = False  # placed by shape counts, not in order
 
     def add(self, slots: Sequence[_Slot], cands: Sequence[TensorInfo], bounds: tuple[list[int], list[int]]) -> None:
         anywhere = [0] * (len(cands) + 1)
@@ -353,21 +354,50 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _place(optimizer: OptimizerState, cands: Sequence[TensorInfo]) -> _Placement | None:
-    """Line the optimizer's parameters up with ``cands``: all groups in a row, else group by group."""
+    """Line the optimizer's parameters up with ``cands``: all groups in a row, else group by group, else (files that
+    sort their keys, such as safetensors, lose the model's order) by shape counts."""
     units = _slots(optimizer)
     placement = _Placement()
     bounds = _embedding_bounds([s for u in units for s in u], cands)
     if bounds is not None:
         placement.add([s for u in units for s in u], cands, bounds)
         return placement
-    if len(units) < 2:
+    if len(units) >= 2:
+        # Param groups split across the model (e.g. weight decay on weights, none on biases and norms).
+        for unit in units:
+            bounds = _embedding_bounds(unit, cands)
+            if bounds is None:
+                break
+            placement.add(unit, cands, bounds)
+        else:
+            return placement
+    return _place_by_shape([s for u in units for s in u], cands)
+
+
+def _place_by_shape(slots: Sequence[_Slot], cands: Sequence[TensorInfo]) -> _Placement | None:
+    """Order-free placement: a shape held as often as it occurs is held everywhere, one never held nowhere, any
+    other count is ambiguous; slots without a parameter-shaped state make every uncertain entry ambiguous."""
+    by_shape: dict[tuple[int, ...], list[_Slot]] = defaultdict(list)
+    wildcards = 0
+    for slot in slots:
+        if slot.shape is None:
+            wildcards += 1
+        else:
+            by_shape[tuple(slot.shape)].append(slot)
+    positions: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for j, info in enumerate(cands):
+        positions[tuple(info.shape)].append(j)
+    if any(len(held) > len(positions.get(shape, ())) for shape, held in by_shape.items()):
         return None
-    # Param groups split across the model (e.g. weight decay on weights, none on biases and norms).
-    for unit in units:
-        bounds = _embedding_bounds(unit, cands)
-        if bounds is None:
-            return None
-        placement.add(unit, cands, bounds)
+    if len(slots) > len(cands):
+        return None
+    placement = _Placement(by_shape=True)
+    for shape, where in positions.items():
+        held = by_shape.get(shape, [])
+        if held and len(held) == len(where):
+            placement.certain.update(zip(where, held))
+        elif held or wildcards:
+            placement.possible.update(where)
     return placement
 
 
@@ -392,8 +422,10 @@ def _align_optimizers(
                 "trainable left unknown"
             )
             continue
-        fits.sort(key=lambda f: (f[0], f[1]))  # a group it covers exactly first, then file order
+        fits.sort(key=lambda f: (f[2].by_shape, f[0], f[1]))  # in order first, exact cover next, then file order
         _, gi, placement = fits[0]
+        if placement.by_shape:
+            notes.append(f"{label} placed by shape counts: the file's key order is not the optimizer's")
         if len(fits) > 1:
             others = ", ".join(repr(groups[f[1]].name) for f in fits[1:])
             notes.append(f"{label} also lines up with group(s) {others}; used for group {groups[gi].name!r}")

@@ -66,6 +66,7 @@ class StepSource(StrEnum):
     GLOBAL_STEP = "metadata:global_step"
     STEP = "metadata:step"
     ITERATION = "metadata:iteration"
+    ITER_NUM = "metadata:iter_num"  # nanoGPT
     EPOCH = "metadata:epoch"
     FILENAME = "filename"
     NONE = "none"

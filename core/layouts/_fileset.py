@@ -8,10 +8,11 @@ import torch
 
 from ckptboard.core.containers import Contents, split_contents
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
+from ckptboard.core.formats.hf_folder import read_hf_folder
 from ckptboard.core.layouts import LayoutMatch
 from ckptboard.core.records import CheckpointFormat, OptimizerState
 
-__all__ = ["open_file_set", "read_optimizers"]
+__all__ = ["open_file_set", "open_hf_folder", "read_optimizers"]
 
 
 def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.device):
@@ -60,3 +61,17 @@ def read_optimizers(files: list[Path], folder: Path) -> list[OptimizerState]:
         finally:
             reader.close()
     return out
+
+
+def open_hf_folder(match: LayoutMatch, fmt: CheckpointFormat, device: torch.device):
+    """The checkpoint of a Hugging Face folder: every shard's tensors in one group ``""``."""
+    from ckptboard.core.reader import Checkpoint, _fill, _file_reader, _read_scalar
+
+    if match.error is not None:
+        raise match.error
+    root, readers, metadata = read_hf_folder(match.path, lambda shard, label: _file_reader(shard, label)[0])
+    ckpt = Checkpoint(match.path, fmt, device, _readers=readers)
+    for reader in readers:
+        ckpt.notes.extend(n for n in reader.notes if n not in ckpt.notes)
+    ckpt.notes += match.notes
+    return _fill(ckpt, split_contents(root, _read_scalar), {**metadata, **match.metadata})

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
-from ckptboard.core.formats.hf_folder import hf_weight_files, read_hf_folder
+from ckptboard.core.formats.hf_folder import hf_weight_files
 from ckptboard.core.layouts import Layout, LayoutMatch, register
+from ckptboard.core.layouts._fileset import open_hf_folder
 from ckptboard.core.records import CheckpointFormat
 
-__all__ = ["HfModel", "open_hf_folder"]
+__all__ = ["HfModel"]
 
 
 @register
@@ -29,17 +30,3 @@ class HfModel(Layout):
     def open(self, match: LayoutMatch, device: torch.device, trust: bool):
         return open_hf_folder(match, self.format, device)
 
-
-def open_hf_folder(match: LayoutMatch, fmt: CheckpointFormat, device: torch.device):
-    """The checkpoint of a Hugging Face folder: every shard's tensors in one group ``""``."""
-    from ckptboard.core.containers import split_contents
-    from ckptboard.core.reader import Checkpoint, _fill, _file_reader, _read_scalar
-
-    if match.error is not None:
-        raise match.error
-    root, readers, metadata = read_hf_folder(match.path, lambda shard, label: _file_reader(shard, label)[0])
-    ckpt = Checkpoint(match.path, fmt, device, _readers=readers)
-    for reader in readers:
-        ckpt.notes.extend(n for n in reader.notes if n not in ckpt.notes)
-    ckpt.notes += match.notes
-    return _fill(ckpt, split_contents(root, _read_scalar), {**metadata, **match.metadata})

@@ -15,8 +15,7 @@ import torch
 from ckptboard.core.errors import CorruptCheckpointError
 from ckptboard.core.formats.hf_folder import hf_weight_files
 from ckptboard.core.layouts import Layout, LayoutMatch, register
-from ckptboard.core.layouts._fileset import read_optimizers
-from ckptboard.core.layouts.hf_model import open_hf_folder
+from ckptboard.core.layouts._fileset import open_hf_folder, read_optimizers
 from ckptboard.core.records import CheckpointFormat, StepSource
 
 __all__ = ["HfTrainer", "TRAINER_STATE", "read_trainer_state"]

@@ -1,0 +1,68 @@
+"""Checkpoint folders written by the real training libraries (Trainer, accelerate, peft, torch.distributed.checkpoint)
+from tiny models built from configs: nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["tiny_gpt2", "hf_trainer_run", "nanogpt_checkpoint", "TinyMlp"]
+
+
+def tiny_gpt2(seed: int = 0):
+    """A 2-layer GPT-2 (n_embd 32, vocab 64) with its position embedding frozen."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16))
+    model.transformer.wpe.weight.requires_grad_(False)
+    return model
+
+
+def hf_trainer_run(out: Path, max_steps: int = 4, save_steps: int = 2):
+    """``Trainer.train()`` on random tokens, saving ``checkpoint-2/``, ``checkpoint-4/`` under ``out``; the model."""
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny_gpt2()
+    gen = torch.Generator().manual_seed(1)
+    data = [{"input_ids": torch.randint(0, 64, (8,), generator=gen), "labels": torch.randint(0, 64, (8,), generator=gen)}
+            for _ in range(8)]
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=max_steps, save_steps=save_steps, per_device_train_batch_size=2,
+        report_to=[], use_cpu=True, logging_steps=1, weight_decay=0.1, disable_tqdm=True, seed=0,
+    )
+    Trainer(model=model, args=args, train_dataset=data).train()
+    return model
+
+
+class TinyMlp(nn.Module):
+    """Embedding + two Linear + LayerNorm: weights (2-D) and vectors (1-D), as nanoGPT splits them."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 8)
+        self.fc1 = nn.Linear(8, 8)
+        self.ln = nn.LayerNorm(8)
+        self.fc2 = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc2(self.ln(self.fc1(self.emb(x))))
+
+
+def nanogpt_checkpoint(path: Path) -> nn.Module:
+    """nanoGPT's ``configure_optimizers`` (decay group: params with dim >= 2; no-decay: the rest) and its
+    ``torch.save({'model', 'optimizer', 'iter_num', …})``, with ``emb`` frozen; the model."""
+    torch.manual_seed(0)
+    model = TinyMlp()
+    model.emb.weight.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iter_num": 100, "best_val_loss": 1.5},
+               path)
+    return model
