@@ -66,3 +66,75 @@ def nanogpt_checkpoint(path: Path) -> nn.Module:
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iter_num": 100, "best_val_loss": 1.5},
                path)
     return model
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcp_model() -> nn.Sequential:
+    """Linear(8, 6) + LayerNorm(6) with a frozen weight + Linear(6, 3), seeded."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6), nn.Linear(6, 3))
+    model[1].weight.requires_grad_(False)
+    return model
+
+
+def _fsdp2_worker(rank: int, world: int, out: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        model = dcp_model()
+        for layer in model:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        torch.manual_seed(1)
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+        msd, osd = get_state_dict(model, opt)
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=out)
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp2_save(out: Path, world: int = 2) -> None:
+    """``dcp.save`` of an FSDP2 (``fully_shard``) model and its AdamW by ``world`` gloo ranks on 127.0.0.1: every
+    parameter split into row chunks across the ranks' ``__R_0.distcp`` files."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fsdp2_worker, args=(world, str(out), free_port()), nprocs=world)
+
+
+def dcp_single_save(out: Path, flat: bool = False, seed: int = 0) -> nn.Module:
+    """Single-process ``dcp.save`` of :func:`dcp_model` after one AdamW step: ``{"model", "optim"}`` keys, or the
+    model's keys at the top level beside ``optimizer.…`` (torchtitan's flattening) when ``flat``; the model."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = dcp_model()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(seed + 1)
+    model(torch.randn(4, 8)).sum().backward()
+    opt.step()
+    msd, osd = get_state_dict(model, opt)
+    state = {**msd, "optimizer": osd} if flat else {"model": msd, "optim": osd}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to save in a single process"
+        dcp.save(state, checkpoint_id=str(out))
+    return model

@@ -35,12 +35,16 @@ class Dcp(Layout):
     format = CheckpointFormat.DCP
 
     def detect(self, folder: Path) -> LayoutMatch | None:
-        if not (folder / METADATA_NAME).is_file():
+        metadata = folder / METADATA_NAME
+        if not metadata.is_file():
             return None
         shards = sorted(p for p in folder.iterdir() if p.suffix == ".distcp" and p.is_file())
         if not shards:
-            return None
-        return LayoutMatch(self, folder, files=[folder / METADATA_NAME, *shards])
+            with open(metadata, "rb") as f:
+                if f.read(1) != b"\x80":  # no pickle: some other tool's .metadata
+                    return None
+            # every shard missing: still this layout, so that opening says which file is missing
+        return LayoutMatch(self, folder, files=[metadata, *shards])
 
     def open(self, match: LayoutMatch, device: torch.device, trust: bool):
         from ckptboard.core.reader import Checkpoint, _fill
