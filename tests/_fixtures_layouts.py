@@ -138,3 +138,73 @@ def dcp_single_save(out: Path, flat: bool = False, seed: int = 0) -> nn.Module:
         warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to save in a single process"
         dcp.save(state, checkpoint_id=str(out))
     return model
+
+
+def accelerate_run(project: Path, saves: int = 3) -> tuple[nn.Module, nn.Module]:
+    """``Accelerator.save_state()`` with automatic naming after each of ``saves`` steps: two models (the first with
+    a frozen ``0.weight``), AdamW and SGD-momentum, under ``project/checkpoints/checkpoint_N``; the two models."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True, project_config=ProjectConfiguration(project_dir=str(project),
+                                                                    automatic_checkpoint_naming=True))
+    first = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3))
+    first[0].weight.requires_grad_(False)
+    second = nn.Linear(3, 2)
+    opt1 = torch.optim.AdamW([p for p in first.parameters() if p.requires_grad])
+    opt2 = torch.optim.SGD(second.parameters(), lr=0.1, momentum=0.9)
+    first, second, opt1, opt2 = acc.prepare(first, second, opt1, opt2)
+    for _ in range(saves):
+        second(first(torch.randn(2, 4))).sum().backward()
+        opt1.step()
+        opt2.step()
+        acc.save_state()
+    return first, second
+
+
+def peft_adapter(out: Path, kind: str = "lora"):
+    """``PeftModel.save_pretrained(out)`` of a LoRA (``c_attn``, r=2) or IA3 adapter on :func:`tiny_gpt2`, whose
+    config names it ``local/tiny-gpt2``; the PEFT model."""
+    from peft import IA3Config, LoraConfig, get_peft_model
+
+    base = tiny_gpt2()
+    base.name_or_path = "local/tiny-gpt2"  # what from_pretrained sets; PEFT writes it as base_model_name_or_path
+    config = (LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True) if kind == "lora" else
+              IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
+                        fan_in_fan_out=True))
+    model = get_peft_model(base, config)
+    model.save_pretrained(str(out), save_embedding_layers=False)  # no hub look-up of the base model
+    return model
+
+
+def lightning_run(root: Path) -> Path:
+    """``lightning.Trainer.fit`` for 4 steps with ``ModelCheckpoint(every_n_train_steps=2, save_top_k=-1,
+    save_last=True)`` and a ``CSVLogger``: ``version_0/checkpoints/{epoch=0-step=2,epoch=0-step=4,last}.ckpt`` beside
+    ``version_0/metrics.csv``; the version folder."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+        def training_step(self, batch, _):
+            loss = self.net(batch[0]).pow(2).mean()
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 4)), batch_size=4)
+    logger = CSVLogger(str(root), name="logs")
+    trainer = L.Trainer(
+        max_steps=4, logger=logger, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", callbacks=[ModelCheckpoint(every_n_train_steps=2, save_top_k=-1, save_last=True)],
+    )
+    trainer.fit(Module(), data)
+    return Path(logger.log_dir)

@@ -41,9 +41,9 @@ class Peft(Layout):
             raise CorruptCheckpointError(folder, f"{_CONFIG} is not readable JSON ({e})") from e
         if not isinstance(config, dict):
             raise CorruptCheckpointError(folder, f"{_CONFIG} holds no JSON object")
-        metadata = {k: config[k] for k in ("peft_type", "base_model_name_or_path", "r", "lora_alpha", "task_type")
-                    if isinstance(config.get(k), (str, int, float))}
-        base = metadata.get("base_model_name_or_path")
+        metadata = {k: config[k] for k in ("peft_type", "base_model_name_or_path", "base_model_class", "r",
+                                          "lora_alpha", "task_type") if isinstance(config.get(k), (str, int, float))}
+        base = metadata.get("base_model_name_or_path") or metadata.get("base_model_class")
         step, source = step_from_name(folder.name)
         return LayoutMatch(
             self, folder, files=[weights, folder / _CONFIG], weights=[("", weights)], metadata=metadata,

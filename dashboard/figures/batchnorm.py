@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
+from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["BN_STATS", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
            "num_batches_tracked_figure", "bn_modules"]
@@ -36,6 +37,7 @@ def _layer_label(group: str, module: str) -> str:
     return tensor_label(group, module)
 
 
+@on_position_axis
 def batchnorm_layers_figure(
     tables: StatsTables,
     run: str,
@@ -96,6 +98,7 @@ def _translucent(color: str, alpha: float = 0.2) -> str:
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
+@on_position_axis
 def batchnorm_heatmap(tables: StatsTables, run: str, module: str, stat: str = "running_mean") -> go.Figure:
     """Channel × step heatmap of ``stat`` for one norm layer (``module`` or ``group:module``)."""
     _check_stat(stat)
@@ -115,6 +118,7 @@ def batchnorm_heatmap(tables: StatsTables, run: str, module: str, stat: str = "r
     return fig
 
 
+@on_position_axis
 def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
     """``num_batches_tracked`` over step: one line per norm layer, or one line for all when they agree."""
     t = tables.tensors

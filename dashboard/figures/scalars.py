@@ -24,6 +24,7 @@ from ckptboard.dashboard.figures._common import (
     series_color,
     tensor_label,
 )
+from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["STATISTICS", "smooth", "scalar_figure", "scalar_series"]
 
@@ -153,6 +154,7 @@ def _module_rows(params: pd.DataFrame, module: str) -> pd.DataFrame:
     return rows.assign(series=np.where(groups == "", label, groups + ":" + label))
 
 
+@on_position_axis
 def scalar_series(
     tables: StatsTables,
     stat: str,
@@ -186,6 +188,7 @@ def scalar_series(
     return out.sort_values(["run", "series", "step"], kind="stable").reset_index(drop=True)
 
 
+@on_position_axis
 def scalar_figure(
     tables: StatsTables,
     stat: str,
