@@ -422,11 +422,14 @@ def _align_optimizers(
                 "trainable left unknown"
             )
             continue
-        fits.sort(key=lambda f: (f[2].by_shape, f[0], f[1]))  # in order first, exact cover next, then file order
+        # Its own group first (same first key-path component: a model-parallel rank's file), then in order, then
+        # exact cover, then file order.
+        home = opt.key_path.partition("/")[0]
+        fits.sort(key=lambda f: (groups[f[1]].name.partition("/")[0] != home, f[2].by_shape, f[0], f[1]))
         _, gi, placement = fits[0]
         if placement.by_shape:
             notes.append(f"{label} placed by shape counts: the file's key order is not the optimizer's")
-        if len(fits) > 1:
+        if len(fits) > 1 and groups[gi].name.partition("/")[0] != home:
             others = ", ".join(repr(groups[f[1]].name) for f in fits[1:])
             notes.append(f"{label} also lines up with group(s) {others}; used for group {groups[gi].name!r}")
         placements[gi].append(placement)

@@ -41,6 +41,8 @@ class CheckpointFormat(StrEnum):
     ACCELERATE = "accelerate"  # Accelerator.save_state folder
     PEFT = "peft"  # adapter_model.* + adapter_config.json
     DCP = "dcp"  # torch.distributed.checkpoint: .metadata + *.distcp
+    DEEPSPEED = "deepspeed"  # engine.save_checkpoint: global_stepN/ with *_model_states.pt
+    MEGATRON = "megatron"  # legacy iter_NNNNNNN/mp_rank_XX[_YYY]/model_optim_rng.pt
     PICKLED_MODULE = "pickled-module"
     TORCHSCRIPT = "torchscript"
 

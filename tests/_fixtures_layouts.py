@@ -3,6 +3,8 @@ from tiny models built from configs: nothing is downloaded."""
 
 from __future__ import annotations
 
+import contextlib
+import enum
 from pathlib import Path
 
 import torch
@@ -208,3 +210,186 @@ def lightning_run(root: Path) -> Path:
     )
     trainer.fit(Module(), data)
     return Path(logger.log_dir)
+
+
+# --- DeepSpeed and Megatron: these libraries do not run on this machine's CPU, so their folders are written here
+# exactly as their save code writes them (module-level names below stand in for their pickled classes).
+
+
+@contextlib.contextmanager
+def _library_globals(**classes_by_module):
+    """While writing: each ``{module: {name: class}}`` importable under that library's module path, so that pickle
+    writes the library's own global names; removed again afterwards (nothing else may see a fake ``deepspeed``)."""
+    import sys
+    import types
+
+    added = []
+    for qualname, members in classes_by_module.items():
+        parts = qualname.split(".")
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            if name not in sys.modules:
+                sys.modules[name] = types.ModuleType(name)
+                added.append(name)
+        for name, member in members.items():
+            member.__module__, member.__qualname__ = qualname, name
+            setattr(sys.modules[qualname], name, member)
+    try:
+        yield
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
+class ZeroStageEnum(int, enum.Enum):
+    """``deepspeed.runtime.zero.config.ZeroStageEnum``, pickled under that name."""
+
+    disabled = 0
+    optimizer_states = 1
+    gradients = 2
+    weights = 3
+
+
+class LossScaler:
+    """``deepspeed.runtime.fp16.loss_scaler.LossScaler``, pickled under that name."""
+
+    def __init__(self, scale=1.0):
+        self.cur_scale = scale
+
+
+_DEEPSPEED_GLOBALS = {"deepspeed.runtime.zero.config": {"ZeroStageEnum": ZeroStageEnum},
+                      "deepspeed.runtime.fp16.loss_scaler": {"LossScaler": LossScaler}}
+
+
+class TiedMlp(nn.Module):
+    """Embedding tied to the head, a frozen Linear, a BatchNorm (buffers): every DeepSpeed verdict kind."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.frozen = nn.Linear(6, 5)
+        self.bn = nn.BatchNorm1d(5)
+        self.fc = nn.Linear(5, 3)
+        self.head = nn.Linear(6, 10, bias=False)
+        self.head.weight = self.emb.weight
+        self.frozen.requires_grad_(False)
+
+
+def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, seed: int = 0) -> nn.Module:
+    """A ``DeepSpeedEngine.save_checkpoint(save_dir, tag)`` folder as ``deepspeed/runtime/engine.py`` writes it
+    (``_save_checkpoint``: ``_common_checkpoint_state``; ``_save_zero_checkpoint``; ``latest``), for ZeRO ``stage``
+    2 or 3 over ``world`` data-parallel ranks, fp32 training with one param group; the model (its values are
+    what the checkpoint holds). Partitioning follows ``zero_to_fp32.py``: ``ceil(numel / world)`` elements per
+    rank, zero-padded, parameters one after another in each rank's flat group."""
+    import math
+    from collections import OrderedDict
+
+    torch.manual_seed(seed)
+    model = TiedMlp()
+    names = {p: n for n, p in model.named_parameters()}  # engine.param_names: first name of a tied parameter
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    buffer_names = [n for n, _ in model.named_buffers()]
+    shared = {"head.weight": "emb.weight"}  # _get_shared_params: the name not stored -> the one holding data
+    common = dict(
+        buffer_names=buffer_names, optimizer=None,
+        param_shapes=[OrderedDict((names[p], p.shape) for p in trainable)],
+        frozen_param_shapes=OrderedDict((names[p], p.shape) for p in frozen),
+        shared_params=shared, lr_scheduler=None, data_sampler=None, random_ltd=None, sparse_tensor_module_names=set(),
+        skipped_steps=0, global_steps=int(tag.removeprefix("global_step")), global_samples=64, dp_world_size=world,
+        mp_world_size=1, ds_config={"zero_optimization": {"stage": stage}}, ds_version="0.16.4",
+    )
+    folder = save_dir / tag
+    folder.mkdir(parents=True)
+
+    def pieces(p, rank):
+        per = math.ceil(p.numel() / world)
+        flat = torch.cat([p.detach().reshape(-1), torch.zeros(per * world - p.numel())])
+        return flat[rank * per : (rank + 1) * per].clone()
+
+    for rank in range(world):
+        if stage == 3:
+            # ZeRO-3 module_state_dict: partitioned parameters are empty placeholders, buffers are real
+            module = OrderedDict((n, t.detach().clone() if n in buffer_names else torch.empty(0))
+                                 for n, t in model.state_dict().items())
+            state = dict(module=module, **common,
+                         frozen_param_fragments=OrderedDict((names[p], pieces(p, rank)) for p in frozen))
+            with _library_globals(**_DEEPSPEED_GLOBALS):
+                torch.save(state, folder / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+            flat = torch.cat([pieces(p, rank) for p in trainable])
+        elif rank == 0:
+            # ZeRO-2 (partition gradients): full module weights, frozen fragments are the whole frozen params
+            module = model.state_dict()  # head.weight and emb.weight share one storage, saved once
+            state = dict(module=module, **common,
+                         frozen_param_fragments=OrderedDict((names[p], p.detach().clone()) for p in frozen))
+            with _library_globals(**_DEEPSPEED_GLOBALS):
+                torch.save(state, folder / "mp_rank_00_model_states.pt")
+        if stage == 2:
+            numel = sum(p.numel() for p in trainable)
+            per = math.ceil(numel / world)
+            whole = torch.cat([torch.cat([p.detach().reshape(-1) for p in trainable]), torch.zeros(per * world - numel)])
+            flat = whole[rank * per : (rank + 1) * per].clone()
+        inner = {"state": {0: {"step": torch.tensor(4.0), "exp_avg": torch.zeros_like(flat),
+                               "exp_avg_sq": torch.zeros_like(flat)}},
+                 "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "params": [0]}]}
+        zero_state = {
+            "zero_stage": ZeroStageEnum(stage), "loss_scaler": LossScaler(), "dynamic_loss_scale": False,
+            "overflow": False, "partition_count": world, "optimizer_state_dict": inner,
+            ("fp32_flat_groups" if stage == 3 else "single_partition_of_fp32_groups"): [flat],
+        }
+        with _library_globals(**_DEEPSPEED_GLOBALS):
+            torch.save({"optimizer_state_dict": zero_state, "ds_config": common["ds_config"], "ds_version": "0.16.4"},
+                       folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    (save_dir / "latest").write_text(tag)
+    (save_dir / "zero_to_fp32.py").write_text("# copied by DeepSpeed beside the tags\n")
+    return model
+
+
+def megatron_checkpoint(save_dir: Path, iteration: int, tp: int = 2, seed: int = 0) -> list[dict]:
+    """``megatron/training/checkpointing.py`` ``save_checkpoint`` with ``--ckpt-format torch`` and tensor
+    parallelism ``tp`` (pipeline 1): ``iter_{iteration:07d}/mp_rank_{r:02d}/model_optim_rng.pt`` holding
+    ``generate_state_dict``'s keys, and ``latest_checkpointed_iteration.txt``; each rank's model state_dict."""
+    import argparse
+
+    torch.manual_seed(seed)
+    hidden, ffn = 8, 16
+    sds = []
+    for rank in range(tp):
+        # a legacy GPT: column-parallel QKV/fc1 split on dim 0, row-parallel proj/fc2 on dim 1, LayerNorms whole
+        sd = {
+            "embedding.word_embeddings.weight": torch.randn(32 // tp, hidden),
+            "encoder.layers.0.input_layernorm.weight": torch.ones(hidden),
+            "encoder.layers.0.input_layernorm.bias": torch.zeros(hidden),
+            "encoder.layers.0.self_attention.query_key_value.weight": torch.randn(3 * hidden // tp, hidden),
+            "encoder.layers.0.self_attention.dense.weight": torch.randn(hidden, hidden // tp),
+            "encoder.layers.0.mlp.dense_h_to_4h.weight": torch.randn(ffn // tp, hidden),
+            "encoder.layers.0.mlp.dense_4h_to_h.weight": torch.randn(hidden, ffn // tp),
+        }
+        params = list(sd.values())
+        inner = {"state": {i: {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                           for i, p in enumerate(params)},
+                 "param_groups": [{"lr": 1e-4, "weight_decay": 0.01, "params": list(range(len(params)))}]}
+        state = {
+            "args": argparse.Namespace(tensor_model_parallel_size=tp, iteration=iteration),
+            "checkpoint_version": 3.0,
+            "iteration": iteration,
+            "model": sd,
+            "optimizer": {"optimizer": inner, "grad_scaler": None,
+                          "fp32_from_fp16_params": [[p.float().clone() for p in params]]},
+            "opt_param_scheduler": {"max_lr": 1e-4, "num_steps": iteration},
+            "rng_state": [{"random_rng_state": (3, (1, 2), None), "np_rng_state": ("MT19937", [1, 2], 0, 0, 0.0),
+                           "torch_rng_state": torch.zeros(16, dtype=torch.uint8), "cuda_rng_state": None,
+                           "rng_tracker_states": {}}],
+            "num_floating_point_operations_so_far": 0,
+        }
+        folder = save_dir / f"iter_{iteration:07d}" / f"mp_rank_{rank:02d}"
+        folder.mkdir(parents=True)
+        torch.save(state, folder / "model_optim_rng.pt")
+        sds.append(sd)
+    (save_dir / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+    return sds
+
+
+def deepspeed_pickling():
+    """A context in which DeepSpeed's pickled classes (stand-ins above) load and save under their own names."""
+    return _library_globals(**_DEEPSPEED_GLOBALS)

@@ -42,6 +42,7 @@ class LayoutMatch:
     metadata: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: CheckpointError | None = None  # recognised but damaged: raised by open()
+    keep_groups: str = ""  # a regex: only state_dicts at matching key paths inside the weight files are model groups
 
 
 class Layout:
@@ -101,4 +102,4 @@ def checkpoint_files(path: Path) -> list[Path]:
 
 
 # Registration order is detection order: the most specific markers first.
-from ckptboard.core.layouts import dcp, peft, hf_trainer, accelerate, hf_model  # noqa: E402,F401
+from ckptboard.core.layouts import dcp, deepspeed, megatron, peft, hf_trainer, accelerate, hf_model  # noqa: E402,F401

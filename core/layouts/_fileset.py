@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -29,8 +30,14 @@ def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.devic
             ckpt._readers.append(reader)
             found = split_contents(reader.read_root(), _read_scalar)
             for inner, tensors in found.groups:
+                if match.keep_groups and not re.match(match.keep_groups, inner):
+                    continue
                 contents.groups.append((f"{group}/{inner}" if group and inner else group or inner, tensors))
-            contents.optimizers += found.optimizers  # an optimizer saved inside a weights file still counts
+            for opt in found.optimizers:  # an optimizer saved inside a weights file still counts, for its group
+                opt.key_path = f"{group}/{opt.key_path}" if group and opt.key_path else group or opt.key_path
+                contents.optimizers.append(opt)
+            for key, value in found.metadata.items():
+                contents.metadata.setdefault(key, value)
             ckpt.skipped_globals += [g for g in reader.skipped_globals if g not in ckpt.skipped_globals]
             ckpt.notes += [n for n in reader.notes if n not in ckpt.notes]
         contents.optimizers += read_optimizers(match.optimizers, match.path)
