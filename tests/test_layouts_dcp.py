@@ -156,3 +156,17 @@ def test_metadata_with_a_foreign_class_is_refused(tmp_path):
     (folder / "__0_0.distcp").write_bytes(b"")
     with pytest.raises(CorruptCheckpointError, match="ckptboard.core.records.CheckpointFormat is no DCP metadata"):
         open_checkpoint(folder)
+
+
+def test_lightning_sharded_ckpt_folder_takes_its_step_from_meta_pt(tmp_path):
+    # lightning/pytorch/strategies/fsdp.py save_checkpoint (sharded): dcp.save of {"model": state_dict,
+    # "optimizer_0": …} into the ``*.ckpt`` folder, then torch.save of the remaining checkpoint dict as meta.pt
+    folder = tmp_path / "epoch=1-step=7.ckpt"
+    dcp_single_save(folder)
+    torch.save({"epoch": 1, "global_step": 7, "pytorch-lightning_version": "2.6.6", "loops": {}, "callbacks": {}},
+               folder / "meta.pt")
+    runs = discover(tmp_path)
+    assert [c.relpath for c in runs[0].checkpoints] == ["epoch=1-step=7.ckpt"]
+    with open_checkpoint(folder) as ckpt:
+        assert (ckpt.step, ckpt.step_source) == (7, StepSource.GLOBAL_STEP)
+        assert ckpt.metadata["pytorch-lightning_version"] == "2.6.6"

@@ -1,12 +1,13 @@
 """``torch.distributed.checkpoint`` folders: FSDP/FSDP2 ``dcp.save``, torchtitan ``step-N/``, Lightning's sharded
 ``*.ckpt/`` folders, Megatron's ``torch_dist``.
 
-    run/step-100/   .metadata  __0_0.distcp  __1_0.distcp  (meta.pt: Lightning's non-tensor state, ignored)
+    run/step-100/   .metadata  __0_0.distcp  __1_0.distcp  (meta.pt: Lightning's non-tensor state: metadata and step)
 
 Keys are flattened state_dict paths. ``model.<name>`` tensors form group ``model``; other top-level tensors group
 ``""``. Optimizer entries (``optim.state.<name>.exp_avg``, ``optimizer.…``, ``optimizer_0.…``, or a bare
 ``state.<name>.exp_avg``) are never listed as tensors: they name the parameters they hold, which gives ``trainable``
-by name. Non-tensor values (hyperparameters, dataloader and scheduler state) are counted, not read.
+by name. Non-tensor values (hyperparameters, dataloader and scheduler state) are counted, not read. The step
+comes from Lightning's ``meta.pt`` (``global_step``) when there is one, else from the folder's name.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = ["Dcp", "split_key"]
 
 _OPTIMIZER_ROOT = re.compile(r"optim(?:izer)?s?(?:_\d+)?")
 _MODEL_ROOT = "model"
+_LIGHTNING_META = "meta.pt"
 
 
 @register
@@ -44,7 +46,8 @@ class Dcp(Layout):
                 if f.read(1) != b"\x80":  # no pickle: some other tool's .metadata
                     return None
             # every shard missing: still this layout, so that opening says which file is missing
-        return LayoutMatch(self, folder, files=[metadata, *shards])
+        extra = [folder / _LIGHTNING_META] if (folder / _LIGHTNING_META).is_file() else []
+        return LayoutMatch(self, folder, files=[metadata, *shards, *extra])
 
     def open(self, match: LayoutMatch, device: torch.device, trust: bool):
         from ckptboard.core.reader import Checkpoint, _fill
@@ -75,6 +78,7 @@ class Dcp(Layout):
                                    for p, e in params.items() for s in e.state_shapes)
             contents.optimizers.append(opt)
         metadata = {"dcp_version": reader.dcp.version, "dcp_files": len(match.files) - 1, "dcp_values": values}
+        metadata.update(_lightning_meta(match.path, ckpt))
         return _fill(ckpt, contents, metadata)
 
 
@@ -90,6 +94,32 @@ def split_key(fqn: str) -> tuple[str, str, str]:
     if root == _MODEL_ROOT and rest:
         return "model", _MODEL_ROOT, rest
     return "model", "", fqn
+
+
+def _lightning_meta(folder: Path, ckpt) -> dict:
+    """Lightning's sharded ``*.ckpt/`` folder keeps its non-tensor state (``global_step``, ``epoch``, …) in
+    ``meta.pt`` beside the DCP files: its metadata, read by the restricted unpickler (no tensor data)."""
+    from ckptboard.core.containers import split_contents
+    from ckptboard.core.errors import CheckpointError
+    from ckptboard.core.reader import _file_reader, _read_scalar
+
+    meta = folder / _LIGHTNING_META
+    if not meta.is_file():
+        return {}
+    try:
+        reader = _file_reader(meta)[0]
+    except CheckpointError as e:
+        ckpt.notes.append(f"{_LIGHTNING_META} is not read ({e.problem})")
+        return {}
+    try:
+        found = split_contents(reader.read_root(), _read_scalar)
+    except CheckpointError as e:
+        ckpt.notes.append(f"{_LIGHTNING_META} is not read ({e.problem})")
+        return {}
+    finally:
+        reader.close()
+    ckpt.skipped_globals += [g for g in reader.skipped_globals if g not in ckpt.skipped_globals]
+    return found.metadata
 
 
 def _nbytes(item: DcpItem) -> int:
