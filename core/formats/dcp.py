@@ -3,8 +3,9 @@
 Every chunk (and every non-tensor value) is its own ``torch.save`` zip written one after another into a ``.distcp``
 file (``FileSystemWriter``, torch 2.x); ``.metadata`` says which file, at which offset, how long. A tensor is
 rebuilt on demand from its chunks: each chunk's zip is read through a view of its byte range (pickle by
-:mod:`safe_unpickle`, storage record mapped), copied into place, released. One tensor at a time is assembled; the
-statistics then stream over it as over any other tensor.
+:mod:`safe_unpickle`, storage record mapped), copied into place, released. One tensor at a time is assembled (a
+tensor saved as one chunk is returned as its mapped view, no copy); the statistics then stream over it as over any
+other tensor.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class DcpReader(FileReader):
 
     def materialise(self, lazy: LazyTensor, device: torch.device) -> torch.Tensor:
         item = self.dcp.items[lazy.storage.key]
+        if len(item.chunks) == 1 and item.chunks[0].sizes == item.shape:
+            # one chunk holding the whole tensor: its mapped view, as a torch.save file gives (no copy)
+            piece = self._read_chunk(item, item.chunks[0])
+            return piece if device.type == "cpu" else piece.to(device)
         out = torch.empty(item.shape, dtype=item.dtype)
         covered = 0
         for chunk in item.chunks:
