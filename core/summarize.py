@@ -32,6 +32,7 @@ __all__ = [
     "plan",
     "execute",
     "summarize",
+    "refresh",
     "run_task",
 ]
 
@@ -177,6 +178,28 @@ def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_
     if executor is None:
         executor = LocalExecutor(workers)
     report = execute(plan(root, cache_dir=cache_dir, device=device, model=model, trust=trust), executor, progress)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def refresh(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", workers: int = 1,
+            executor: Executor | Callable[[Plan], Executor] | None = None, model: Any = None, trust: bool = False,
+            progress: Callable[[Receipt], None] | None = None,
+            on_plan: Callable[[Plan], None] | None = None) -> SummaryReport:
+    """Plan and execute as one call: the verb the CLI and the app use to bring ROOT's cache up to date.
+
+    ``on_plan(plan)`` runs before any checkpoint is opened (to size a progress bar); ``executor`` may be a function
+    of the plan, to size a pool by the work (default: ``LocalExecutor(workers)``). ``seconds`` covers both steps.
+    """
+    start = time.perf_counter()
+    work = plan(root, cache_dir=cache_dir, device=str(resolve_device(device)), model=model, trust=trust)
+    if on_plan is not None:
+        on_plan(work)
+    if executor is None:
+        executor = LocalExecutor(workers)
+    elif not isinstance(executor, Executor):
+        executor = executor(work)
+    report = execute(work, executor, progress)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ckptboard.dashboard import state
+from ckptboard.dashboard import sidebar, state
 from ckptboard.dashboard.views import VIEW_KEY, View, render
 
 st.set_page_config(page_title="ckptboard", page_icon=":bar_chart:", layout="wide")
@@ -19,7 +19,7 @@ view = st.segmented_control(
     "View", list(View), key=VIEW_KEY, required=True,
     label_visibility="collapsed", bind="query-params", width="stretch",
 )  # fmt: skip
-ctx = state.sidebar(config, tables, fingerprint)
+ctx = sidebar.sidebar(config, tables, fingerprint)
 try:
     if not ctx.all_runs:
         st.info(f"No checkpoints under `{config.root}` yet. Checkpoints a training run writes there show up after "

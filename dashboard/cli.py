@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
-        try:
-            module = importlib.import_module(f"ckptboard.dashboard.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"ckptboard.dashboard.commands.{name}":
-                raise
-            continue  # subcommand not built yet
-        module.add_parser(sub)
+        importlib.import_module(f"ckptboard.dashboard.commands.{name}").add_parser(sub)
     return parser
 
 

@@ -3,12 +3,11 @@
 ``csv`` writes ``stats.csv`` (the tensors table), ``updates.csv``, ``batchnorm.csv``, ``events.csv``,
 ``checkpoints.csv`` and ``errors.csv``, columns exactly as in :mod:`ckptboard.core.schema`; ``parquet`` writes the
 same tables plus ``histograms.parquet``. ``html`` and ``png`` go through :func:`ckptboard.dashboard.report.
-write_report` when that module is importable, and are refused with a :class:`UsageError` otherwise.
+write_report`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ckptboard.core.records import StrEnum
 from ckptboard.core import schema
 from ckptboard.core.schema import StatsTables
 
-__all__ = ["ExportFormat", "TABLE_FILES", "parse_formats", "export_tables", "available_formats"]
+__all__ = ["ExportFormat", "TABLE_FILES", "parse_formats", "export_tables"]
 
 
 class ExportFormat(StrEnum):
@@ -68,11 +67,6 @@ def _writer(*formats: ExportFormat) -> Callable[[Writer], Writer]:
     return register
 
 
-def available_formats() -> tuple[ExportFormat, ...]:
-    """Formats that can be written here (``html``/``png`` only with the report module)."""
-    return tuple(f for f in ExportFormat if f not in (ExportFormat.HTML, ExportFormat.PNG) or _report_module())
-
-
 def parse_formats(text: str | Sequence[str]) -> tuple[ExportFormat, ...]:
     """``"csv,parquet"`` -> formats in the order given, duplicates dropped; :class:`UsageError` on anything else."""
     items = text.split(",") if isinstance(text, str) else list(text)
@@ -85,9 +79,6 @@ def parse_formats(text: str | Sequence[str]) -> tuple[ExportFormat, ...]:
             fmt = ExportFormat(name)
         except ValueError:
             raise UsageError(f"--format {name}: unknown; choose from {', '.join(f.value for f in ExportFormat)}")
-        if fmt not in available_formats():
-            raise UsageError(f"--format {name}: needs the report module (ckptboard.dashboard.report), which is "
-                             "not available in this installation; use csv or parquet")
         if fmt not in formats:
             formats.append(fmt)
     return tuple(formats)
@@ -123,7 +114,9 @@ def _write_parquet(tables: StatsTables, out: Path, formats, progress: Progress |
 
 @_writer(ExportFormat.HTML, ExportFormat.PNG)
 def _write_report(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
-    result = _report_module().write_report(tables, out, [str(f) for f in formats], progress=progress)
+    from ckptboard.dashboard.report import write_report  # plotly is imported only when a report is asked for
+
+    result = write_report(tables, out, [str(f) for f in formats], progress=progress)
     return list(result.files)
 
 
@@ -140,9 +133,3 @@ def _write_each(tables: StatsTables, out: Path, suffix: str, write: Callable[[pd
             progress(i, len(names), path.name)
     return written
 
-
-def _report_module():
-    try:
-        return importlib.import_module("ckptboard.dashboard.report")
-    except ImportError:
-        return None

@@ -12,8 +12,8 @@ What goes in, per run (sections in this order, after the global Overview and Hea
   health checks flag (non-finite, exploding norm), then the largest update ratio at the last step, then the
   largest parameters by element count that change during the run (then any, for a one-checkpoint run).
 - BatchNorm: per-layer running mean and variance, the heatmap of the widest layer, ``num_batches_tracked``.
-- Size (when ``dashboard/figures/size.py`` is there): treemap of bytes by module and bytes by dtype of the last
-  checkpoint (or the ``size_trees[run]`` given), the FLOP treemap when ``flop_reports[run]`` is given.
+- Size: treemap of bytes by module and bytes by dtype of the last checkpoint (or the ``size_trees[run]`` given),
+  the FLOP treemap when ``flop_reports[run]`` is given.
 - Compare: first vs last checkpoint: added/removed/reshaped tensors and the largest relative changes.
 
 ``png`` writes each figure to ``png/NNN-<slug>.png`` with kaleido (Chromium found on PATH, or ``BROWSER_PATH``),
@@ -38,7 +38,8 @@ from plotly.offline import get_plotlyjs
 from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import CkptboardError, UsageError
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.figures._common import format_bytes, tensor_label
+from ckptboard.core.size import size_tree_from_frame
+from ckptboard.dashboard.figures._common import tensor_label
 from ckptboard.dashboard.figures.batchnorm import (
     batchnorm_heatmap,
     batchnorm_layers_figure,
@@ -50,7 +51,9 @@ from ckptboard.dashboard.figures.health import health_table
 from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
 from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
 from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
+from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
 from ckptboard.dashboard.figures.tensors import tensor_table
+from ckptboard.dashboard.text import format_bytes
 
 __all__ = [
     "REPORT_FORMATS", "REPORT_STATISTICS", "TABLE_ROWS", "SCALAR_MODULES", "HISTOGRAM_TENSORS",
@@ -258,12 +261,7 @@ def _histogram_tensors(tables: StatsTables, run: str, last: str, health: pd.Data
 
 
 def _size_items(rows: pd.DataFrame, tree, flop_report, where: str) -> list[_Item]:
-    """Size treemap and dtype bars (and the FLOP treemap), when the size figures module is installed."""
-    try:
-        from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
-        from ckptboard.core.size import size_tree_from_frame
-    except ImportError:
-        return []
+    """Size treemap and dtype bars (and the FLOP treemap)."""
     if tree is None and len(rows):
         groups = rows["group"].fillna("").astype(str)
         main = "" if (groups == "").any() else groups.iloc[0]  # the model's own state_dict over EMA copies

@@ -1,4 +1,4 @@
-"""The app's state: its config, loading the stats cache (with progress), the sidebar filters and the view context.
+"""The app's state: loading and summarising the stats cache (with locks and progress) and the view context.
 
 Tables are held with ``st.cache_resource`` keyed on the cache's fingerprint (every fragment's name, size and mtime),
 so every rerun of every session shares one read-only copy and a refresh that finds new checkpoints gets a new key.
@@ -16,16 +16,18 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from ckptboard.core.cache import CacheWarning, StatsCache
 from ckptboard.core.errors import CkptboardError, UsageError
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.commands.serve import AppConfig, parse_app_args
+from ckptboard.dashboard.config import AppConfig, parse_app_args
+
+if TYPE_CHECKING:
+    from ckptboard.core.summarize import Plan, Receipt, SummaryReport
 
 __all__ = [
     "ARGV_KEY",
@@ -35,13 +37,15 @@ __all__ = [
     "look_for_new_checkpoints",
     "skipped_files",
     "filter_tables",
-    "sidebar",
+    "view_context",
+    "request_refresh",
+    "refresh_if_due",
+    "loaded_at",
     "memo",
     "pick_default",
 ]
 
 ARGV_KEY = "app_argv"  # session_state key tests set to pass the app its argv (AppTest keeps pytest's sys.argv)
-AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
 # A new session looks for new checkpoints unless another session of this server did within this many seconds
 # (TensorBoard reloads on a server-side interval; sessions opened together share one look).
 RECHECK_AFTER_S = 10.0
@@ -157,33 +161,53 @@ def _summarize_missing(config: AppConfig) -> None:
 
     Two sessions never summarize one ROOT at once (the second waits, then finds nothing new).
     """
-    from ckptboard.core.summarize import execute, plan
+    from ckptboard.core.summarize import refresh
 
     root_state = _state_of(config)
     with root_state.lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
-        work = plan(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust)
-        total = len(work.tasks)
-        if not total:
-            report = execute(work)  # nothing to read; prunes fragments of deleted checkpoints
-        else:
-            with st.status(f"Reading {total} new checkpoint(s)…", expanded=True) as status:
-                bar = st.progress(0.0, text=f"0/{total}")
-                done = 0
-
-                def progress(receipt) -> None:
-                    nonlocal done
-                    done += 1
-                    bar.progress(done / total, text=f"{done}/{total} · {receipt.relpath}")
-
-                report = execute(work, progress=progress)
-                status.update(label=f"Read {report.computed} new checkpoint(s): {report.line()}", state="complete",
-                              expanded=False)
+        shown = _ReadProgress()
+        try:
+            report = refresh(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust,
+                             on_plan=shown.start, progress=shown.advance)
+        except BaseException:
+            shown.fail()
+            raise
+        shown.finish(report)
         root_state.summarized_at = time.time()
         root_state.skipped = list(report.skipped_incomplete)
     for warning in caught:
         if issubclass(warning.category, CacheWarning):
             st.warning(str(warning.message))
+
+
+@dataclass
+class _ReadProgress:
+    """The status box and progress bar of one summarize, drawn only when there are checkpoints to read."""
+
+    total: int = 0
+    done: int = 0
+    status: Any = None
+    bar: Any = None
+
+    def start(self, work: Plan) -> None:
+        self.total = len(work.tasks)
+        if self.total:
+            self.status = st.status(f"Reading {self.total} new checkpoint(s)…", expanded=True)
+            self.bar = self.status.progress(0.0, text=f"0/{self.total}")
+
+    def advance(self, receipt: Receipt) -> None:
+        self.done += 1
+        self.bar.progress(self.done / self.total, text=f"{self.done}/{self.total} · {receipt.relpath}")
+
+    def finish(self, report: SummaryReport) -> None:
+        if self.status is not None:
+            self.status.update(label=f"Read {report.computed} new checkpoint(s): {report.line()}", state="complete",
+                               expanded=False)
+
+    def fail(self) -> None:
+        if self.status is not None:
+            self.status.update(state="error")
 
 
 def _fingerprint(config: AppConfig) -> str:
@@ -246,6 +270,24 @@ def _summarize_into_slot(config: AppConfig) -> str:
     return _fingerprint(config)
 
 
+def refresh_if_due(config: AppConfig, seconds: int) -> None:
+    """Auto-refresh: summarize when ``seconds`` have passed since the last read; rerun the page only when the
+    cache really changed (a full rerun also calls this, which must then do nothing)."""
+    if time.time() - st.session_state.get(_LOADED_AT_KEY, 0.0) < 0.9 * seconds:
+        return
+    _summarize_missing(config)
+    st.session_state[_LOADED_AT_KEY] = time.time()
+    fingerprint = _fingerprint(config)
+    if fingerprint != st.session_state.get(_FINGERPRINT_KEY):
+        st.session_state[_FINGERPRINT_KEY] = fingerprint
+        st.rerun(scope="app")
+
+
+def loaded_at() -> float:
+    """When this session last read the cache (epoch seconds)."""
+    return st.session_state.get(_LOADED_AT_KEY, time.time())
+
+
 def filter_tables(tables: StatsTables, runs: Sequence[str], step_range: tuple[int, int] | None) -> StatsTables:
     """The rows of ``runs`` whose step lies in ``step_range`` (inclusive); errors are kept for the chosen runs."""
     out = {}
@@ -261,6 +303,17 @@ def filter_tables(tables: StatsTables, runs: Sequence[str], step_range: tuple[in
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _filtered(fingerprint: str, runs: tuple[str, ...], step_range: tuple[int, int] | None, _tables: StatsTables):
     return filter_tables(_tables, runs, step_range)
+
+
+def view_context(config: AppConfig, tables: StatsTables, fingerprint: str, *, runs: Sequence[str],
+                 pattern: str | None, depth: int | None, step_range: tuple[int, int] | None,
+                 all_runs: list[str]) -> ViewContext:
+    """The context the views draw from: ``tables`` restricted to the sidebar's runs and steps (shared per filters)."""
+    filtered = _filtered(fingerprint, tuple(runs), step_range, tables)
+    return ViewContext(
+        config=config, tables=filtered, fingerprint=fingerprint, runs=list(runs), pattern=pattern,
+        depth=depth, step_range=step_range, all_runs=all_runs,
+    )  # fmt: skip
 
 
 @st.cache_resource(show_spinner=False, max_entries=256)
@@ -293,91 +346,3 @@ def pick_default(key: str, options: Sequence[Any], default: Any) -> None:
     st.session_state[key] = default() if callable(default) else default
 
 
-def _valid_regex(text: str) -> str | None:
-    if not text:
-        return None
-    try:
-        re.compile(text)
-    except re.error as e:
-        st.sidebar.error(f"Filter {text!r} is not a regular expression: {e}")
-        return None
-    return text
-
-
-def _step_bounds(tables: StatsTables) -> tuple[int, int] | None:
-    steps = pd.to_numeric(tables.checkpoints["step"], errors="coerce").dropna()
-    if steps.empty or steps.min() == steps.max():
-        return None
-    return int(steps.min()), int(steps.max())
-
-
-def _max_depth(tables: StatsTables) -> int:
-    modules = pd.Series(tables.tensors["module"].unique(), dtype=object).dropna()
-    return int(max((m.count(".") + 1 for m in modules if m), default=1))
-
-
-def _reload_panel(config: AppConfig) -> None:
-    """Refresh button, auto-refresh interval and when the cache was last read."""
-    st.button("Refresh", key="refresh", on_click=request_refresh, help="read checkpoints written since", width="stretch")
-    choice = st.selectbox("Auto-refresh", list(AUTO_REFRESH_CHOICES), key="auto_refresh", persist_state="session")
-    loaded = time.strftime("%H:%M:%S", time.localtime(st.session_state.get(_LOADED_AT_KEY, time.time())))
-    st.caption(f"ROOT `{config.root}` · read at {loaded}")
-    seconds = AUTO_REFRESH_CHOICES.get(choice)
-    if seconds:
-        _auto_refresh(config, seconds)
-
-
-def _auto_refresh(config: AppConfig, seconds: int) -> None:
-    @st.fragment(run_every=seconds)
-    def _tick() -> None:
-        # A full rerun also runs this body: summarize only when the interval has passed since the last read,
-        # and rerun the whole page only when the cache really changed.
-        if time.time() - st.session_state.get(_LOADED_AT_KEY, 0.0) < 0.9 * seconds:
-            return
-        _summarize_missing(config)
-        st.session_state[_LOADED_AT_KEY] = time.time()
-        fingerprint = _fingerprint(config)
-        if fingerprint != st.session_state.get(_FINGERPRINT_KEY):
-            st.session_state[_FINGERPRINT_KEY] = fingerprint
-            st.rerun(scope="app")
-
-    _tick()
-
-
-def sidebar(config: AppConfig, tables: StatsTables, fingerprint: str) -> ViewContext:
-    """Draw the sidebar (runs, filter, depth, step range, reload) and return the context the views draw from."""
-    all_runs = sorted(set(tables.checkpoints["run"]) | set(tables.errors["run"]))
-    with st.sidebar:
-        st.title("ckptboard")
-        pick_default("sidebar_runs", all_runs, all_runs)
-        runs = st.multiselect("Runs", all_runs, key="sidebar_runs", placeholder="choose runs")
-        pattern = _valid_regex(
-            st.text_input("Tensor/module filter (regex)", key="sidebar_filter", placeholder=r"e.g. conv|bn\d")
-        )
-        depth_max = max(2, _max_depth(tables))  # a slider needs two values; depth 2 of a flat model is depth 1
-        pick_default("sidebar_depth", range(1, depth_max + 1), 2)
-        depth = st.slider("Module depth for grouping", 1, depth_max, key="sidebar_depth")
-        step_range = None
-        bounds = _step_bounds(tables)
-        if bounds is not None:
-            current = st.session_state.get("sidebar_step_range")
-            was_full = current is not None and tuple(current) == st.session_state.get("_step_bounds")
-            valid = current is not None and bounds[0] <= current[0] <= current[1] <= bounds[1]
-            if was_full or not valid:  # a full range grows with the run, like TensorBoard's axes
-                st.session_state["sidebar_step_range"] = bounds
-            st.session_state["_step_bounds"] = bounds
-            chosen = st.slider("Step range", bounds[0], bounds[1], key="sidebar_step_range")
-            step_range = None if tuple(chosen) == bounds else (int(chosen[0]), int(chosen[1]))
-        st.divider()
-        _reload_panel(config)
-    filtered = _filtered(fingerprint, tuple(runs), step_range, tables)
-    return ViewContext(
-        config=config, tables=filtered, fingerprint=fingerprint, runs=list(runs), pattern=pattern,
-        depth=depth, step_range=step_range, all_runs=all_runs,
-    )  # fmt: skip
-
-
-def finite_steps(frame: pd.DataFrame) -> np.ndarray:
-    """Sorted unique finite steps of ``frame``."""
-    steps = pd.to_numeric(frame["step"], errors="coerce").dropna().unique()
-    return np.sort(steps.astype(np.int64))

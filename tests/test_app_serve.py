@@ -8,7 +8,7 @@ import pytest
 
 from ckptboard.core.errors import UsageError
 from ckptboard.dashboard.cli import build_parser, main
-from ckptboard.dashboard.commands.serve import (
+from ckptboard.dashboard.config import (
     APP_PATH,
     AppConfig,
     config_from_args,

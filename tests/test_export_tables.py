@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import sys
 
 import pandas as pd
 import pytest
@@ -47,12 +46,6 @@ def test_parse_formats_keeps_order_and_drops_duplicates():
 def test_parse_formats_rejects_bad_input(text, message):
     with pytest.raises(UsageError, match=message):
         parse_formats(text)
-
-
-def test_html_is_refused_without_the_report_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ckptboard.dashboard.report", None)  # what an install without it looks like
-    with pytest.raises(UsageError, match="--format html: needs the report module"):
-        parse_formats("csv,html")
 
 
 def test_formats_have_exactly_one_writer_each():

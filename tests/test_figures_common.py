@@ -7,7 +7,6 @@ import pytest
 from ckptboard.core.errors import UsageError
 from ckptboard.dashboard.figures._common import (
     decimate_steps,
-    format_bytes,
     format_shape,
     module_group,
     select_tensors,
@@ -64,8 +63,6 @@ def test_module_group_depths():
 def test_labels_and_formatting():
     assert tensor_label("", "fc.weight") == "fc.weight"
     assert tensor_label("ema", "fc.weight") == "ema:fc.weight"
-    assert format_bytes(1536) == "1.5 KiB"  # 1536 / 1024
-    assert format_bytes(12) == "12 B"
     assert format_shape("[64, 3, 3, 3]") == "[64, 3, 3, 3]"
     assert format_shape((2, 5)) == "[2, 5]"
     assert format_shape("[]") == "[]"

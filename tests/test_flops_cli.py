@@ -30,8 +30,10 @@ def test_sample_cnn_json(capsys):
     rc, out, err = _run(argv, capsys)
     assert rc == 0 and err == ""
     data = json.loads(out)
-    # conv1 3→16, 3x3, 32x32 out: 2*3*9*16*1024 = 884736; conv2 16→32 stride 2, 16x16: 2*16*9*32*256 = 2359296;
-    # conv3 32→32 stride 2, 8x8: 2*32*9*32*64 = 1179648; head 32→4: 2*32*4 = 256 → 4423936
+    # SmallCNN (sample_ckpts/model.py, width 16, 4 classes; 3x3 convs, padding 1, no bias), FLOP = 2 * MAC:
+    # conv1 3→16, 32x32 out: 2*3*9*16*1024 = 884736; conv2 16→32 stride 2, 16x16: 2*16*9*32*256 = 2359296;
+    # conv3 32→32 stride 2, 8x8: 2*32*9*32*64 = 1179648; head 32→4 (addmm; the bias add is not counted):
+    # 2*32*4 = 256. Total 884736 + 2359296 + 1179648 + 256 = 4423936; MAC 4423936 / 2 = 2211968
     assert data["total_flops"] == 4423936 and data["unit"] == "FLOP" and data["macs"] == 4423936 // 2
     flops = {m["module"]: m["flops"] for m in data["modules"]}
     assert flops == {"": 4423936, "conv1": 884736, "bn1": 0, "conv2": 2359296, "bn2": 0, "conv3": 1179648,
@@ -50,6 +52,7 @@ def test_sample_cnn_text_and_depth(capsys):
                       capsys)
     assert rc == 0
     assert "a multiply-add counts 2 FLOP" in out
+    # the totals of test_sample_cnn_json: 4,423,936 FLOP = 2,211,968 MAC; 4423936 / 10^6 = 4.42 M
     assert "(model)  4,423,936  2,211,968  100.0%" in out
     assert "conv1" not in out.split("total:")[0]  # depth 0: the root only
     assert "total: 4,423,936 FLOP (4.42 MFLOP) = 2,211,968 MAC" in out

@@ -98,6 +98,8 @@ def test_table_has_every_tensor_and_the_footer(capsys, lightning_ckpt):
     assert lines[1].split() == ["name", "kind", "trainable", "shape", "dtype", "size", "source"]
     head = next(line for line in lines if line.startswith("model.head.weight"))
     assert head.split() == ["model.head.weight", "parameter", "true", "[2,", "4]", "float32", "32", "B", "optimizer:held"]
+    # the totals of test_json_contract_keys_and_types: 278 parameters (10 trainable, 268 frozen) in 8 tensors
+    # (2 conv weights + 2 conv biases + BN weight + bias + head weight + bias); 278 * 4 B = 1112 B = 1.09 KiB
     assert "parameters: 278 (1.1 KiB) in 8 tensors: trainable 10, frozen 268, unknown 0" in lines
     assert "step: 40 (source: metadata:global_step)" in lines
     assert "format: torch-zip" in lines
@@ -233,3 +235,10 @@ def test_bad_device_is_one_line(capsys, lightning_ckpt):
     code, out, err = _inspect(capsys, lightning_ckpt, "--device", "nonsense")
     assert (code, out) == (1, "")
     assert err.startswith("UsageError: device 'nonsense'") and len(err.splitlines()) == 1
+
+
+def test_a_folder_of_runs_is_pointed_at_commands_that_exist(capsys, tmp_path):
+    code, out, err = _inspect(capsys, tmp_path)
+    assert (code, out) == (1, "")
+    assert err.startswith("NotACheckpointError: ") and "`ckptboard summarize` or `ckptboard serve`" in err
+    assert "discover" not in err  # there is no `ckptboard discover` command

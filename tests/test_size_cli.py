@@ -61,7 +61,10 @@ def test_bare_state_dict_json(bare, capsys):
     assert data["path"] == str(bare) and data["group"] == ""
     assert [list(m) for m in data["modules"]] == [MODULE_KEYS] * 6
     # Without the model or an optimizer nothing tells trainable from frozen: all 68 elements are "unknown".
-    # 68*4 = 272 B of parameters; buffers 8 float32 + 1 int64 = 40 B; lm_head.weight tied to wte.weight: once.
+    # TiedLM: wte 10*4 = 40, block.0 Linear(4,4) 4*4 + 4 = 20, BatchNorm1d(4) weight + bias 8 -> 68 parameters;
+    # lm_head.weight is wte.weight (tied): counted once. 68*4 = 272 B of parameters; buffers running_mean 4 +
+    # running_var 4 float32 + num_batches_tracked 1 int64 = 9 elements, 8*4 + 8 = 40 B; bytes 272 + 40 = 312;
+    # float32 272 + 32 = 304.
     assert data["total"] == {
         "parameters": 68, "trainable": 0, "frozen": 0, "unknown": 68, "buffers": 9, "bytes": 312,
         "parameter_bytes": 272, "buffer_bytes": 40, "bytes_by_dtype": {"float32": 304, "int64": 8}, "tied": 1,
@@ -97,6 +100,8 @@ def test_lightning_like_dict_uses_its_optimizer_and_names_other_groups(full, cap
 
 def test_a_group_sharing_another_groups_storage_still_counts_its_own_bytes(full, capsys):
     data = _json(["size", str(full), "--json", "--group", "ema"], capsys)
+    # the ema group is another TiedLM state_dict: 272 B of parameters + 40 B of buffers = 312
+    # (as in test_bare_state_dict_json)
     assert data["group"] == "ema" and data["total"]["bytes"] == 312 and data["total"]["tied"] == 1
 
 
@@ -150,7 +155,8 @@ def test_flops_with_checkpoint_shows_sizes_on_the_same_tree(full, spec, capsys):
     data = _json(["flops", "--model", spec, "--input-shape", "3", "--input-dtype", "int64", "--checkpoint", str(full),
                   "--json"], capsys)
     rows = {m["module"]: m for m in data["modules"]}
-    # block.0 Linear(4,4) on 3 rows: 2*3*4*4 = 96; lm_head Linear(4,10): 2*3*4*10 = 240
+    # block.0 Linear(4,4) on 3 rows: 2*3*4*4 = 96; lm_head Linear(4,10): 2*3*4*10 = 240; 96 + 240 = 336.
+    # parameters 68 and bytes 312: the model group, as in test_bare_state_dict_json
     assert rows[""]["flops"] == 336 and rows[""]["parameters"] == 68 and rows[""]["bytes"] == 312
     assert (rows["lm_head"]["flops"], rows["lm_head"]["parameters"]) == (240, 0)
     assert rows["block.1"]["buffers"] == 9

@@ -48,7 +48,8 @@ def read_hf_folder(folder: Path, open_shard: Callable[[Path, str], Any]) -> tupl
     files = hf_weight_files(folder)
     if files is None:
         raise NotACheckpointError(
-            folder, f"a folder without {' or '.join(INDEX_NAMES)}: pass one checkpoint file, or use discover/serve"
+            folder, f"a folder without {' or '.join(INDEX_NAMES)}: pass one checkpoint file, or give the folder of "
+            "runs to `ckptboard summarize` or `ckptboard serve`",
         )
     metadata: dict[str, Any] = {}
     expected: list[str] = []

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ckptboard.dashboard.commands.summarize import add_summarize_options, summarize_with_progress
+from ckptboard.dashboard.summarize_cli import add_summarize_options, summarize_with_progress
 
 __all__ = ["add_parser", "run"]
 

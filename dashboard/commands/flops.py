@@ -24,16 +24,10 @@ import pandas as pd
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.flops import FlopReport, count_flops, module_table, parse_input_specs
-from ckptboard.dashboard.commands.size import (
-    CheckpointSize,
-    check_depth,
-    format_count,
-    format_table,
-    load_checkpoint_size,
-    module_label,
-)
+from ckptboard.core.checkpoint_size import CheckpointSize, check_depth, load_checkpoint_size
+from ckptboard.dashboard.text import format_count, format_si, format_table, module_label
 
-__all__ = ["add_parser", "run", "format_si"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -80,16 +74,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_render(report, sizes, args.depth))
     return 0
-
-
-def format_si(n: int, unit: str) -> str:
-    """``4.42 MFLOP``: SI prefixes (M = 10^6), as FLOP counts are usually quoted."""
-    value = float(n)
-    for prefix in ("", "K", "M", "G", "T", "P"):
-        if abs(value) < 1000 or prefix == "P":
-            return f"{int(value)} {unit}" if not prefix else f"{value:.2f} {prefix}{unit}"
-        value /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _run_estimate(args: argparse.Namespace) -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ckptboard.core.errors import UsageError
-from ckptboard.dashboard.figures._common import format_bytes
+from ckptboard.dashboard.text import format_bytes, format_table
 
-__all__ = ["add_parser", "run", "format_report"]
+__all__ = ["add_parser", "run"]
 
 _COLUMNS = ("name", "kind", "trainable", "shape", "dtype", "size", "source")
 
@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, default=str))
     else:
-        print(format_report(data))
+        print(_format_report(data))
     return 0
 
 
-def format_report(data: dict[str, Any]) -> str:
+def _format_report(data: dict[str, Any]) -> str:
     """The readable table and footer for an :func:`inspect_report` object."""
     lines: list[str] = []
     for group in data["groups"]:
@@ -84,13 +84,7 @@ def _row(t: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(_COLUMNS)]
-    right = {_COLUMNS.index("size")}
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return [line(_COLUMNS), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    return format_table(_COLUMNS, rows, right={_COLUMNS.index("size")}, rule=True).splitlines()
 
 
 def _footer(data: dict[str, Any]) -> list[str]:

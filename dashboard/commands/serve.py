@@ -1,7 +1,7 @@
 """``ckptboard serve ROOT``: validate ROOT, print the URL and run the Streamlit app on it.
 
-The app's own arguments (everything after ``--`` in ``streamlit run dashboard/app.py -- ROOT ...``) are defined
-here once, by :func:`add_app_arguments`, so that ``serve`` and the app parse them the same way.
+The arguments are the app's own (:mod:`ckptboard.dashboard.config`), so that ``serve`` and the app parse them the
+same way.
 """
 
 from __future__ import annotations
@@ -9,113 +9,11 @@ from __future__ import annotations
 import argparse
 import signal
 import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.flops import parse_input_specs
+from ckptboard.dashboard.config import add_app_arguments, config_from_args, streamlit_command
 
-__all__ = [
-    "AppConfig",
-    "add_app_arguments",
-    "parse_app_args",
-    "parse_input_shape",
-    "resolve_under_root",
-    "add_parser",
-    "run",
-    "streamlit_command",
-]
-
-APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
-
-
-@dataclass(frozen=True)
-class AppConfig:
-    """What the app was started on: ROOT and the options that travel after ``--``."""
-
-    root: Path
-    cache_dir: Path | None = None
-    model: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    trust: bool = False
-
-    def to_argv(self) -> list[str]:
-        """The argv the app parses back into an equal config."""
-        argv = [str(self.root)]
-        if self.cache_dir is not None:
-            argv += ["--cache-dir", str(self.cache_dir)]
-        if self.model:
-            argv += ["--model", self.model]
-        if self.input_shape:
-            argv += ["--input-shape", ",".join(map(str, self.input_shape))]
-        if self.trust:
-            argv.append("--trust")
-        return argv
-
-
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``; :class:`UsageError` on anything else."""
-    return parse_input_specs([text])[0].shape
-
-
-def resolve_under_root(root: Path, text: str | Path) -> Path:
-    """``text`` (relative to ROOT, or absolute) resolved; :class:`UsageError` when it leaves ROOT."""
-    root = Path(root).resolve()
-    candidate = Path(text).expanduser()
-    path = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if not path.is_relative_to(root):
-        raise UsageError(f"{text}: outside ROOT {root}; the dashboard reads only files under ROOT")
-    return path
-
-
-def add_app_arguments(parser: argparse.ArgumentParser) -> None:
-    """ROOT and the options the app needs; shared by ``ckptboard serve`` and the app's own argv."""
-    parser.add_argument("root", metavar="ROOT", help="folder of runs (or one run) holding checkpoints")
-    parser.add_argument("--model", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
-    parser.add_argument("--input-shape", metavar="SHAPE", help="input shape for the FLOP breakdown, e.g. 1,3,32,32")
-    parser.add_argument("--cache-dir", metavar="DIR", help="where the stats cache lives (default: the cache's own)")
-    parser.add_argument("--trust", action="store_true", help="allow checkpoints that execute pickled code")
-
-
-def config_from_args(args: argparse.Namespace) -> AppConfig:
-    """Validate the parsed arguments once, before any checkpoint is opened."""
-    root = Path(args.root).expanduser()
-    if not root.exists():
-        raise UsageError(f"ROOT {root}: does not exist; give the folder your training run saves checkpoints in")
-    if not root.is_dir():
-        raise UsageError(f"ROOT {root}: is a file; give the folder that holds it (ckptboard inspect reads one file)")
-    shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else None
-    return AppConfig(root=root.resolve(), cache_dir=cache_dir, model=args.model, input_shape=shape, trust=args.trust)
-
-
-def parse_app_args(argv: list[str]) -> AppConfig:
-    """The app's argv (after ``--``) as an :class:`AppConfig`; :class:`UsageError` when it is wrong."""
-    parser = argparse.ArgumentParser(prog="ckptboard app", exit_on_error=False, add_help=False)
-    add_app_arguments(parser)
-    try:
-        args, unknown = parser.parse_known_args(argv)
-    except (argparse.ArgumentError, SystemExit) as e:
-        raise UsageError(f"app arguments {argv}: {e}; run it as `streamlit run app.py -- ROOT [options]`") from None
-    if unknown:
-        raise UsageError(f"app arguments: unknown {unknown}; see `ckptboard serve --help`")
-    return config_from_args(args)
-
-
-def streamlit_command(config: AppConfig, *, host: str, port: int) -> list[str]:
-    """The ``python -m streamlit run`` command line serving the app on ``host:port``."""
-    return [
-        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
-        "--server.address", host,
-        "--server.port", str(port),
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-        "--client.toolbarMode", "minimal",
-        "--",
-        *config.to_argv(),
-    ]  # fmt: skip
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> None:

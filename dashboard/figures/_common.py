@@ -23,7 +23,6 @@ __all__ = [
     "select_tensors",
     "empty_figure",
     "tensor_label",
-    "format_bytes",
     "format_shape",
     "module_prefix",
     "module_group",
@@ -118,18 +117,6 @@ def empty_figure(message: str) -> go.Figure:
     fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14})
     fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=240, meta={"empty": True})
     return fig
-
-
-def format_bytes(n: float) -> str:
-    """``1.5 MiB``: binary units, one decimal."""
-    if n is None or pd.isna(n):
-        return ""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover - loop always returns
 
 
 def format_shape(shape) -> str:

@@ -15,22 +15,31 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.records import StrEnum
 from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
-__all__ = ["BN_STATS", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
+__all__ = ["BatchNormStat", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
            "num_batches_tracked_figure", "bn_modules"]
 
-BN_STATS = ("running_mean", "running_var")
+
+
+class BatchNormStat(StrEnum):
+    """The running statistics of a BatchNorm-style layer that the figures draw per channel."""
+
+    RUNNING_MEAN = "running_mean"
+    RUNNING_VAR = "running_var"
+
+
 SMALL_MULTIPLES_OVER = 6
 _COLS = 4
 _MAX_STEPS = 300
 
 
 def _check_stat(stat: str) -> None:
-    if stat not in BN_STATS:
-        raise UsageError(f"BatchNorm statistic must be one of {', '.join(BN_STATS)}, got {stat!r}")
+    if stat not in list(BatchNormStat):
+        raise UsageError(f"BatchNorm statistic must be one of {', '.join(BatchNormStat)}, got {stat!r}")
 
 
 def _layer_label(group: str, module: str) -> str:

@@ -15,13 +15,22 @@ import plotly.graph_objects as go
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.histogram import rebin
+from ckptboard.core.records import StrEnum
 from ckptboard.core.schema import StatsTables, percentile_column
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, step_ramp, tensor_label
 from ckptboard.dashboard.figures.stepless import POSITION_AXIS_TITLE, on_position_axis, stepless_runs
 
-__all__ = ["HISTOGRAM_MODES", "DISTRIBUTION_BANDS", "common_edges", "histogram_figure", "distribution_figure"]
+__all__ = ["HistogramMode", "DISTRIBUTION_BANDS", "common_edges", "histogram_figure", "distribution_figure"]
 
-HISTOGRAM_MODES = ("offset", "overlay")
+
+
+class HistogramMode(StrEnum):
+    """How a tensor's histograms over steps are drawn: stacked ridges (TensorBoard's offset) or on one axis."""
+
+    OFFSET = "offset"
+    OVERLAY = "overlay"
+
+
 # TensorBoard's distribution bands, outermost first: (lower, upper) percentiles.
 DISTRIBUTION_BANDS: tuple[tuple[float, float], ...] = ((0.0, 100.0), (6.68, 93.32), (15.87, 84.13), (30.85, 69.15))
 _BAND_OPACITY = (0.18, 0.3, 0.42, 0.55)
@@ -57,15 +66,15 @@ def histogram_figure(
     group: str,
     name: str,
     *,
-    mode: str = "offset",
+    mode: str = HistogramMode.OFFSET,
     bins: int = 60,
     max_steps: int = 50,
 ) -> go.Figure:
     """A tensor's histograms over training, one trace per drawn step, oldest first (so at the back), coloured
     from dark (old) to bright (new): ``offset`` stacks filled outlines with the y baseline at the step,
     ``overlay`` draws the outlines on one count axis."""
-    if mode not in HISTOGRAM_MODES:
-        raise UsageError(f"histogram mode must be one of {', '.join(HISTOGRAM_MODES)}, got {mode!r}")
+    if mode not in list(HistogramMode):
+        raise UsageError(f"histogram mode must be one of {', '.join(HistogramMode)}, got {mode!r}")
     if bins < 1:
         raise UsageError(f"bins must be at least 1, got {bins}")
     label = tensor_label(group, name)

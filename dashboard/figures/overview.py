@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.figures._common import empty_figure, format_bytes, series_color
+from ckptboard.dashboard.figures._common import empty_figure, series_color
+from ckptboard.dashboard.text import format_bytes
 
 __all__ = ["checkpoints_table", "runs_overview_figure", "error_cards"]
 

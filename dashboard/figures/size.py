@@ -11,7 +11,8 @@ from ckptboard.core.errors import UsageError
 from ckptboard.core.flops import FlopReport, module_table
 from ckptboard.core.records import StrEnum
 from ckptboard.core.size import SizeNode
-from ckptboard.dashboard.figures._common import empty_figure, format_bytes
+from ckptboard.dashboard.figures._common import empty_figure
+from ckptboard.dashboard.text import format_bytes
 
 __all__ = ["SizeMetric", "ChartKind", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.figures._common import format_bytes, format_shape, select_tensors
+from ckptboard.dashboard.figures._common import format_shape, select_tensors
+from ckptboard.dashboard.text import format_bytes
 
 __all__ = ["TENSOR_TABLE_COLUMNS", "tensor_table"]
 

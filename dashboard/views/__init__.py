@@ -6,7 +6,7 @@ from enum import unique
 
 from ckptboard.core.records import StrEnum
 
-__all__ = ["View", "VIEW_KEY", "render"]
+__all__ = ["View", "VIEW_KEY", "LinesPer", "render"]
 
 VIEW_KEY = "view"  # session_state key of the view switcher (also the ``?view=`` query parameter)
 
@@ -23,6 +23,14 @@ class View(StrEnum):
     SIZE_FLOPS = "Size & FLOPs"
     COMPARE = "Compare"
     HEALTH = "Health"
+
+
+@unique
+class LinesPer(StrEnum):
+    """What one line of the Scalars view is: a tensor or a whole module (Health's links choose tensors)."""
+
+    TENSORS = "Tensors"
+    MODULES = "Modules"
 
 
 def render(view: View, ctx) -> None:

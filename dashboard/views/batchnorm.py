@@ -6,13 +6,17 @@ import re
 
 import streamlit as st
 
-from ckptboard.dashboard.figures.batchnorm import batchnorm_heatmap, batchnorm_layers_figure, num_batches_tracked_figure
+from ckptboard.dashboard.figures.batchnorm import (
+    BatchNormStat,
+    batchnorm_heatmap,
+    batchnorm_layers_figure,
+    num_batches_tracked_figure,
+)
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import run_picker
 
-__all__ = ["render", "STATS"]
+__all__ = ["render"]
 
-STATS = ("running_mean", "running_var")
 _FIRST_LAYERS = 12  # small multiples of 3 rows: TensorBoard too pages its charts rather than drawing hundreds
 
 
@@ -27,8 +31,9 @@ def render(ctx: ViewContext) -> None:
         st.info(f"Run {run!r} has no BatchNorm-style running statistics" + (" matching the filter." if ctx.pattern else "."))
         st.stop()
     with right:
-        pick_default("bn_stat", STATS, STATS[0])
-        stat = st.segmented_control("Statistic", STATS, key="bn_stat", required=True, persist_state="session")
+        pick_default("bn_stat", list(BatchNormStat), BatchNormStat.RUNNING_MEAN)
+        stat = st.segmented_control("Statistic", list(BatchNormStat), key="bn_stat", required=True,
+                                    persist_state="session")
     pick_default("bn_layers", layers, layers[:_FIRST_LAYERS])
     shown = st.multiselect(
         "Layers drawn", layers, key="bn_layers", persist_state="session",

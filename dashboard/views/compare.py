@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from ckptboard.dashboard.figures.compare import compare_checkpoints, compare_figure
-from ckptboard.dashboard.state import ViewContext, finite_steps, memo, pick_default
+from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import checkpoint_picker, run_picker
 
 __all__ = ["render", "MODES"]
@@ -54,7 +55,7 @@ def _two_runs(ctx: ViewContext) -> tuple[str, str]:
         pick_default("compare_run_b", ctx.runs, next(r for r in ctx.runs if r != run_a))
         run_b = st.selectbox("Run B", ctx.runs, key="compare_run_b", persist_state="session")
     frame = ctx.tables.checkpoints
-    steps_a, steps_b = (finite_steps(frame[frame["run"] == r]) for r in (run_a, run_b))
+    steps_a, steps_b = (_finite_steps(frame[frame["run"] == r]) for r in (run_a, run_b))
     common = sorted(set(steps_a.tolist()) & set(steps_b.tolist()))
     if not common:
         st.info(f"Runs {run_a!r} and {run_b!r} share no step; compare two checkpoints instead.")
@@ -77,3 +78,9 @@ def _lists(result) -> None:
             rows += [{"tensor": n, "change": "removed", "detail": ""} for n in result.removed]
             rows += [{"tensor": n, "change": "reshaped", "detail": f"{sa} → {sb}"} for n, sa, sb in result.reshaped]
             st.dataframe(pd.DataFrame(rows), hide_index=True, key="compare_events")
+
+
+def _finite_steps(frame: pd.DataFrame) -> np.ndarray:
+    """Sorted unique finite steps of ``frame``."""
+    steps = pd.to_numeric(frame["step"], errors="coerce").dropna().unique()
+    return np.sort(steps.astype(np.int64))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from ckptboard.dashboard.figures.batchnorm import BatchNormStat
 from ckptboard.dashboard.figures.health import health_table
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
-from ckptboard.dashboard.views import VIEW_KEY, View
-from ckptboard.dashboard.views.scalars import BY_TENSOR
+from ckptboard.dashboard.views import VIEW_KEY, LinesPer, View
 
 __all__ = ["render", "open_finding"]
 
@@ -87,7 +87,7 @@ def open_finding(row: dict, view: View) -> None:
         state["sidebar_runs"] = [*state["sidebar_runs"], run]
     state["sidebar_filter"] = ""  # the tensor must be visible in the pickers
     if view == View.SCALARS:
-        state["scalars_by"] = BY_TENSOR
+        state["scalars_by"] = LinesPer.TENSORS
         state["scalars_tensors"] = [name]
         state["scalars_stat"] = _STAT_FOR_CHECK.get(row["check"], "norm")
     elif view == View.HISTOGRAMS:
@@ -96,5 +96,5 @@ def open_finding(row: dict, view: View) -> None:
     elif view == View.BATCHNORM:
         state["bn_run"] = run
         state["bn_layer"] = layer
-        state["bn_stat"] = "running_var"
+        state["bn_stat"] = BatchNormStat.RUNNING_VAR
     state[VIEW_KEY] = view

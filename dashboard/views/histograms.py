@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
+from ckptboard.dashboard.figures.histograms import HistogramMode, distribution_figure, histogram_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import run_picker, tensor_picker
 
-__all__ = ["render", "MODES"]
-
-MODES = ("offset", "overlay")
+__all__ = ["render"]
 
 
 def render(ctx: ViewContext) -> None:
@@ -20,8 +18,9 @@ def render(ctx: ViewContext) -> None:
     with mid:
         group, name = tensor_picker(ctx, run, "hist_tensor")
     with right:
-        pick_default("hist_mode", MODES, "offset")
-        mode = st.segmented_control("Mode", MODES, key="hist_mode", required=True, persist_state="session")
+        pick_default("hist_mode", list(HistogramMode), HistogramMode.OFFSET)
+        mode = st.segmented_control("Mode", list(HistogramMode), key="hist_mode", required=True,
+                                    persist_state="session")
     st.plotly_chart(memo(histogram_figure, ctx, run, group, name, mode=mode), key="hist_chart")
     st.subheader("Distribution")
     st.plotly_chart(memo(distribution_figure, ctx, run, group, name), key="hist_distribution_chart")

@@ -6,10 +6,10 @@ import streamlit as st
 
 from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
+from ckptboard.dashboard.views import LinesPer
 
-__all__ = ["render", "BY_TENSOR", "BY_MODULE"]
+__all__ = ["render"]
 
-BY_TENSOR, BY_MODULE = "Tensors", "Modules"
 _DEFAULT_LINES = 4
 
 
@@ -21,9 +21,9 @@ def render(ctx: ViewContext) -> None:
             "Statistic", list(STATISTICS), key="scalars_stat", format_func=STATISTICS.get, persist_state="session"
         )
     with top[1]:
-        pick_default("scalars_by", [BY_TENSOR, BY_MODULE], BY_TENSOR)
+        pick_default("scalars_by", list(LinesPer), LinesPer.TENSORS)
         by = st.segmented_control(
-            "Lines per", [BY_TENSOR, BY_MODULE], key="scalars_by", required=True, persist_state="session"
+            "Lines per", list(LinesPer), key="scalars_by", required=True, persist_state="session"
         )
     with top[2]:
         st.session_state.setdefault("scalars_smoothing", 0.6)  # TensorBoard's default
@@ -32,7 +32,7 @@ def render(ctx: ViewContext) -> None:
         log_y = st.toggle("Log y", key="scalars_log_y", persist_state="session")
 
     tensors = modules = None
-    if by == BY_MODULE:
+    if by == LinesPer.MODULES:
         options = ctx.modules()
         pick_default("scalars_modules", options, options[:_DEFAULT_LINES])
         modules = st.multiselect(

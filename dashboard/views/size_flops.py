@@ -3,28 +3,24 @@ buffers) and, when a model SPEC and an input shape are given, the FLOP breakdown
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from ckptboard.core.errors import CkptboardError, UsageError
 from ckptboard.core.flops import count_flops
 from ckptboard.core.model_spec import load_model
-from ckptboard.core.size import size_tree_from_frame
-from ckptboard.dashboard.commands.serve import parse_input_shape, resolve_under_root
-from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
+from ckptboard.dashboard.config import parse_input_shape, resolve_under_root
+from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
+from ckptboard.dashboard.views._module_tree import checkpoint_tensors, module_tree_chart, size_tree
 from ckptboard.dashboard.views._pickers import checkpoint_picker
 
-__all__ = ["render", "module_tree_chart", "checked_spec"]
-
-METRICS = {"bytes": "bytes", "parameters": "parameters", "elements": "elements (with buffers)"}
-CHARTS = ("treemap", "sunburst")
+__all__ = ["render", "checked_spec"]
 
 
 def render(ctx: ViewContext) -> None:
     checkpoint = checkpoint_picker(ctx, "size_checkpoint")
     group = module_tree_chart(ctx, checkpoint, key_prefix="size")
-    frame = _checkpoint_tensors(ctx, checkpoint)
+    frame = checkpoint_tensors(ctx, checkpoint)
     frame = frame[frame["group"].fillna("").astype(str) == group]
     left, right = st.columns(2)
     with left:
@@ -37,52 +33,8 @@ def render(ctx: ViewContext) -> None:
     _flops(ctx)
 
 
-def _checkpoint_tensors(ctx: ViewContext, checkpoint: str) -> pd.DataFrame:
-    frame = ctx.tables.tensors
-    return frame[frame["checkpoint"] == checkpoint]
-
-
-def _size_tree(tables, checkpoint: str, group: str):
-    return size_tree_from_frame(tables.tensors[tables.tensors["checkpoint"] == checkpoint], group=group)
-
-
-def _size_chart(tables, checkpoint: str, group: str, metric: str, chart: str):
-    return size_treemap(_size_tree(tables, checkpoint, group), metric, chart=chart)
-
-
 def _dtype_bars(tables, checkpoint: str, group: str):
-    return dtype_bars(_size_tree(tables, checkpoint, group))
-
-
-def _groups(ctx: ViewContext, checkpoint: str) -> list[str]:
-    """The state_dicts (groups) of ``checkpoint``: one for a plain model, two with an EMA copy, …"""
-    return sorted(_checkpoint_tensors(ctx, checkpoint)["group"].fillna("").astype(str).unique())
-
-
-def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> str:
-    """The module tree of ``checkpoint`` as a treemap or sunburst, sized by bytes, parameters or elements;
-    returns the state_dict (group) drawn, chosen here when the checkpoint holds several (model and EMA)."""
-    groups = _groups(ctx, checkpoint) or [""]
-    cols = st.columns([2, 3, 2] if len(groups) > 1 else [3, 2])
-    group = groups[0]
-    if len(groups) > 1:
-        key = f"{key_prefix}_group"
-        pick_default(key, groups, groups[0])
-        with cols[0]:
-            group = st.selectbox("State dict", groups, key=key, format_func=lambda g: g or "(top level)",
-                                 persist_state="session")
-    mid, right = cols[-2:]
-    with mid:
-        pick_default(f"{key_prefix}_metric", list(METRICS), "bytes")
-        metric = st.segmented_control(
-            "Size by", list(METRICS), key=f"{key_prefix}_metric", format_func=METRICS.get, required=True,
-            persist_state="session",
-        )  # fmt: skip
-    with right:
-        pick_default(f"{key_prefix}_chart", CHARTS, CHARTS[0])
-        chart = st.segmented_control("Chart", CHARTS, key=f"{key_prefix}_chart", required=True, persist_state="session")
-    st.plotly_chart(memo(_size_chart, ctx, checkpoint, group, metric, chart), key=f"{key_prefix}_tree_chart")
-    return group
+    return dtype_bars(size_tree(tables, checkpoint, group))
 
 
 def checked_spec(root, spec: str) -> str:

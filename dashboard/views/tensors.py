@@ -8,7 +8,7 @@ from ckptboard.core.records import TensorKind
 from ckptboard.dashboard.figures.tensors import tensor_table
 from ckptboard.dashboard.state import ViewContext, memo
 from ckptboard.dashboard.views._pickers import checkpoint_picker
-from ckptboard.dashboard.views.size_flops import module_tree_chart
+from ckptboard.dashboard.views._module_tree import module_tree_chart
 
 __all__ = ["render"]
 

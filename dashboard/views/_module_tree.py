@@ -1,0 +1,62 @@
+"""The module tree of one checkpoint as a treemap or sunburst, with its pickers: drawn by the Size & FLOPs and the
+Tensors views."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from ckptboard.core.size import size_tree_from_frame
+from ckptboard.dashboard.figures.size import ChartKind, SizeMetric, size_treemap
+from ckptboard.dashboard.state import ViewContext, memo, pick_default
+
+__all__ = ["module_tree_chart", "checkpoint_tensors", "size_tree"]
+
+_METRIC_LABELS = {SizeMetric.ELEMENTS: "elements (with buffers)"}
+
+
+def checkpoint_tensors(ctx: ViewContext, checkpoint: str) -> pd.DataFrame:
+    """The tensor rows of one checkpoint."""
+    frame = ctx.tables.tensors
+    return frame[frame["checkpoint"] == checkpoint]
+
+
+def size_tree(tables, checkpoint: str, group: str):
+    """The size tree of one state_dict (``group``) of one checkpoint."""
+    return size_tree_from_frame(tables.tensors[tables.tensors["checkpoint"] == checkpoint], group=group)
+
+
+def _size_chart(tables, checkpoint: str, group: str, metric: str, chart: str):
+    return size_treemap(size_tree(tables, checkpoint, group), metric, chart=chart)
+
+
+def _groups(ctx: ViewContext, checkpoint: str) -> list[str]:
+    """The state_dicts (groups) of ``checkpoint``: one for a plain model, two with an EMA copy, …"""
+    return sorted(checkpoint_tensors(ctx, checkpoint)["group"].fillna("").astype(str).unique())
+
+
+def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> str:
+    """The module tree of ``checkpoint`` as a treemap or sunburst, sized by bytes, parameters or elements;
+    returns the state_dict (group) drawn, chosen here when the checkpoint holds several (model and EMA)."""
+    groups = _groups(ctx, checkpoint) or [""]
+    cols = st.columns([2, 3, 2] if len(groups) > 1 else [3, 2])
+    group = groups[0]
+    if len(groups) > 1:
+        key = f"{key_prefix}_group"
+        pick_default(key, groups, groups[0])
+        with cols[0]:
+            group = st.selectbox("State dict", groups, key=key, format_func=lambda g: g or "(top level)",
+                                 persist_state="session")
+    mid, right = cols[-2:]
+    with mid:
+        pick_default(f"{key_prefix}_metric", list(SizeMetric), SizeMetric.BYTES)
+        metric = st.segmented_control(
+            "Size by", list(SizeMetric), key=f"{key_prefix}_metric", required=True, persist_state="session",
+            format_func=lambda m: _METRIC_LABELS.get(m, str(m)),
+        )  # fmt: skip
+    with right:
+        pick_default(f"{key_prefix}_chart", list(ChartKind), ChartKind.TREEMAP)
+        chart = st.segmented_control("Chart", list(ChartKind), key=f"{key_prefix}_chart", required=True,
+                                     persist_state="session")
+    st.plotly_chart(memo(_size_chart, ctx, checkpoint, group, metric, chart), key=f"{key_prefix}_tree_chart")
+    return group
