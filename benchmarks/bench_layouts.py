@@ -4,8 +4,9 @@ one ``torch.save`` file side by side, and classification accuracy without ``--mo
     python benchmarks/bench_layouts.py [--gb 2.0] [--repeats 3] [--skip-accuracy]
 
 The tensors (float32, seeded normal, 64 of equal size) are written once into a temp folder as ``whole/ckpt.pt``
-(``torch.save``) and ``dcp/step-1/`` (``dcp.save`` with ``FileSystemWriter(thread_count=8)``: 8 ``.distcp`` files,
-one process, so each tensor is one chunk). Each measurement runs in a fresh process ``--repeats`` times; reported
+(``torch.save``), ``dcp/step-1/`` (``dcp.save`` with ``FileSystemWriter(thread_count=8)``: 8 ``.distcp`` files,
+one process, so each tensor is one chunk) and ``fsdp/step-1/`` (the same values as DTensors split by rows over 2
+gloo ranks, as FSDP2 shards them: 8 files, each tensor in 2 chunks, assembled on load). Each measurement runs in a fresh process ``--repeats`` times; reported
 are medians of the in-process time and of peak RSS (``VmHWM``) minus that of a process that only imports
 ckptboard and torch. ``summarize`` uses a fresh cache folder each time. Statistics of the two are compared column by
 column. Accuracy: the layouts' fixtures from ``tests/_fixtures_layouts.py`` (real libraries, or exact imitations for
@@ -65,6 +66,45 @@ def _write(folder: Path, gb: float) -> None:
         dcp.save({"model": state}, storage_writer=dcp.FileSystemWriter(folder / "dcp" / "step-1", thread_count=8))
 
 
+def _fsdp_worker(rank: int, world: int, folder: str, port: int, gb: float) -> None:
+    import os
+    import warnings
+
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    n, rows = 64, 1024
+    per = int(gb * 1e9 / 4 / n)
+    gen = torch.Generator().manual_seed(0)
+    state, whole = {}, {}
+    for i in range(n):  # the same values as _write's, sharded by rows as FSDP2's fully_shard does
+        full = torch.randn(rows, per // rows, generator=gen)
+        state[f"layers.{i}.weight"] = distribute_tensor(full, mesh, [Shard(0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"model": state}, storage_writer=dcp.FileSystemWriter(Path(folder) / "fsdp" / "step-1",
+                                                                       thread_count=8 // world))
+    dist.destroy_process_group()
+
+
+def _write_fsdp(folder: Path, gb: float, world: int = 2) -> None:
+    """The same tensors as DTensors split by rows over ``world`` gloo ranks: 8 .distcp files, ``world`` chunks each."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp_worker, args=(world, str(folder), port, gb), nprocs=world)
+
+
 def _probe(mode: str, path: Path, extra: str = "-") -> dict:
     out = subprocess.run([sys.executable, "-c", _PROBE, mode, str(path), extra], check=True, capture_output=True,
                          text=True, cwd=REPO)
@@ -80,12 +120,14 @@ def _speed_and_memory(folder: Path, repeats: int) -> None:
     base_kib = _median(base, "peak_kib")
     shards = sorted((folder / "dcp" / "step-1").glob("*.distcp"))
     listing = [_probe("list", folder / "dcp" / "step-1") for _ in range(repeats)]
+    print(f"baseline process (python + torch + ckptboard imports): peak RSS {base_kib / 1024:.0f} MiB")
     print(f"listing DCP ({len(shards)} .distcp files, {listing[0]['bytes'] / 1e9:.2f} GB, {listing[0]['tensors']} "
           f"tensors): {_median(listing, 'seconds'):.3f} s, peak RSS +{(_median(listing, 'peak_kib') - base_kib) / 1024:.0f} MiB")
-    for label, root in (("torch.save file", folder / "whole"), ("DCP (8 shards)", folder / "dcp")):
+    for label, root in (("torch.save file", folder / "whole"), ("DCP (8 shards)", folder / "dcp"),
+                        ("DCP FSDP 2 ranks", folder / "fsdp")):
         runs = []
         for i in range(repeats):
-            cache = folder / f"cache-{label[:3]}-{i}"
+            cache = folder / f"cache-{root.name}-{i}"
             runs.append(_probe("summarize", root, str(cache)))
             assert runs[-1]["ok"], runs[-1]
         print(f"summarize {label:16s}: {_median(runs, 'seconds'):.2f} s, "
@@ -96,12 +138,13 @@ def _speed_and_memory(folder: Path, repeats: int) -> None:
 def _compare_statistics(folder: Path) -> None:
     from ckptboard.core.tables import load_stats
 
-    whole = load_stats(folder / "whole", cache_dir=folder / "cache-tor-0").tensors.set_index("name").sort_index()
-    dcp = load_stats(folder / "dcp", cache_dir=folder / "cache-DCP-0").tensors.set_index("name").sort_index()
+    whole = load_stats(folder / "whole", cache_dir=folder / "cache-whole-0").tensors.set_index("name").sort_index()
     columns = [c for c in whole.columns if c.startswith(("mean", "std", "min", "max", "abs_mean", "norm", "zeros",
                                                           "nans", "p", "numel"))]
-    same = whole[columns].equals(dcp[columns])
-    print(f"statistics identical over {len(columns)} columns x {len(whole)} tensors: {same}")
+    for name in ("dcp", "fsdp"):
+        other = load_stats(folder / name, cache_dir=folder / f"cache-{name}-0").tensors.set_index("name").sort_index()
+        same = whole[columns].equals(other[columns])
+        print(f"statistics of {name} identical to the file's over {len(columns)} columns x {len(whole)} tensors: {same}")
 
 
 def _accuracy() -> None:
@@ -162,6 +205,7 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix="bench_layouts_"))
         try:
             _write(folder, args.gb)
+            _write_fsdp(folder, args.gb)
             _speed_and_memory(folder, args.repeats)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
