@@ -14,6 +14,7 @@ from torch import nn
 from ckptboard.core.discover import discover
 from ckptboard.core.summarize import summarize
 from ckptboard.core.tables import load_stats
+from ckptboard.dashboard.figures.overview import checkpoints_table
 from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
 from ckptboard.dashboard.figures.scalars import scalar_series
 from ckptboard.dashboard.figures.stepless import POSITION_AXIS_TITLE
@@ -62,6 +63,8 @@ def test_figures_draw_stepless_runs_by_name(stepless):
     assert list(fig.data[-1].x) == [0, 1, 2] and fig.layout.xaxis.title.text == POSITION_AXIS_TITLE
     series = scalar_series(tables, "norm", tensors=[("", "0.weight")], runs=["files"])
     assert series["step"].tolist() == [0, 1, 2]
+    # the Overview's table lists them by modification time too, not by name
+    assert checkpoints_table(tables, "hf")["checkpoint"].tolist() == ["hf/final", "hf/best"]
 
 
 @pytest.mark.parametrize("view", list(View), ids=lambda v: v.name.lower())

@@ -101,17 +101,21 @@ class DcpReader(FileReader):
         out = torch.empty(item.shape, dtype=item.dtype)
         covered = 0
         for chunk in item.chunks:
-            piece = self._read_chunk(item, chunk)
             index = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))
-            out[index].copy_(piece)
-            covered += piece.numel()
-            del piece
+            target = out[index]
+            # A chunk of whole rows (FSDP's dim-0 shards) is one contiguous range of ``out``: read straight into it.
+            piece = self._read_chunk(item, chunk, into=target if target.is_contiguous() else None)
+            if piece is not None:
+                target.copy_(piece)
+                del piece
+            covered += target.numel()
         if covered != out.numel():
             raise CorruptCheckpointError(self.path, f"{item.fqn}: its chunks cover {covered} of {out.numel()} elements")
         return out if device.type == "cpu" else out.to(device)
 
-    def _read_chunk(self, item: DcpItem, chunk: DcpChunk) -> torch.Tensor:
-        """One chunk's tensor: its zip's pickle read safely, its storage record mapped from the file."""
+    def _read_chunk(self, item: DcpItem, chunk: DcpChunk, into: torch.Tensor | None = None) -> torch.Tensor | None:
+        """One chunk's tensor: its zip's pickle read safely, its storage record mapped from the file; with ``into``
+        (contiguous, the chunk's size) a contiguous record is read into it instead and None is returned."""
         where = f"{chunk.file} at {chunk.offset}"
         with open(self.path / chunk.file, "rb") as f:
             view = _Slice(f, chunk.offset, chunk.length)
@@ -137,10 +141,20 @@ class DcpReader(FileReader):
                     raise CorruptCheckpointError(
                         self.path, f"{item.fqn}: {where} holds no {item.dtype} tensor of size {chunk.sizes}"
                     )
-                raw = self._record(f, zf, f"{kind[1]}/data/{lazy.storage.key}", chunk, lazy.storage.nbytes, item)
+                name = f"{kind[1]}/data/{lazy.storage.key}"
+                start = self._record_start(f, zf, name, chunk, lazy.storage.nbytes, item)
+                contiguous = lazy.stride == contiguous_stride(lazy.shape) and not lazy.flags and lazy.quantizer is None
+                if into is not None and isinstance(start, int) and contiguous and lazy.numel:
+                    f.seek(start + lazy.offset * lazy.dtype.itemsize)
+                    want = lazy.nbytes
+                    if f.readinto(memoryview(into.view(-1).view(torch.uint8).numpy())) != want:
+                        raise CorruptCheckpointError(self.path, f"{item.fqn}: {where} ends inside its storage record")
+                    return None
+                raw = start if isinstance(start, torch.Tensor) else self._mapped(f, start, lazy.storage.nbytes)
                 return build_tensor(raw, lazy, lambda q: q)
 
-    def _record(self, f: Any, zf: zipfile.ZipFile, name: str, chunk: DcpChunk, nbytes: int, item: DcpItem):
+    def _record_start(self, f: Any, zf: zipfile.ZipFile, name: str, chunk: DcpChunk, nbytes: int, item: DcpItem):
+        """The file offset where the storage record's bytes start, or the bytes themselves (empty or compressed)."""
         try:
             info = zf.getinfo(name)
         except KeyError:
@@ -156,8 +170,11 @@ class DcpReader(FileReader):
         start = chunk.offset + info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         if signature != b"PK\x03\x04" or start + nbytes > chunk.offset + chunk.length:
             raise CorruptCheckpointError(self.path, f"{item.fqn}: storage record {name} lies outside its chunk")
-        # As in torchzip: a private copy-on-write mapping that the tensor keeps alive; the copy into the assembled
-        # tensor reads it once.
+        return start
+
+    @staticmethod
+    def _mapped(f: Any, start: int, nbytes: int) -> torch.Tensor:
+        # As in torchzip: a private copy-on-write mapping that the tensor keeps alive.
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
         mapped = mmap.mmap(f.fileno(), start + nbytes - aligned, access=mmap.ACCESS_COPY, offset=aligned)
         return bytes_tensor(mapped, start - aligned, nbytes)
