@@ -35,7 +35,7 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from ckptboard.core.summarize import plan, summarize
-from ckptboard.core.tables import load_stats
+from ckptboard.core.load import load_stats
 from ckptboard.dashboard.views import View
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

@@ -70,7 +70,7 @@ def _rows_equal(a: list[dict], b: list[dict], rel: float) -> tuple[bool, float]:
 def _tables_equal(root: Path, cache_a: Path, cache_b: Path) -> dict:
     import pandas as pd
 
-    from ckptboard.core.tables import load_stats
+    from ckptboard.core.load import load_stats
 
     a, b = load_stats(root, cache_dir=cache_a), load_stats(root, cache_dir=cache_b)
     out = {}

@@ -136,7 +136,7 @@ def _speed_and_memory(folder: Path, repeats: int) -> None:
 
 
 def _compare_statistics(folder: Path) -> None:
-    from ckptboard.core.tables import load_stats
+    from ckptboard.core.load import load_stats
 
     whole = load_stats(folder / "whole", cache_dir=folder / "cache-whole-0").tensors.set_index("name").sort_index()
     columns = [c for c in whole.columns if c.startswith(("mean", "std", "min", "max", "abs_mean", "norm", "zeros",

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     if args.root is not None:
-        from ckptboard.core.tables import load_stats
+        from ckptboard.core.load import load_stats
 
         tables = load_stats(args.root, args.cache_dir)
         source = f"load_stats({args.root})"

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ckptboard.core.summarize import summarize
-from ckptboard.core.tables import load_stats
+from ckptboard.core.load import load_stats
 
 # Start-up: the interpreter, the imports and the CLI's parser, everything before the command does its work.
 _STARTUP = "import ckptboard.dashboard.cli as c, ckptboard.core.summarize, ckptboard.core.stats, tqdm; c.build_parser()"

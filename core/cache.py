@@ -1,9 +1,10 @@
 """The stats cache: one Parquet fragment per checkpoint in ``ROOT/.ckptboard/`` (or ``cache_dir``).
 
 A fragment is named after its checkpoint's relative path and holds, in its footer, the format version and the key
-it was computed for: the checkpoint's relative path, size and mtime_ns, the same identity of the previous and the
-first checkpoint of its run (its update statistics depend on them), and a fingerprint of the ``--model`` used for
-classification. A fragment whose key differs is stale and recomputed quietly; one that is unreadable or of another
+it was computed for (:func:`cache_key`): the checkpoint's relative path and :class:`~ckptboard.core.discover.
+FileIdentity`, the same of the previous and the first checkpoint of its run (its update statistics depend on them),
+and a fingerprint of the ``--model`` used for classification. A fragment whose key differs is stale and recomputed
+quietly; one that is unreadable or of another
 format version is recomputed too, with one :class:`CacheWarning` per command naming them.
 """
 
@@ -17,12 +18,17 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ckptboard.core._fragment import FORMAT_VERSION, TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
 from ckptboard.core.errors import CacheError
+from ckptboard.core.fragment import TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
+from ckptboard.core.records import StrEnum
+from ckptboard.core.schema import FORMAT_VERSION
 
-__all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "warn_invalid"]
+if TYPE_CHECKING:
+    from ckptboard.core.discover import CheckpointFile
+
+__all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "LookupStatus", "cache_key", "warn_invalid"]
 
 CACHE_DIRNAME = ".ckptboard"
 _SUFFIX = ".parquet"
@@ -33,17 +39,43 @@ class CacheWarning(UserWarning):
     """A cache fragment was unreadable or of another format version and is recomputed (or skipped)."""
 
 
+def cache_key(file: CheckpointFile, prev: CheckpointFile | None, first: CheckpointFile | None,
+              model_fingerprint: str | None) -> dict[str, Any]:
+    """The key of ``file``'s fragment: its identity, that of its run's previous and first checkpoints (None for a
+    run's first checkpoint), the ``--model`` fingerprint and the format version. Equal keys mean equal rows."""
+    identity = file.identity()
+    return {
+        "relpath": file.relpath, "size": identity.size, "mtime_ns": identity.mtime_ns,
+        "prev": _neighbour(prev), "first": _neighbour(first),
+        "model": model_fingerprint, "format_version": FORMAT_VERSION,
+    }
+
+
+def _neighbour(file: CheckpointFile | None) -> list | None:
+    if file is None:
+        return None
+    identity = file.identity()
+    return [file.relpath, identity.size, identity.mtime_ns]
+
+
+class LookupStatus(StrEnum):
+    HIT = "hit"  # the stored key matches: the fragment is current
+    MISS = "miss"  # no fragment yet
+    STALE = "stale"  # a fragment of another key: the checkpoint (or a neighbour, or the model) changed
+    INVALID = "invalid"  # unreadable, or of another format version
+
+
 @dataclass(frozen=True)
 class Lookup:
-    """What the cache holds for one checkpoint: ``hit`` (key matches), ``miss``/``stale``, or ``invalid``."""
+    """What the cache holds for one checkpoint (``header`` when a fragment was read, ``problem`` when invalid)."""
 
-    status: str
+    status: LookupStatus
     header: Header | None = None
     problem: str = ""
 
     @property
     def hit(self) -> bool:
-        return self.status == "hit"
+        return self.status == LookupStatus.HIT
 
 
 class StatsCache:
@@ -80,12 +112,12 @@ class StatsCache:
         """Compare the stored key of ``relpath``'s fragment with ``key``."""
         path = self.fragment_path(relpath)
         if not path.exists():
-            return Lookup("miss")
+            return Lookup(LookupStatus.MISS)
         try:
             stored = read_header(path)
         except FragmentReadError as e:
-            return Lookup("invalid", problem=f"{path.name}: {e}")
-        return Lookup("hit" if stored.key == key else "stale", header=stored)
+            return Lookup(LookupStatus.INVALID, problem=f"{path.name}: {e}")
+        return Lookup(LookupStatus.HIT if stored.key == key else LookupStatus.STALE, header=stored)
 
     def write(self, relpath: str, header: Header, rows: dict[str, list[dict[str, Any]]]) -> Path:
         """Write ``relpath``'s fragment atomically (temp file, fsync, rename) and return its path."""

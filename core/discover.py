@@ -21,7 +21,29 @@ from ckptboard.core.layouts import checkpoint_files, detect
 from ckptboard.core.layouts.lightning import find_aliases
 from ckptboard.core.steps import step_from_name
 
-__all__ = ["discover", "Run", "CheckpointFile"]
+__all__ = ["discover", "Run", "CheckpointFile", "FileIdentity", "file_identity"]
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What says a checkpoint changed: its size and mtime_ns; of a checkpoint folder, the files its layout names
+    (sizes summed, the latest mtime). The cache keys fragments by it and a task checks it before and after reading."""
+
+    size: int
+    mtime_ns: int
+
+
+def file_identity(path: Path, *, missing_ok: bool = False) -> FileIdentity:
+    """``path``'s identity now; a file gone since listing raises ``FileNotFoundError`` unless ``missing_ok``."""
+    files = checkpoint_files(path)
+    stats = []
+    for f in files:
+        try:
+            stats.append(f.stat())
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+    return FileIdentity(sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0))
 
 
 @dataclass
@@ -34,6 +56,10 @@ class CheckpointFile:
     mtime_ns: int  # for a folder, the latest of those files
     step_hint: int | None  # from the file or folder name
     alias_of: str | None = None  # relpath of the checkpoint this one is a copy of (same step, same tensor bytes)
+
+    def identity(self) -> FileIdentity:
+        """Its identity as listed (what the cache key and the task's change check compare)."""
+        return FileIdentity(self.size, self.mtime_ns)
 
 
 @dataclass
@@ -80,13 +106,12 @@ def _run(name: str, path: Path, checkpoints: list[CheckpointFile]) -> Run:
 
 
 def _entry(path: Path, root: Path) -> CheckpointFile:
-    files = checkpoint_files(path)
-    stats = [f.stat() for f in files if f.exists()]
+    identity = file_identity(path, missing_ok=True)  # removed meanwhile: listed, and its task reports it
     return CheckpointFile(
         path=path,
         relpath=path.relative_to(root).as_posix(),
-        size=sum(s.st_size for s in stats),
-        mtime_ns=max((s.st_mtime_ns for s in stats), default=0),
+        size=identity.size,
+        mtime_ns=identity.mtime_ns,
         step_hint=step_from_name(path.name)[0],
     )
 

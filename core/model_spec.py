@@ -8,6 +8,7 @@ with any sibling modules it imported, so two specs in different folders never se
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import itertools
@@ -22,7 +23,7 @@ from torch import nn
 
 from ckptboard.core.errors import ModelSpecError, UsageError
 
-__all__ = ["load_model", "resolve_factory", "parse_spec"]
+__all__ = ["load_model", "resolve_model", "resolve_factory", "parse_spec"]
 
 _counter = itertools.count()
 
@@ -68,6 +69,16 @@ def load_model(spec: str, *, device: str | torch.device = "meta") -> nn.Module:
             "not a torch.nn.Module; point SPEC at a class or a zero-argument function that builds the model"
         )
     return model
+
+
+def resolve_model(model: Any) -> Any:
+    """The ``nn.Module`` for a ``--model SPEC`` string (built once per process, on meta), or ``model`` itself."""
+    return _model_from_spec(model) if isinstance(model, str) else model
+
+
+@functools.lru_cache(maxsize=4)
+def _model_from_spec(spec: str) -> nn.Module:
+    return load_model(spec, device="meta")  # every task of a process shares it; meta: no memory spent
 
 
 @contextmanager

@@ -1,5 +1,7 @@
-"""Column contracts of the statistics tables: the cache writes them, ``load_stats`` returns them, the dashboard
-and the export read them. Changing a name here is a breaking change of the export's CSV contract.
+"""The one registry of the statistics tables: their names (:class:`TableName`), columns, Arrow types and the cache's
+:data:`FORMAT_VERSION`. The cache writes them, ``load_stats`` returns them, the dashboard and the export read them.
+Changing a name here is a breaking change of the export's CSV contract; changing a column or a type needs a new
+``FORMAT_VERSION``.
 
 Every table has ``run`` (the run's folder relative to ROOT, ``"."`` for ROOT itself) and ``checkpoint`` (the
 checkpoint's path relative to ROOT, POSIX separators) so that rows join across tables.
@@ -7,13 +9,22 @@ checkpoint's path relative to ROOT, POSIX separators) so that rows join across t
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pandas costs ~0.5 s to import: only StatsTables.empty needs it at run time
+from ckptboard.core.records import StrEnum
+
+if TYPE_CHECKING:  # pandas costs ~0.5 s and pyarrow ~0.1 s to import: only the functions that use them import them
     import pandas as pd
+    import pyarrow as pa
 
 __all__ = [
+    "FORMAT_VERSION",
+    "TableName",
+    "COLUMNS",
+    "arrow_schema",
     "PERCENTILES",
     "PERCENTILE_COLUMNS",
     "CHECKPOINT_COLUMNS",
@@ -24,8 +35,28 @@ __all__ = [
     "EVENT_COLUMNS",
     "ERROR_COLUMNS",
     "percentile_column",
+    "EventKind",
+    "RunningStat",
+    "tensor_label",
+    "format_shape",
     "StatsTables",
 ]
+
+# Bump when a table's columns or types change: cache fragments of another version are recomputed with a warning.
+FORMAT_VERSION = 1
+
+
+class TableName(StrEnum):
+    """The statistics tables, in the order a cache fragment stores them."""
+
+    CHECKPOINTS = "checkpoints"
+    TENSORS = "tensors"
+    HISTOGRAMS = "histograms"
+    UPDATES = "updates"
+    BATCHNORM = "batchnorm"
+    EVENTS = "events"
+    ERRORS = "errors"
+
 
 # TensorBoard's distribution basis points (its compressed-histogram bps), then the usual extras.
 PERCENTILES: tuple[float, ...] = (0.0, 1.0, 5.0, 6.68, 15.87, 25.0, 30.85, 50.0, 69.15, 75.0, 84.13, 93.32, 95.0, 99.0, 100.0)
@@ -69,16 +100,88 @@ BATCHNORM_COLUMNS: tuple[str, ...] = (
     "run", "checkpoint", "step", "group", "module", "channel", "running_mean", "running_var",
 )
 
-# Tensors added, removed or reshaped between consecutive checkpoints of a run.
+
+class RunningStat(StrEnum):
+    """A norm layer's running-statistics buffers: the leaves of their names and columns of the batchnorm table."""
+
+    RUNNING_MEAN = "running_mean"
+    RUNNING_VAR = "running_var"
+
+# Tensors added, removed or reshaped between consecutive checkpoints of a run (``event``: an :class:`EventKind`).
 EVENT_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "group", "name", "event", "detail")
+
+
+class EventKind(StrEnum):
+    """The ``event`` column of the events table; ``detail`` says ``shape dtype`` or ``old shape -> new shape``."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+    RESHAPED = "reshaped"
 
 # One row per file that could not be summarised.
 ERROR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "error", "message")
 
 
+COLUMNS: dict[TableName, tuple[str, ...]] = {
+    TableName.CHECKPOINTS: CHECKPOINT_COLUMNS,
+    TableName.TENSORS: TENSOR_COLUMNS,
+    TableName.HISTOGRAMS: HISTOGRAM_COLUMNS,
+    TableName.UPDATES: UPDATE_COLUMNS,
+    TableName.BATCHNORM: BATCHNORM_COLUMNS,
+    TableName.EVENTS: EVENT_COLUMNS,
+    TableName.ERRORS: ERROR_COLUMNS,
+}
+
+# Column types; a column not named here is a string.
+_INT_COLUMNS = ("step", "prev_step", "numel", "nbytes", "zeros", "nans", "posinfs", "neginfs", "infs", "channel",
+                "size_bytes", "n_tensors", "n_parameters", "n_trainable", "n_frozen", "n_buffers", "parameter_bytes",
+                "buffer_bytes")
+_FLOAT_COLUMNS = ("mean", "std", "min", "max", "abs_mean", "norm", "update_norm", "update_ratio", "cosine",
+                  "dist_from_first", "rel_dist_from_first", "running_mean", "running_var",
+                  "mtime",  # seconds since the epoch, as os.stat gives
+                  ) + PERCENTILE_COLUMNS
+_FLOAT_LIST_COLUMNS = ("lo", "hi")
+_INT_LIST_COLUMNS = ("counts",)
+
+
+@functools.cache
+def arrow_schema(table: TableName | str) -> pa.Schema:
+    """The Arrow schema of ``table``: its columns in order, with their types."""
+    import pyarrow as pa
+
+    types = {
+        **{c: pa.int64() for c in _INT_COLUMNS},
+        **{c: pa.float64() for c in _FLOAT_COLUMNS},
+        **{c: pa.list_(pa.float64()) for c in _FLOAT_LIST_COLUMNS},
+        **{c: pa.list_(pa.int64()) for c in _INT_LIST_COLUMNS},
+    }
+    return pa.schema([pa.field(c, types.get(c, pa.string())) for c in COLUMNS[TableName(table)]])
+
+
+def tensor_label(group: str, name: str) -> str:
+    """A tensor's ``(group, name)`` as one label: ``name`` for the bare state_dict, ``group:name`` for a tensor inside
+    a named group (e.g. ``ema:fc.weight``)."""
+    return f"{group}:{name}" if group else name
+
+
+def format_shape(shape) -> str:
+    """``[64, 3, 3, 3]`` from the ``shape`` column's JSON text, a list, tuple or array; ``[]`` for a 0-d tensor."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(shape, str):
+        try:
+            shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
+        except ValueError:
+            return shape
+    if shape is None or (np.isscalar(shape) and pd.isna(shape)):
+        return ""
+    return "[" + ", ".join(str(int(d)) for d in np.asarray(shape).ravel()) + "]"
+
+
 @dataclass
 class StatsTables:
-    """Everything ``load_stats`` returns: one DataFrame per table above, columns as listed there."""
+    """Everything ``load_stats`` returns: one DataFrame per table above (fields named as :class:`TableName`)."""
 
     checkpoints: pd.DataFrame
     tensors: pd.DataFrame
@@ -92,15 +195,4 @@ class StatsTables:
     def empty(cls) -> "StatsTables":
         import pandas as pd
 
-        return cls(**{f.name: pd.DataFrame(columns=list(_COLUMNS_BY_TABLE[f.name])) for f in fields(cls)})
-
-
-_COLUMNS_BY_TABLE = {
-    "checkpoints": CHECKPOINT_COLUMNS,
-    "tensors": TENSOR_COLUMNS,
-    "histograms": HISTOGRAM_COLUMNS,
-    "updates": UPDATE_COLUMNS,
-    "batchnorm": BATCHNORM_COLUMNS,
-    "events": EVENT_COLUMNS,
-    "errors": ERROR_COLUMNS,
-}
+        return cls(**{f.name: pd.DataFrame(columns=list(COLUMNS[TableName(f.name)])) for f in fields(cls)})

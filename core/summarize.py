@@ -1,6 +1,6 @@
 """Summarise every checkpoint under a folder into the stats cache, once: plan, hand tasks to an executor, report.
 
-``plan`` discovers the runs, keys each checkpoint (see :mod:`ckptboard.core.cache`) and keeps as work only those
+``plan`` discovers the runs, keys each checkpoint (:func:`ckptboard.core.cache.cache_key`) and keeps as work only those
 without a current fragment; ``execute`` runs that work on an :class:`~ckptboard.core.executors.Executor` and
 prunes fragments of deleted checkpoints; ``summarize`` does both. An unchanged folder costs one ``stat`` and one
 fragment footer per checkpoint and opens no checkpoint.
@@ -15,17 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptboard.core._fragment import FORMAT_VERSION
-from ckptboard.core._task import CheckpointTask, Receipt, ReceiptStatus, resolve_model, run_task
-from ckptboard.core.cache import StatsCache, warn_invalid
-from ckptboard.core.errors import UsageError
+from ckptboard.core.cache import LookupStatus, StatsCache, cache_key, warn_invalid
+from ckptboard.core.devices import resolve_device
+from ckptboard.core.discover import discover
+from ckptboard.core.errors import UnsafeCheckpointError, UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
-from ckptboard.core.stats import resolve_device
+from ckptboard.core.model_spec import resolve_model
+from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
 
 __all__ = [
-    "CheckpointTask",
-    "Receipt",
-    "ReceiptStatus",
     "Failure",
     "Plan",
     "SummaryReport",
@@ -33,7 +31,6 @@ __all__ = [
     "execute",
     "summarize",
     "refresh",
-    "run_task",
 ]
 
 
@@ -113,8 +110,6 @@ class SummaryReport:
 def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", model: Any = None,
          trust: bool = False) -> Plan:
     """Discover ROOT's checkpoints and decide which need summarising; reads fragment footers, no checkpoint."""
-    from ckptboard.core.discover import discover
-
     root = Path(root).absolute()  # tasks may run in other processes, with another working directory
     if not root.is_dir():
         raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
@@ -125,27 +120,21 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     invalid: list[str] = []
     for run in discover(root):
         files = list(run.checkpoints)
-        identities = {cf.relpath: (cf.size, cf.mtime_ns) for cf in files}
-        first_id = _ident(files[0].relpath, identities) if files else None
         for i, cf in enumerate(files):
             result.relpaths.append(cf.relpath)
-            prev = files[i - 1].relpath if i else None
-            first = files[0].relpath if i else None
-            key = {
-                "relpath": cf.relpath, "size": cf.size, "mtime_ns": cf.mtime_ns,
-                "prev": _ident(prev, identities), "first": first_id if i else None,
-                "model": fingerprint, "format_version": FORMAT_VERSION,
-            }
+            prev = files[i - 1] if i else None
+            first = files[0] if i else None
+            key = cache_key(cf, prev, first, fingerprint)
             lookup = cache.lookup(cf.relpath, key)
-            if lookup.status == "invalid":
+            if lookup.status == LookupStatus.INVALID:
                 invalid.append(lookup.problem)
             if lookup.hit and not _retry_with_trust(lookup.header.info, trust):
                 result.cached.append(_cached_receipt(cf.relpath, run.name, lookup.header.info))
                 continue
             result.tasks.append(CheckpointTask(
                 root=str(root), relpath=cf.relpath, run=run.name, size=cf.size, mtime_ns=cf.mtime_ns,
-                prev=prev, first=first, cache_dir=str(cache.dir), key=key, device=device, trust=trust,
-                model=model,
+                prev=prev.relpath if prev else None, first=first.relpath if first else None, cache_dir=str(cache.dir),
+                key=key, device=device, trust=trust, model=model,
             ))
     warn_invalid(invalid, "were unreadable or of another format version and are recomputed")
     return result
@@ -204,13 +193,9 @@ def refresh(root: str | Path, *, cache_dir: str | Path | None = None, device: st
     return report
 
 
-def _ident(relpath: str | None, identities: dict[str, tuple[int, int]]) -> list | None:
-    return None if relpath is None else [relpath, *identities[relpath]]
-
-
 def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:
     """A file refused as unsafe without --trust is worth reading again when trust is now given."""
-    return trust and info.get("error") == "UnsafeCheckpointError" and not info.get("trust")
+    return trust and info.get("error") == UnsafeCheckpointError.__name__ and not info.get("trust")
 
 
 def _cached_receipt(relpath: str, run: str, info: dict[str, Any]) -> Receipt:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ckptboard.core.schema import RunningStat
 from ckptboard.core.stats import _cpu_kernels, _numpy, as_float, iter_chunks, resolve_device
 
 __all__ = ["UpdateStats", "update_stats", "norm_running_stats"]
@@ -114,6 +115,7 @@ def norm_running_stats(module: str, running_mean: torch.Tensor, running_var: tor
             "they must come from the same norm layer"
         )
     return [
-        {"module": module, "channel": i, "running_mean": float(m), "running_var": float(v)}
+        {"module": module, "channel": i, RunningStat.RUNNING_MEAN.value: float(m),
+         RunningStat.RUNNING_VAR.value: float(v)}
         for i, (m, v) in enumerate(zip(mean, var))
     ]

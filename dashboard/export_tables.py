@@ -16,8 +16,7 @@ import pandas as pd
 from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import UsageError
 from ckptboard.core.records import StrEnum
-from ckptboard.core import schema
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import COLUMNS, StatsTables, TableName
 
 __all__ = ["ExportFormat", "TABLE_FILES", "parse_formats", "export_tables"]
 
@@ -30,23 +29,14 @@ class ExportFormat(StrEnum):
 
 
 # table -> file stem; histograms are lists per row, so only the parquet writer carries them.
-TABLE_FILES: dict[str, str] = {
-    "tensors": "stats",
-    "updates": "updates",
-    "batchnorm": "batchnorm",
-    "events": "events",
-    "checkpoints": "checkpoints",
-    "errors": "errors",
-    "histograms": "histograms",
-}
-_COLUMNS: dict[str, tuple[str, ...]] = {
-    "tensors": schema.TENSOR_COLUMNS,
-    "updates": schema.UPDATE_COLUMNS,
-    "batchnorm": schema.BATCHNORM_COLUMNS,
-    "events": schema.EVENT_COLUMNS,
-    "checkpoints": schema.CHECKPOINT_COLUMNS,
-    "errors": schema.ERROR_COLUMNS,
-    "histograms": schema.HISTOGRAM_COLUMNS,
+TABLE_FILES: dict[TableName, str] = {
+    TableName.TENSORS: "stats",
+    TableName.UPDATES: "updates",
+    TableName.BATCHNORM: "batchnorm",
+    TableName.EVENTS: "events",
+    TableName.CHECKPOINTS: "checkpoints",
+    TableName.ERRORS: "errors",
+    TableName.HISTOGRAMS: "histograms",
 }
 
 Progress = Callable[[int, int, str], None]  # (done, total, what was just written)
@@ -122,11 +112,11 @@ def _write_report(tables: StatsTables, out: Path, formats, progress: Progress | 
 
 def _write_each(tables: StatsTables, out: Path, suffix: str, write: Callable[[pd.DataFrame, Path], None],
                 progress: Progress | None) -> list[Path]:
-    names = [n for n in TABLE_FILES if suffix == "parquet" or n != "histograms"]
+    names = [n for n in TABLE_FILES if suffix == "parquet" or n != TableName.HISTOGRAMS]
     written = []
     for i, name in enumerate(names, 1):
         path = out / f"{TABLE_FILES[name]}.{suffix}"
-        frame = getattr(tables, name).reindex(columns=list(_COLUMNS[name]))
+        frame = getattr(tables, name).reindex(columns=list(COLUMNS[name]))
         write(frame, path)
         written.append(path)
         if progress is not None:

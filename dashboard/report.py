@@ -37,19 +37,18 @@ from plotly.offline import get_plotlyjs
 
 from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import CkptboardError, UsageError
+from ckptboard.core.health import bn_modules, compare_checkpoints, error_cards, health_table
 from ckptboard.core.schema import StatsTables
 from ckptboard.core.size import size_tree_from_frame
 from ckptboard.dashboard.figures._common import tensor_label
 from ckptboard.dashboard.figures.batchnorm import (
     batchnorm_heatmap,
     batchnorm_layers_figure,
-    bn_modules,
     num_batches_tracked_figure,
 )
-from ckptboard.dashboard.figures.compare import compare_checkpoints, compare_figure
-from ckptboard.dashboard.figures.health import health_table
+from ckptboard.dashboard.figures.compare import compare_figure
 from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
-from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
+from ckptboard.dashboard.figures.overview import checkpoints_table, runs_overview_figure
 from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
 from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
 from ckptboard.dashboard.figures.tensors import tensor_table

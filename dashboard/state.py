@@ -27,7 +27,8 @@ from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.config import AppConfig, parse_app_args
 
 if TYPE_CHECKING:
-    from ckptboard.core.summarize import Plan, Receipt, SummaryReport
+    from ckptboard.core.summarize import Plan, SummaryReport
+    from ckptboard.core.task import Receipt
 
 __all__ = [
     "ARGV_KEY",
@@ -218,7 +219,7 @@ def _fingerprint(config: AppConfig) -> str:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _tables(root: str, cache_dir: str | None, fingerprint: str) -> StatsTables:
     """The tables of one cache state, shared read-only by every session (``fingerprint`` is the cache key)."""
-    from ckptboard.core.tables import load_stats
+    from ckptboard.core.load import load_stats
 
     return load_stats(root, cache_dir=cache_dir)
 

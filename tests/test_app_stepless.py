@@ -13,7 +13,7 @@ from torch import nn
 
 from ckptboard.core.discover import discover
 from ckptboard.core.summarize import summarize
-from ckptboard.core.tables import load_stats
+from ckptboard.core.load import load_stats
 from ckptboard.dashboard.figures.overview import checkpoints_table
 from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
 from ckptboard.dashboard.figures.scalars import scalar_series

@@ -11,10 +11,12 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from ckptboard.core import _fragment
-from ckptboard.core._fragment import FORMAT_VERSION, FragmentReadError, Header, read_fragment, read_header
-from ckptboard.core.cache import StatsCache
+from ckptboard.core import fragment
+from ckptboard.core.fragment import FORMAT_VERSION, FragmentReadError, Header, read_fragment, read_header
+from ckptboard.core.cache import LookupStatus, StatsCache, cache_key
+from ckptboard.core.discover import discover
 from ckptboard.core.errors import CacheError
 from ckptboard.core.schema import TENSOR_COLUMNS
 
@@ -27,7 +29,7 @@ _ROWS = {
 
 def test_fragment_round_trip_keeps_rows_key_and_columns(tmp_path):
     path = tmp_path / "f.parquet"
-    _fragment.write_fragment(path, Header(_KEY, {"status": "ok"}), _ROWS)
+    fragment.write_fragment(path, Header(_KEY, {"status": "ok"}), _ROWS)
     header, tables = read_fragment(path)
     assert header == Header(_KEY, {"status": "ok"})
     assert tuple(tables["tensors"].column_names) == TENSOR_COLUMNS
@@ -48,7 +50,7 @@ def test_lookup_hit_stale_miss(tmp_path):
 
 def test_fragment_of_another_format_version_is_invalid(tmp_path):
     path = tmp_path / "old.parquet"
-    _fragment.write_fragment(path, Header(_KEY, {}), _ROWS)
+    fragment.write_fragment(path, Header(_KEY, {}), _ROWS)
     table = pq.read_table(path)
     metadata = {**table.schema.metadata, b"ckptboard.format_version": str(FORMAT_VERSION - 1).encode()}
     pq.write_table(table.replace_schema_metadata(metadata), path)
@@ -88,7 +90,7 @@ def test_writer_killed_mid_write_leaves_previous_fragment_intact(tmp_path):
         proc.wait(timeout=30)
     assert read_header(path) == Header(_KEY, {"status": "ok"})  # the old fragment, whole
     assert cache.fragments() == [path]  # the dead writer's temp file is no fragment
-    temps = [p for p in cache.dir.iterdir() if p.name.startswith(_fragment.TMP_PREFIX)]
+    temps = [p for p in cache.dir.iterdir() if p.name.startswith(fragment.TMP_PREFIX)]
     assert len(temps) == 1
     old = time.time() - 2 * 3600
     os.utime(temps[0], (old, old))
@@ -118,3 +120,27 @@ def test_fragment_names_are_distinct_and_readable(tmp_path):
     cache = StatsCache(tmp_path)
     a, b = cache.fragment_path("run/a b.pt"), cache.fragment_path("run/a_b.pt")
     assert a != b and a.name.startswith("run_a_b.pt-") and a.parent == tmp_path / ".ckptboard"
+
+
+def test_cache_key_names_the_checkpoint_its_previous_and_first_and_the_model(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (1, 2, 3):
+        torch.save({"w": torch.zeros(step)}, run / f"step={step}.pt")
+    files = discover(tmp_path)[0].checkpoints
+    ids = [[f.relpath, f.size, f.mtime_ns] for f in files]
+    assert cache_key(files[0], None, None, None) == {
+        "relpath": "run/step=1.pt", "size": files[0].size, "mtime_ns": files[0].mtime_ns,
+        "prev": None, "first": None, "model": None, "format_version": FORMAT_VERSION,
+    }
+    third = cache_key(files[2], files[1], files[0], "abc")
+    assert (third["prev"], third["first"], third["model"]) == (ids[1], ids[0], "abc")
+
+
+def test_lookup_status_is_an_enum_with_the_documented_values(tmp_path):
+    cache = StatsCache(tmp_path)
+    cache.ensure()
+    assert cache.lookup("run/a.pt", _KEY).status is LookupStatus.MISS
+    cache.write("run/a.pt", Header(_KEY, {}), _ROWS)
+    assert cache.lookup("run/a.pt", _KEY).status is LookupStatus.HIT
+    assert [str(s) for s in LookupStatus] == ["hit", "miss", "stale", "invalid"]

@@ -18,12 +18,12 @@ pytest.importorskip("distributed")
 
 from _fixtures_dask import KillMidWriteExecutor  # noqa: E402
 
-from ckptboard.core._fragment import TMP_PREFIX  # noqa: E402
+from ckptboard.core.fragment import TMP_PREFIX  # noqa: E402
 from ckptboard.core.cache import StatsCache  # noqa: E402
 from ckptboard.core.executors import LocalExecutor  # noqa: E402
 from ckptboard.core.executors_dask import SCHEDULER_CONFIG, DaskExecutor  # noqa: E402
 from ckptboard.core.summarize import summarize  # noqa: E402
-from ckptboard.core.tables import load_stats  # noqa: E402
+from ckptboard.core.load import load_stats  # noqa: E402
 from ckptboard.dashboard.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)

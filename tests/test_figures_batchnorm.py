@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.health import bn_modules
 from ckptboard.dashboard.figures.batchnorm import (
     SMALL_MULTIPLES_OVER,
     batchnorm_heatmap,
     batchnorm_layers_figure,
-    bn_modules,
     num_batches_tracked_figure,
 )
 from _fixtures_tables import BN_CHANNELS, STEP_EVERY, synthetic_tables

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ckptboard.core.errors import UsageError
-from ckptboard.dashboard.figures.compare import compare_checkpoints, compare_figure
+from ckptboard.core.health import compare_checkpoints
+from ckptboard.dashboard.figures.compare import compare_figure
 from _fixtures_tables import synthetic_tables
 
 

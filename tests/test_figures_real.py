@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from ckptboard.core.summarize import summarize
-from ckptboard.core.tables import load_stats
+from ckptboard.core.health import compare_checkpoints, error_cards, health_table
+from ckptboard.core.load import load_stats
 from ckptboard.dashboard.figures.batchnorm import batchnorm_heatmap, batchnorm_layers_figure, num_batches_tracked_figure
-from ckptboard.dashboard.figures.compare import compare_checkpoints, compare_figure
-from ckptboard.dashboard.figures.health import health_table
+from ckptboard.dashboard.figures.compare import compare_figure
 from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
-from ckptboard.dashboard.figures.overview import error_cards, runs_overview_figure
+from ckptboard.dashboard.figures.overview import runs_overview_figure
 from ckptboard.dashboard.figures.scalars import scalar_figure
 from ckptboard.dashboard.figures.tensors import tensor_table
 from ckptboard.dashboard.report import write_report

@@ -17,7 +17,7 @@ from ckptboard.core.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptboard.core.reader import open_checkpoint
 from ckptboard.core.records import CheckpointFormat, StepSource
 from ckptboard.core.summarize import summarize
-from ckptboard.core.tables import load_stats
+from ckptboard.core.load import load_stats
 from ckptboard.dashboard.cli import main
 
 _TRUTH = {"0.weight": True, "0.bias": True, "1.weight": False, "1.bias": True, "2.weight": True, "2.bias": True}

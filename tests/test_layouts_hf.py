@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from _fixtures_layouts import hf_trainer_run, nanogpt_checkpoint
 
-from ckptboard.core._task import file_identity
+from ckptboard.core.discover import file_identity
 from ckptboard.core.classify import classify, classify_tensors
 from ckptboard.core.discover import discover
 from ckptboard.core.errors import UsageError
@@ -29,7 +29,7 @@ def test_trainer_run_is_one_run_of_checkpoint_folders(trainer_run):
     assert [c.relpath for c in runs[0].checkpoints] == ["out/checkpoint-2", "out/checkpoint-4"]
     assert [c.step_hint for c in runs[0].checkpoints] == [2, 4]
     for ckpt in runs[0].checkpoints:  # the identity a task checks is the one discovery listed
-        assert file_identity(ckpt.path) == (ckpt.size, ckpt.mtime_ns)
+        assert file_identity(ckpt.path) == ckpt.identity()
 
 
 def test_trainer_checkpoint_step_and_optimizer_give_exact_trainable(trainer_run):

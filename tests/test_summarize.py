@@ -21,8 +21,10 @@ from safetensors.torch import load_file
 
 from ckptboard.core.cache import CacheWarning, StatsCache
 from ckptboard.core.errors import UsageError
-from ckptboard.core.summarize import execute, plan, run_task, summarize
-from ckptboard.core.tables import frozen_tensors, load_stats, run_summary
+from ckptboard.core.summarize import execute, plan, summarize
+from ckptboard.core.task import run_task
+from ckptboard.core.health import frozen_tensors, run_summary
+from ckptboard.core.load import load_stats
 
 # TinyNet's state_dict: embed.weight, fc.weight, fc.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
 # bn.num_batches_tracked, head.weight.

@@ -80,7 +80,7 @@ def test_summarize_with_a_model_spec(tmp_path, capsys):
     spec_file = tmp_path / "net.py"
     spec_file.write_text("from _fixtures_runs import TinyNet\n")  # the model the runs were trained with
     assert main(["summarize", str(root), "--workers", "1", "--model", f"{spec_file}:TinyNet"]) == 0
-    from ckptboard.core.tables import load_stats
+    from ckptboard.core.load import load_stats
 
     tensors = load_stats(root).tensors
     assert set(tensors["source"]) == {"model:named_parameters", "model:named_buffers"}

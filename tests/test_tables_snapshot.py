@@ -13,7 +13,7 @@ from ckptboard.core.atomic import DIR_MODE
 from ckptboard.core.cache import StatsCache
 from ckptboard.core.schema import StatsTables
 from ckptboard.core.summarize import summarize
-from ckptboard.core.tables import load_stats
+from ckptboard.core.load import load_stats
 
 N_TENSORS = 9  # TinyNet's state_dict (see tests/_fixtures_runs.py)
 

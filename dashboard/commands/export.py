@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ckptboard.core.tables import load_stats
+    from ckptboard.core.load import load_stats
     from ckptboard.dashboard.export_tables import export_tables, parse_formats
 
     formats = parse_formats(args.format)  # at the boundary: before anything is read

@@ -6,7 +6,6 @@ Tensors are identified by ``(group, name)``; :func:`tensor_label` writes that as
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
@@ -16,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import StatsTables, format_shape, tensor_label  # re-exported: the builders' helpers
 
 __all__ = [
     "decimate_steps",
@@ -47,11 +46,6 @@ def decimate_steps(steps: Sequence[int] | np.ndarray, max_points: int = 500) -> 
         return unique
     idx = np.unique(np.rint(np.linspace(0, len(unique) - 1, max_points)).astype(int))
     return unique[idx]
-
-
-def tensor_label(group: str, name: str) -> str:
-    """``name`` for the bare state_dict, ``group:name`` for a tensor inside a named group (e.g. ``ema:fc.weight``)."""
-    return f"{group}:{name}" if group else name
 
 
 def module_prefix(module: pd.Series, prefix: str) -> pd.Series:
@@ -117,18 +111,6 @@ def empty_figure(message: str) -> go.Figure:
     fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14})
     fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, height=240, meta={"empty": True})
     return fig
-
-
-def format_shape(shape) -> str:
-    """``[64, 3, 3, 3]`` from a JSON string, list, tuple or array; ``[]`` for a 0-d tensor."""
-    if isinstance(shape, str):
-        try:
-            shape = json.loads(shape.replace("(", "[").replace(")", "]").replace(",]", "]"))
-        except ValueError:
-            return shape
-    if shape is None or (np.isscalar(shape) and pd.isna(shape)):
-        return ""
-    return "[" + ", ".join(str(int(d)) for d in np.asarray(shape).ravel()) + "]"
 
 
 def step_ramp(n: int) -> list[str]:

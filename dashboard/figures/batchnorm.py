@@ -10,27 +10,19 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.records import StrEnum
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import RunningStat, StatsTables
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["BatchNormStat", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
-           "num_batches_tracked_figure", "bn_modules"]
+           "num_batches_tracked_figure"]
 
-
-
-class BatchNormStat(StrEnum):
-    """The running statistics of a BatchNorm-style layer that the figures draw per channel."""
-
-    RUNNING_MEAN = "running_mean"
-    RUNNING_VAR = "running_var"
-
+# The running statistics drawn per channel: the batchnorm table's, owned by core.schema.
+BatchNormStat = RunningStat
 
 SMALL_MULTIPLES_OVER = 6
 _COLS = 4
@@ -149,11 +141,3 @@ def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
                                  line={"color": series_color(i)}, meta={"name": name}))
     fig.update_layout(title=f"num_batches_tracked ({run})", xaxis_title="step", yaxis_title="batches", height=360)
     return fig
-
-
-def bn_modules(tables: StatsTables, run: str) -> pd.DataFrame:
-    """Norm layers of ``run`` with their channel count, widest first, then in model order (for pickers, the report)."""
-    bn = tables.batchnorm
-    bn = bn[bn["run"] == run]
-    return (bn.groupby(["group", "module"], sort=False)["channel"].nunique().rename("channels").reset_index()
-            .sort_values("channels", ascending=False, kind="stable").reset_index(drop=True))

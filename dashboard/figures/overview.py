@@ -1,4 +1,5 @@
-"""Overview view: the checkpoints of every run, their sizes and parameter counts, and an error card per bad file."""
+"""Overview view: the checkpoints of every run, their sizes and parameter counts (error cards:
+:func:`ckptboard.core.health.error_cards`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.figures._common import empty_figure, series_color
 from ckptboard.dashboard.text import format_bytes
 
-__all__ = ["checkpoints_table", "runs_overview_figure", "error_cards"]
+__all__ = ["checkpoints_table", "runs_overview_figure"]
 
 _TABLE_COLUMNS = (
     "run", "checkpoint", "step", "step_source", "format", "size", "size_bytes", "n_tensors", "n_parameters",
@@ -63,12 +64,3 @@ def runs_overview_figure(tables: StatsTables) -> go.Figure:
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_layout(title="Runs", height=520, hovermode="closest", legend_title_text="run")
     return fig
-
-
-def error_cards(tables: StatsTables) -> list[dict]:
-    """One ``{run, checkpoint, error, message}`` dict per file that could not be summarised, in path order."""
-    err = tables.errors.sort_values(["run", "checkpoint"], kind="stable")
-    return [
-        {k: ("" if pd.isna(row[k]) else str(row[k])) for k in ("run", "checkpoint", "error", "message")}
-        for _, row in err.iterrows()
-    ]

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ckptboard.dashboard.figures.compare import compare_checkpoints, compare_figure
+from ckptboard.core.health import compare_checkpoints
+from ckptboard.dashboard.figures.compare import compare_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import checkpoint_picker, run_picker
 

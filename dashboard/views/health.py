@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from ckptboard.core.health import health_table
 from ckptboard.dashboard.figures.batchnorm import BatchNormStat
-from ckptboard.dashboard.figures.health import health_table
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import VIEW_KEY, LinesPer, View
 

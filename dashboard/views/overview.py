@@ -6,7 +6,8 @@ import json
 
 import streamlit as st
 
-from ckptboard.dashboard.figures.overview import checkpoints_table, error_cards, runs_overview_figure
+from ckptboard.core.health import error_cards
+from ckptboard.dashboard.figures.overview import checkpoints_table, runs_overview_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default, skipped_files
 
 __all__ = ["render"]

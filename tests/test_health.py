@@ -1,9 +1,12 @@
 """Health findings: every check fires on the fixture's planted problem, with the threshold honoured."""
 
+import dataclasses
+
+import pandas as pd
 import pytest
 
-from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.figures.health import HEALTH_COLUMNS, LARGEST_UPDATES, health_table
+from ckptboard.core.health import HEALTH_COLUMNS, LARGEST_UPDATES, frozen_tensors, health_table
+from ckptboard.core.schema import UPDATE_COLUMNS, StatsTables
 from _fixtures_tables import synthetic_tables
 
 
@@ -70,3 +73,18 @@ def test_largest_update_ratios_are_parameters_per_run(tables):
 
 def test_empty_tables_have_no_findings():
     assert health_table(StatsTables.empty()).empty
+
+
+def test_unchanged_and_frozen_share_one_test_and_a_nan_update_proves_nothing():
+    # Two parameters over three checkpoints (two updates each): "w" never moves, "v" has a NaN update.
+    updates = pd.DataFrame({
+        "run": ["r"] * 4, "checkpoint": ["c1", "c2", "c1", "c2"], "step": [1, 2, 1, 2],
+        "prev_checkpoint": ["c0", "c1", "c0", "c1"], "prev_step": [0, 1, 0, 1], "group": [""] * 4,
+        "name": ["w", "w", "v", "v"], "module": [""] * 4, "kind": ["parameter"] * 4,
+        "update_norm": [0.0, 0.0, 0.0, float("nan")],
+    }).reindex(columns=list(UPDATE_COLUMNS))
+    tables = dataclasses.replace(StatsTables.empty(), updates=updates)
+    unchanged = health_table(tables).query("check == 'unchanged-across-run'")
+    assert unchanged[["name", "checkpoint", "step"]].values.tolist() == [["w", "c2", 2]]
+    assert unchanged["detail"].tolist() == ["identical in all 3 checkpoints"]  # 2 updates + the first checkpoint
+    assert frozen_tensors(tables)[["name", "n_updates"]].values.tolist() == [["w", 2]]

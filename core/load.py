@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ckptboard.core._fragment import TABLE_SCHEMAS, FragmentReadError, read_fragment
+from ckptboard.core.fragment import FragmentReadError, read_fragment
 from ckptboard.core.atomic import DIR_MODE, TMP_PREFIX
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import StatsTables, TableName, arrow_schema
 
-__all__ = ["load_stats", "frozen_tensors", "run_summary"]
+__all__ = ["load_stats"]
 
 _READERS = 4  # Parquet decoding releases the GIL: a few threads hide file-system latency
 
@@ -62,7 +62,7 @@ def _combine_fragments(paths: list[Path]) -> tuple[dict[str, pa.Table], list[str
     """Every readable fragment's tables, concatenated per table; the unreadable ones as problem lines."""
     with ThreadPoolExecutor(max_workers=_READERS) as pool:
         results = list(pool.map(_read_one, paths))
-    parts: dict[str, list[pa.Table]] = {name: [] for name in TABLE_SCHEMAS}
+    parts: dict[TableName, list[pa.Table]] = {name: [] for name in TableName}
     problems = []
     for path, result in zip(paths, results):
         if isinstance(result, str):
@@ -71,7 +71,7 @@ def _combine_fragments(paths: list[Path]) -> tuple[dict[str, pa.Table], list[str
         for name, table in result[1].items():
             if table.num_rows:
                 parts[name].append(table)
-    combined = {name: pa.concat_tables(t) if t else TABLE_SCHEMAS[name].empty_table() for name, t in parts.items()}
+    combined = {name: pa.concat_tables(t) if t else arrow_schema(name).empty_table() for name, t in parts.items()}
     return combined, problems
 
 
@@ -92,8 +92,7 @@ def _read_snapshot(folder: Path) -> tuple[dict[str, pa.Table] | None, list[str]]
         return None, []
     try:
         problems = json.loads((folder / _PROBLEMS_FILE).read_text())
-        tables = {name: pq.read_table(folder / f"{name}.parquet", schema=schema)
-                  for name, schema in TABLE_SCHEMAS.items()}
+        tables = {name: pq.read_table(folder / f"{name}.parquet", schema=arrow_schema(name)) for name in TableName}
     except (OSError, ValueError, pa.ArrowException):
         return None, []  # removed or rewritten under us: read the fragments instead
     return tables, list(problems)
@@ -118,39 +117,6 @@ def _write_snapshot(folder: Path, combined: dict[str, pa.Table], problems: list[
                 shutil.rmtree(old, ignore_errors=True)
     except OSError:
         pass  # a read-only or full cache folder: load from the fragments every time
-
-
-def frozen_tensors(tables: StatsTables) -> pd.DataFrame:
-    """Tensors identical across their whole run (``update_norm == 0`` at every step): run, group, name, steps."""
-    updates = tables.updates
-    columns = ["run", "group", "name", "module", "kind", "n_updates"]
-    if updates.empty:
-        return pd.DataFrame(columns=columns)
-    grouped = updates.groupby(["run", "group", "name"], sort=True, dropna=False)
-    summary = grouped.agg(module=("module", "first"), kind=("kind", "first"), n_updates=("update_norm", "size"),
-                          nonzero=("update_norm", lambda s: bool((s != 0).any())))
-    frozen = summary[~summary["nonzero"]].reset_index()
-    return frozen[columns].reset_index(drop=True)
-
-
-def run_summary(tables: StatsTables) -> pd.DataFrame:
-    """One row per run: checkpoints summarised, failed, first and last step, tensors in the last checkpoint."""
-    ckpts, errors = tables.checkpoints, tables.errors
-    runs = sorted(set(ckpts["run"]).union(errors["run"]))
-    rows = []
-    for run in runs:
-        mine = ckpts[ckpts["run"] == run]
-        steps = mine["step"].dropna()
-        last = mine.sort_values("step").iloc[-1] if len(mine) else None
-        rows.append({
-            "run": run,
-            "checkpoints": len(mine),
-            "failed": int((errors["run"] == run).sum()),
-            "first_step": steps.min() if len(steps) else None,
-            "last_step": steps.max() if len(steps) else None,
-            "n_tensors": int(last["n_tensors"]) if last is not None else 0,
-        })
-    return pd.DataFrame(rows, columns=["run", "checkpoints", "failed", "first_step", "last_step", "n_tensors"])
 
 
 def _read_one(path: Path):

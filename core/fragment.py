@@ -1,7 +1,7 @@
 """One cache fragment: the statistics of one checkpoint as a single-row Parquet file.
 
-Each column of the row is one table of :mod:`ckptboard.core.schema` (``tensors``, ``histograms``, ``updates``,
-``batchnorm``, ``events``, ``checkpoints``, ``errors``) stored as a list of structs, so that one file (written
+Each column of the row is one table of :mod:`ckptboard.core.schema` (one per :class:`~ckptboard.core.schema.TableName`)
+stored as a list of structs, so that one file (written
 atomically) holds everything one checkpoint contributes. The file's schema metadata holds the format version and
 the key (the checkpoint's identity) under ``ckptboard.*``; reading the key touches only the footer.
 """
@@ -17,12 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ckptboard.core import schema
 from ckptboard.core.atomic import TMP_PREFIX, atomic_write
+from ckptboard.core.schema import FORMAT_VERSION, TableName, arrow_schema
 
 __all__ = [
     "FORMAT_VERSION",
-    "TABLE_SCHEMAS",
     "TMP_PREFIX",
     "FragmentReadError",
     "write_fragment",
@@ -32,46 +31,11 @@ __all__ = [
     "empty_table",
 ]
 
-# Bump when a table's columns or types change: fragments of another version are recomputed with a warning.
-FORMAT_VERSION = 1
-
 _VERSION_KEY = b"ckptboard.format_version"
 _KEY_KEY = b"ckptboard.key"
 _INFO_KEY = b"ckptboard.info"
 
-_str, _i64, _f64 = pa.string(), pa.int64(), pa.float64()
-
-
-def _fields(columns: tuple[str, ...], types: dict[str, pa.DataType], default: pa.DataType) -> pa.Schema:
-    return pa.schema([pa.field(c, types.get(c, default)) for c in columns])
-
-
-_COMMON = {"step": _i64, "prev_step": _i64}
-_INTS = ("numel", "nbytes", "zeros", "nans", "posinfs", "neginfs", "infs", "channel", "size_bytes", "n_tensors",
-         "n_parameters", "n_trainable", "n_frozen", "n_buffers", "parameter_bytes", "buffer_bytes")
-_FLOATS = ("mean", "std", "min", "max", "abs_mean", "norm", "update_norm", "update_ratio", "cosine",
-           "dist_from_first", "rel_dist_from_first", "running_mean", "running_var") + schema.PERCENTILE_COLUMNS
-_TYPES: dict[str, pa.DataType] = {
-    **_COMMON,
-    **{c: _i64 for c in _INTS},
-    **{c: _f64 for c in _FLOATS},
-    "mtime": _f64,  # seconds since the epoch, as os.stat gives
-    "lo": pa.list_(_f64),
-    "hi": pa.list_(_f64),
-    "counts": pa.list_(_i64),
-}
-
-TABLE_SCHEMAS: dict[str, pa.Schema] = {
-    "checkpoints": _fields(schema.CHECKPOINT_COLUMNS, _TYPES, _str),
-    "tensors": _fields(schema.TENSOR_COLUMNS, _TYPES, _str),
-    "histograms": _fields(schema.HISTOGRAM_COLUMNS, _TYPES, _str),
-    "updates": _fields(schema.UPDATE_COLUMNS, _TYPES, _str),
-    "batchnorm": _fields(schema.BATCHNORM_COLUMNS, _TYPES, _str),
-    "events": _fields(schema.EVENT_COLUMNS, _TYPES, _str),
-    "errors": _fields(schema.ERROR_COLUMNS, _TYPES, _str),
-}
-
-_FRAGMENT_SCHEMA = pa.schema([pa.field(name, pa.list_(pa.struct(list(s)))) for name, s in TABLE_SCHEMAS.items()])
+_FRAGMENT_SCHEMA = pa.schema([pa.field(name, pa.list_(pa.struct(list(arrow_schema(name))))) for name in TableName])
 
 
 class FragmentReadError(Exception):
@@ -86,16 +50,16 @@ class Header:
     info: dict[str, Any]
 
 
-def empty_table(name: str) -> pa.Table:
+def empty_table(name: TableName | str) -> pa.Table:
     """A table with the columns of ``name`` and no rows."""
-    return TABLE_SCHEMAS[name].empty_table()
+    return arrow_schema(name).empty_table()
 
 
-def write_fragment(path: Path, header: Header, rows: dict[str, list[dict[str, Any]]]) -> None:
+def write_fragment(path: Path, header: Header, rows: dict[TableName, list[dict[str, Any]]]) -> None:
     """Write ``rows`` (table name -> row dicts; missing tables are empty) to ``path`` atomically."""
     columns = []
-    for name, table_schema in TABLE_SCHEMAS.items():
-        table = pa.Table.from_pylist(rows.get(name, []), schema=table_schema)
+    for name in TableName:
+        table = pa.Table.from_pylist(rows.get(name, []), schema=arrow_schema(name))
         structs = table.to_struct_array().combine_chunks()
         columns.append(pa.ListArray.from_arrays(pa.array([0, len(structs)], pa.int32()), structs))
     metadata = {
@@ -117,9 +81,9 @@ def read_header(path: Path) -> Header:
     return _header(metadata)
 
 
-def read_fragment(path: Path, names: tuple[str, ...] | None = None) -> tuple[Header, dict[str, pa.Table]]:
+def read_fragment(path: Path, names: tuple[TableName, ...] | None = None) -> tuple[Header, dict[TableName, pa.Table]]:
     """The footer and every table (or ``names``) of one fragment, in one read."""
-    names = tuple(TABLE_SCHEMAS) if names is None else names
+    names = tuple(TableName) if names is None else tuple(TableName(n) for n in names)
     try:
         fragment = pq.read_table(path, columns=list(names))
     except (OSError, pa.ArrowException) as e:
@@ -148,4 +112,4 @@ def _unnest(column: pa.ChunkedArray, name: str) -> pa.Table:
         return empty_table(name)
     if isinstance(structs, pa.ChunkedArray):
         structs = structs.combine_chunks()
-    return pa.Table.from_struct_array(structs).cast(TABLE_SCHEMAS[name])
+    return pa.Table.from_struct_array(structs).cast(arrow_schema(name))

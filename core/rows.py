@@ -1,0 +1,195 @@
+"""One opened checkpoint (and its run's previous and first checkpoints) -> the rows of every statistics table.
+
+Plain arguments in, plain row dicts out (table name -> rows, columns of :mod:`ckptboard.core.schema`): no task, no
+cache, no file opened here. Tensors are loaded one at a time (with their previous/first versions beside them), and
+a tensor tied to one already done reuses its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ckptboard.core.errors import CheckpointError
+from ckptboard.core.records import TensorInfo, TensorKind, Trainable
+from ckptboard.core.schema import EventKind, RunningStat, TableName
+from ckptboard.core.stats import tensor_stats
+from ckptboard.core.updates import norm_running_stats, update_stats
+
+__all__ = ["RowSource", "checkpoint_rows"]
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Where the rows come from: the checkpoint's run and relative path, its previous checkpoint's relative path
+    (None for a run's first) and its identity as listed (size, mtime_ns)."""
+
+    run: str
+    relpath: str
+    prev_relpath: str | None
+    size: int
+    mtime_ns: int
+
+
+def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *,
+                    device: str = "cpu") -> dict[TableName, list[dict[str, Any]]]:
+    """The rows of every table for the opened, classified ``ckpt``; ``prev``/``first`` (opened, or None) give the
+    update statistics and the added/removed/reshaped events."""
+    rows = _Rows(source, ckpt, prev, first, device)
+    rows.collect()
+    return rows.tables
+
+
+class _Rows:
+    """Builds the table rows of one checkpoint, loading one tensor (and its previous/first) at a time."""
+
+    def __init__(self, source: RowSource, ckpt, prev, first, device: str):
+        self.source, self.ckpt, self.prev, self.first, self.device = source, ckpt, prev, first, device
+        self.base = {"run": source.run, "checkpoint": source.relpath, "step": ckpt.step}
+        self.tables: dict[TableName, list[dict[str, Any]]] = {
+            name: [] for name in TableName if name != TableName.ERRORS
+        }
+        self._running: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+
+    def collect(self) -> None:
+        device = self.device
+        prev_index = _index(self.prev)
+        first_index = _index(self.first)
+        done: dict[tuple[str, str], tuple[dict, dict, dict | None]] = {}
+        for info in self.ckpt.tensors:
+            ident = (info.group, info.name)
+            tied = (info.group, info.tied_to) if info.tied_to else None
+            if tied in done:  # the same storage: the same numbers, computed once
+                stats, hist, update = done[tied]
+            else:
+                tensor = self.ckpt.load(info)
+                result = tensor_stats(tensor, device=device)
+                stats = result.as_row()
+                hist = _histogram_row(result.histogram)
+                update = self._update(info, tensor, prev_index.get(ident), first_index.get(ident))
+                self._keep_running_stat(info, tensor)
+                del tensor
+                done[ident] = (stats, hist, update)
+            self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats})
+            self.tables[TableName.HISTOGRAMS].append({**self.base, "group": info.group, "name": info.name, **hist})
+            if update is not None:
+                self.tables[TableName.UPDATES].append({**self._update_base(), "group": info.group, "name": info.name,
+                                               "module": info.module, "kind": str(info.kind), **update})
+        self._batchnorm_rows()
+        self._event_rows(prev_index)
+        self.tables[TableName.CHECKPOINTS] = [self._checkpoint_row()]
+
+    def _update(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
+        if prev_info is None or tuple(prev_info.shape) != tuple(info.shape):
+            return None
+        # A neighbour that cannot be read (being rewritten, damaged) costs this checkpoint its update statistics,
+        # not its other rows: its own task reports it, and this fragment's key names its identity.
+        prev_tensor = _load_or_none(self.prev, prev_info)
+        if prev_tensor is None:
+            return None
+        first_tensor = None
+        if first_info is not None and tuple(first_info.shape) == tuple(info.shape):
+            first_tensor = prev_tensor if self.first is self.prev else _load_or_none(self.first, first_info)
+        return update_stats(prev_tensor, tensor, first_tensor, device=self.device).as_row()
+
+    def _update_base(self) -> dict[str, Any]:
+        return {**self.base, "prev_checkpoint": self.source.prev_relpath, "prev_step": self.prev.step}
+
+    def _keep_running_stat(self, info: TensorInfo, tensor) -> None:
+        module, _, leaf = info.name.rpartition(".")
+        if leaf in set(RunningStat) and info.kind == TensorKind.BUFFER and tensor.dim() == 1:
+            self._running.setdefault((info.group, module), {})[leaf] = tensor.detach().to("cpu", copy=True)
+
+    def _batchnorm_rows(self) -> None:
+        for (group, module), stats in self._running.items():
+            mean, var = stats.get(RunningStat.RUNNING_MEAN), stats.get(RunningStat.RUNNING_VAR)
+            if len(stats) != len(RunningStat) or mean is None or var is None or mean.shape != var.shape:
+                continue  # not a norm layer's pair of running statistics
+            rows = norm_running_stats(module, mean, var)
+            self.tables[TableName.BATCHNORM] += [{**self.base, "group": group, **row} for row in rows]
+
+    def _event_rows(self, prev_index: dict[tuple[str, str], TensorInfo]) -> None:
+        if self.prev is None:
+            return
+        current = _index(self.ckpt)
+        events = []
+        for ident, info in current.items():
+            before = prev_index.get(ident)
+            if before is None:
+                events.append((ident, EventKind.ADDED, f"{_shape(info.shape)} {info.dtype}"))
+            elif tuple(before.shape) != tuple(info.shape):
+                events.append((ident, EventKind.RESHAPED, f"{_shape(before.shape)} -> {_shape(info.shape)}"))
+        for ident, info in prev_index.items():
+            if ident not in current:
+                events.append((ident, EventKind.REMOVED, f"{_shape(info.shape)} {info.dtype}"))
+        for (group, name), event, detail in events:
+            self.tables[TableName.EVENTS].append({**self.base, "group": group, "name": name, "event": event.value,
+                                          "detail": detail})
+
+    def _checkpoint_row(self) -> dict[str, Any]:
+        ckpt, source = self.ckpt, self.source
+        counted = [t for t in ckpt.tensors if not t.tied_to]  # tied tensors share storage: counted once
+        params = [t for t in counted if t.kind == TensorKind.PARAMETER]
+        buffers = [t for t in counted if t.kind == TensorKind.BUFFER]
+        return {
+            **self.base,
+            "step_source": str(ckpt.step_source),
+            "format": str(ckpt.format),
+            "size_bytes": source.size,
+            "mtime": source.mtime_ns / 1e9,
+            "n_tensors": len(ckpt.tensors),
+            "n_parameters": len(params),
+            "n_trainable": sum(1 for t in params if t.trainable == Trainable.TRUE),
+            "n_frozen": sum(1 for t in params if t.trainable == Trainable.FALSE),
+            "n_buffers": len(buffers),
+            "parameter_bytes": sum(t.nbytes for t in params),
+            "buffer_bytes": sum(t.nbytes for t in buffers),
+            "optimizer": _optimizer_text(ckpt.optimizers),
+            "metadata_json": json.dumps(ckpt.metadata, sort_keys=True, default=str),
+            "skipped_globals": "; ".join(ckpt.skipped_globals),
+        }
+
+
+def _load_or_none(ckpt, info: TensorInfo):
+    try:
+        return ckpt.load(info)
+    except CheckpointError:
+        return None
+
+
+def _index(ckpt) -> dict[tuple[str, str], TensorInfo]:
+    return {} if ckpt is None else {(t.group, t.name): t for t in ckpt.tensors}
+
+
+def _identity_row(info: TensorInfo) -> dict[str, Any]:
+    return {
+        "group": info.group, "name": info.name, "raw_name": info.raw_name, "module": info.module,
+        "kind": str(info.kind), "trainable": str(info.trainable), "source": info.source, "dtype": info.dtype,
+        "shape": _shape(info.shape), "numel": info.numel, "nbytes": info.nbytes, "tied_to": info.tied_to,
+    }
+
+
+def _shape(shape) -> str:
+    return json.dumps([int(s) for s in shape])
+
+
+def _histogram_row(histogram) -> dict[str, list]:
+    if histogram is None:
+        return {"lo": [], "hi": [], "counts": []}
+    return {"lo": _floats(histogram.lo), "hi": _floats(histogram.hi), "counts": [int(c) for c in histogram.counts]}
+
+
+def _floats(values) -> list[float]:
+    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+def _optimizer_text(optimizers) -> str:
+    """``key_path: N params, state a,b`` per optimizer found, ``; ``-joined (empty when none)."""
+    parts = []
+    for opt in optimizers:
+        names = ",".join(opt.state_names)
+        parts.append(f"{opt.key_path}: {len(opt.params)} params" + (f", state {names}" if names else ""))
+    return "; ".join(parts)
