@@ -135,7 +135,7 @@ def _open_folder(path: Path, device: torch.device, trust: bool) -> Checkpoint:
         raise NotACheckpointError(
             path,
             f"a folder without {' or '.join(INDEX_NAMES)} and of no known training layout (README: Layouts): "
-            "pass one checkpoint file, or use discover/serve",
+            "pass one checkpoint file, or give the folder of runs to `ckptboard summarize` or `ckptboard serve`",
         )
     return match.layout.open(match, device, trust)
 
