@@ -44,3 +44,38 @@ def test_no_log_no_step_no_rows(tmp_path):
     (tmp_path / "a.pt").write_bytes(b"")
     assert log_file(tmp_path / "a.pt") is None
     assert log_scalars(tmp_path / "a.pt", 3, None) == []
+
+
+def test_training_scalars_table_export_and_scalars_view(trainer_out, tmp_path, capsys):
+    import pandas as pd
+
+    from _fixtures_app import app_test
+    from ckptboard.core.load import load_stats
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.cli import main
+    from ckptboard.dashboard.views import View
+
+    root = trainer_out.parent
+    assert summarize(root).ok
+    table = load_stats(root).training_scalars
+    history = json.loads((trainer_out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    # 4 logged steps x (loss, grad_norm, learning_rate, epoch), each held by the checkpoint that followed it
+    assert len(table) == 4 * 4 == sum(len(e) - 1 for e in history)
+    assert table.groupby("checkpoint")["step"].agg(["min", "max"]).to_dict("index") == {
+        "out/checkpoint-2": {"min": 1, "max": 2}, "out/checkpoint-4": {"min": 3, "max": 4}}
+    loss = table[table["name"] == "loss"].sort_values("step")["value"].tolist()
+    assert loss == [e["loss"] for e in history]
+
+    assert main(["export", str(root), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    exported = pd.read_csv(tmp_path / "out" / "training_scalars.csv")
+    assert list(exported.columns) == ["run", "checkpoint", "step", "source", "name", "value"]
+    assert len(exported) == 16 and set(exported["source"]) == {"trainer_state.json"}
+
+    at = app_test(str(root))
+    at.session_state["view"] = View.SCALARS
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="scalars_training").value == ["loss"]
+    charts = [c for c in at.get("plotly_chart") if c.proto.id.endswith("-scalars_training_chart")]
+    assert len(charts) == 1
