@@ -95,6 +95,19 @@ def test_lightning_last_ckpt_is_an_alias_not_a_second_point(tmp_path):
     assert [c.path.name for c in run.checkpoints] == ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]
     assert [(a.path.name, a.alias_of.rpartition("/")[2]) for a in run.aliases] == [("last.ckpt", "epoch=0-step=4.ckpt")]
     assert (version / "metrics.csv").is_file()
+    report = summarize(tmp_path)
+    assert report.checkpoints == 2  # last.ckpt is not summarised a second time
+    alias, original = next(iter(report.aliases.items()))
+    assert (alias.rpartition("/")[2], original.rpartition("/")[2]) == ("last.ckpt", "epoch=0-step=4.ckpt")
+    assert "1 alias(es) shown once" in report.line()
+
+    from _fixtures_app import app_test
+
+    at = app_test(str(tmp_path))
+    at.run()
+    at.run()  # a filled cache is drawn first and checked for new checkpoints after the page; the next run shows it
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("last.ckpt" in c.value and "Shown once" in c.value for c in at.caption)
 
 
 def test_a_stepless_copy_with_other_tensors_is_no_alias(tmp_path):
