@@ -26,7 +26,7 @@ from ckptboard.dashboard.figures._common import (
 )
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
-__all__ = ["STATISTICS", "smooth", "add_smoothed_line", "scalar_figure", "scalar_series"]
+__all__ = ["STATISTICS", "smooth", "draw_lines", "add_smoothed_line", "scalar_figure", "scalar_series"]
 
 # column -> label, for the statistic picker; tensor-table columns first, then update-table columns.
 STATISTICS: dict[str, str] = {
@@ -188,6 +188,18 @@ def scalar_series(
     return out.sort_values(["run", "series", "step"], kind="stable").reset_index(drop=True)
 
 
+def draw_lines(fig: go.Figure, data: pd.DataFrame, by: str, *, smoothing: float, max_points: int, label: str) -> None:
+    """One smoothed line per (run, ``by``) of ``data`` (columns ``run``, ``by``, ``step``, ``value``, sorted by
+    step), at most ``max_points`` steps each, named ``by · run`` when there are several runs."""
+    n_runs = data["run"].nunique()
+    for i, ((run, series), df) in enumerate(data.groupby(["run", by], sort=True)):
+        keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
+        x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
+        name = f"{series} · {run}" if n_runs > 1 else str(series)
+        add_smoothed_line(fig, x, raw, keep, name=name, color=series_color(i), smoothing=smoothing,
+                          meta={"run": run, by: series}, label=label)
+
+
 def add_smoothed_line(fig: go.Figure, x: np.ndarray, raw: np.ndarray, keep: np.ndarray, *, name: str, color: str,
                       smoothing: float, meta: dict, label: str) -> None:
     """One series as TensorBoard draws it: the smoothed line over ``x`` (the kept points of ``raw``), and with
@@ -225,13 +237,7 @@ def scalar_figure(
     if data.empty:
         return empty_figure(f"No {label} values for this selection")
     fig = go.Figure()
-    n_runs = data["run"].nunique()
-    for i, ((run, series), df) in enumerate(data.groupby(["run", "series"], sort=True)):
-        keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
-        x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
-        name = f"{series} · {run}" if n_runs > 1 else str(series)
-        add_smoothed_line(fig, x, raw, keep, name=name, color=series_color(i), smoothing=smoothing,
-                          meta={"run": run, "series": series}, label=label)
+    draw_lines(fig, data, "series", smoothing=smoothing, max_points=max_points, label=label)
     fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified", height=420,
                       yaxis_type="log" if log_y else "linear")
     return fig

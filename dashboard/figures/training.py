@@ -10,8 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color
-from ckptboard.dashboard.figures.scalars import add_smoothed_line, smooth
+from ckptboard.dashboard.figures._common import empty_figure
+from ckptboard.dashboard.figures.scalars import draw_lines, smooth
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["training_names", "step_extent", "training_scalar_figure"]
@@ -55,13 +55,7 @@ def training_scalar_figure(
         return empty_figure("No training scalars for this selection")
     rows = rows.sort_values(["run", "name", "step"], kind="stable").drop_duplicates(["run", "name", "step"], keep="last")
     fig = go.Figure()
-    n_runs = rows["run"].nunique()
-    for i, ((run, name), df) in enumerate(rows.groupby(["run", "name"], sort=True)):
-        keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
-        x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
-        label = f"{name} · {run}" if n_runs > 1 else str(name)
-        add_smoothed_line(fig, x, raw, keep, name=label, color=series_color(i), smoothing=smoothing,
-                          meta={"run": run, "name": name}, label="value")
+    draw_lines(fig, rows, "name", smoothing=smoothing, max_points=max_points, label="value")
     fig.update_layout(title="training scalars", xaxis_title="step", yaxis_title="value", hovermode="x unified",
                       height=360, yaxis_type="log" if log_y else "linear")
     return fig
