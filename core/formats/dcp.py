@@ -3,15 +3,14 @@
 Every chunk (and every non-tensor value) is its own ``torch.save`` zip written one after another into a ``.distcp``
 file (``FileSystemWriter``, torch 2.x); ``.metadata`` says which file, at which offset, how long. A tensor is
 rebuilt on demand from its chunks: each chunk's zip is read through a view of its byte range (pickle by
-:mod:`safe_unpickle`, storage record mapped), copied into place, released. One tensor at a time is assembled (a
-tensor saved as one chunk is returned as its mapped view, no copy); the statistics then stream over it as over any
-other tensor.
+:mod:`safe_unpickle`, storage record read with one ``readinto``, straight into place for whole-row chunks; no
+mmap, so a file truncated meanwhile is an error, not a SIGBUS). One tensor at a time is assembled (a tensor saved
+as one chunk is its record's buffer, no second copy); the statistics then stream over it as over any other tensor.
 """
 
 from __future__ import annotations
 
 import io
-import mmap
 import struct
 import zipfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ckptboard.core.errors import CorruptCheckpointError
+from ckptboard.core.errors import ChangedWhileReadError, CorruptCheckpointError
 from ckptboard.core.formats.dcp_metadata import DcpChunk, DcpItem, DcpMetadata, read_dcp_metadata
 from ckptboard.core.formats.filereader import FileReader
 from ckptboard.core.formats.materialise import build_tensor, bytes_tensor
@@ -95,7 +94,7 @@ class DcpReader(FileReader):
     def materialise(self, lazy: LazyTensor, device: torch.device) -> torch.Tensor:
         item = self.dcp.items[lazy.storage.key]
         if len(item.chunks) == 1 and item.chunks[0].sizes == item.shape:
-            # one chunk holding the whole tensor: its mapped view, as a torch.save file gives (no copy)
+            # one chunk holding the whole tensor: its record's buffer, no second copy
             piece = self._read_chunk(item, item.chunks[0])
             return piece if device.type == "cpu" else piece.to(device)
         out = torch.empty(item.shape, dtype=item.dtype)
@@ -114,7 +113,7 @@ class DcpReader(FileReader):
         return out if device.type == "cpu" else out.to(device)
 
     def _read_chunk(self, item: DcpItem, chunk: DcpChunk, into: torch.Tensor | None = None) -> torch.Tensor | None:
-        """One chunk's tensor: its zip's pickle read safely, its storage record mapped from the file; with ``into``
+        """One chunk's tensor: its zip's pickle read safely, its storage record read from the file; with ``into``
         (contiguous, the chunk's size) a contiguous record is read into it instead and None is returned."""
         where = f"{chunk.file} at {chunk.offset}"
         with open(self.path / chunk.file, "rb") as f:
@@ -148,9 +147,9 @@ class DcpReader(FileReader):
                     f.seek(start + lazy.offset * lazy.dtype.itemsize)
                     want = lazy.nbytes
                     if f.readinto(memoryview(into.view(-1).view(torch.uint8).numpy())) != want:
-                        raise CorruptCheckpointError(self.path, f"{item.fqn}: {where} ends inside its storage record")
+                        raise ChangedWhileReadError(self.path, f"{item.fqn}: {where} ends inside its storage record")
                     return None
-                raw = start if isinstance(start, torch.Tensor) else self._mapped(f, start, lazy.storage.nbytes)
+                raw = start if isinstance(start, torch.Tensor) else self._read_record(f, start, lazy.storage.nbytes)
                 return build_tensor(raw, lazy, lambda q: q)
 
     def _record_start(self, f: Any, zf: zipfile.ZipFile, name: str, chunk: DcpChunk, nbytes: int, item: DcpItem):
@@ -172,12 +171,14 @@ class DcpReader(FileReader):
             raise CorruptCheckpointError(self.path, f"{item.fqn}: storage record {name} lies outside its chunk")
         return start
 
-    @staticmethod
-    def _mapped(f: Any, start: int, nbytes: int) -> torch.Tensor:
-        # As in torchzip: a private copy-on-write mapping that the tensor keeps alive.
-        aligned = start - start % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(f.fileno(), start + nbytes - aligned, access=mmap.ACCESS_COPY, offset=aligned)
-        return bytes_tensor(mapped, start - aligned, nbytes)
+    def _read_record(self, f: Any, start: int, nbytes: int) -> torch.Tensor:
+        """The record's bytes read into a buffer of their own (no mmap: a file truncated meanwhile is an error,
+        not a SIGBUS, as for the other readers)."""
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        f.seek(start)
+        if f.readinto(memoryview(buffer.numpy())) != nbytes:
+            raise ChangedWhileReadError(self.path, f"a .distcp file ended inside a storage record at {start}")
+        return buffer
 
     def close(self) -> None:
         """Nothing stays open between loads."""

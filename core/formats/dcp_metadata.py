@@ -17,15 +17,16 @@ from typing import Any, BinaryIO
 import torch
 
 from ckptboard.core.errors import CorruptCheckpointError, UnsafeCheckpointError
-from ckptboard.core.formats.safe_unpickle import BadRecord, DangerousGlobal, SafeUnpickler
+from ckptboard.core.formats.safe_unpickle import BadRecord, DangerousGlobal, SafeUnpickler, Skipped
 
 __all__ = ["DcpChunk", "DcpItem", "DcpMetadata", "read_dcp_metadata", "METADATA_NAME"]
 
 METADATA_NAME = ".metadata"
 
 
-class _Record:
-    """An inert stand-in for one DCP metadata class: keeps what BUILD gives it, runs nothing."""
+class _Record(Skipped):
+    """An inert stand-in for one DCP metadata class: keeps what BUILD gives it as attributes, runs nothing (a
+    placeholder, so the unpickler lets NEWOBJ and BUILD make and fill it)."""
 
     qualname = "?"
 
