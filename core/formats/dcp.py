@@ -149,7 +149,8 @@ class DcpReader(FileReader):
                     if f.readinto(memoryview(into.view(-1).view(torch.uint8).numpy())) != want:
                         raise ChangedWhileReadError(self.path, f"{item.fqn}: {where} ends inside its storage record")
                     return None
-                raw = start if isinstance(start, torch.Tensor) else self._read_record(f, start, lazy.storage.nbytes)
+                nbytes = lazy.storage.nbytes
+                raw = start if isinstance(start, torch.Tensor) else self._read_record(f, start, nbytes)
                 return build_tensor(raw, lazy, lambda q: q)
 
     def _record_start(self, f: Any, zf: zipfile.ZipFile, name: str, chunk: DcpChunk, nbytes: int, item: DcpItem):
