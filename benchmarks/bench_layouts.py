@@ -6,10 +6,10 @@ one ``torch.save`` file side by side, and classification accuracy without ``--mo
 The tensors (float32, seeded normal, 64 of equal size) are written once into a temp folder as ``whole/ckpt.pt``
 (``torch.save``), ``dcp/step-1/`` (``dcp.save`` with ``FileSystemWriter(thread_count=8)``: 8 ``.distcp`` files,
 one process, so each tensor is one chunk) and ``fsdp/step-1/`` (the same values as DTensors split by rows over 2
-gloo ranks, as FSDP2 shards them: 8 files, each tensor in 2 chunks, assembled on load). Each measurement runs in a fresh process ``--repeats`` times; reported
-are medians of the in-process time and of peak RSS (``VmHWM``) minus that of a process that only imports
-ckptboard and torch. ``summarize`` uses a fresh cache folder each time. Statistics of the two are compared column by
-column. Accuracy: the layouts' fixtures from ``tests/_fixtures_layouts.py`` (real libraries, or exact imitations for
+gloo ranks, as FSDP2 shards them: 8 files, each tensor in 2 chunks, assembled on load). Each measurement runs in a
+fresh process ``--repeats`` times; reported are medians of the in-process time and of peak RSS (``VmHWM``) minus
+that of a process that only imports ckptboard and torch. ``summarize`` uses a fresh cache folder each time. Statistics of the DCP ones are compared with
+the file's column by column. Accuracy: the layouts' fixtures from ``tests/_fixtures_layouts.py`` (real libraries, or exact imitations for
 DeepSpeed and Megatron), each tensor's (kind, trainable) against the real model's ``named_parameters()`` /
 ``named_buffers()`` and ``requires_grad``; ``unknown`` counts as wrong. The temp folder is deleted at the end.
 """
@@ -122,7 +122,8 @@ def _speed_and_memory(folder: Path, repeats: int) -> None:
     listing = [_probe("list", folder / "dcp" / "step-1") for _ in range(repeats)]
     print(f"baseline process (python + torch + ckptboard imports): peak RSS {base_kib / 1024:.0f} MiB")
     print(f"listing DCP ({len(shards)} .distcp files, {listing[0]['bytes'] / 1e9:.2f} GB, {listing[0]['tensors']} "
-          f"tensors): {_median(listing, 'seconds'):.3f} s, peak RSS +{(_median(listing, 'peak_kib') - base_kib) / 1024:.0f} MiB")
+          f"tensors): {_median(listing, 'seconds'):.3f} s, "
+          f"peak RSS +{(_median(listing, 'peak_kib') - base_kib) / 1024:.0f} MiB")
     for label, root in (("torch.save file", folder / "whole"), ("DCP (8 shards)", folder / "dcp"),
                         ("DCP FSDP 2 ranks", folder / "fsdp")):
         runs = []
@@ -144,7 +145,8 @@ def _compare_statistics(folder: Path) -> None:
     for name in ("dcp", "fsdp"):
         other = load_stats(folder / name, cache_dir=folder / f"cache-{name}-0").tensors.set_index("name").sort_index()
         same = whole[columns].equals(other[columns])
-        print(f"statistics of {name} identical to the file's over {len(columns)} columns x {len(whole)} tensors: {same}")
+        print(f"statistics of {name} identical to the file's over {len(columns)} columns x {len(whole)} tensors: "
+              f"{same}")
 
 
 def _accuracy() -> None:
@@ -186,7 +188,8 @@ def _accuracy() -> None:
             results[f"DeepSpeed ZeRO-{stage} (imitation)"] = score(tmp / f"ds{stage}" / "global_step1", truth_of(model))
         sds = fx.megatron_checkpoint(tmp / "mg", 100)
         truth = {(f"mp_rank_{r:02d}/model", n): ("parameter", "true") for r, sd in enumerate(sds) for n in sd}
-        results["Megatron TP=2 (imitation)"] = score(tmp / "mg" / "iter_0000100", truth, key=lambda t: (t.group, t.name))
+        results["Megatron TP=2 (imitation)"] = score(tmp / "mg" / "iter_0000100", truth,
+                                                     key=lambda t: (t.group, t.name))
         path = tmp / "nano.pt"
         model = fx.nanogpt_checkpoint(path)
         results["nanoGPT (two param groups)"] = score(path, truth_of(model), key=lambda t: t.name)

@@ -29,8 +29,8 @@ def hf_trainer_run(out: Path, max_steps: int = 4, save_steps: int = 2):
 
     model = tiny_gpt2()
     gen = torch.Generator().manual_seed(1)
-    data = [{"input_ids": torch.randint(0, 64, (8,), generator=gen), "labels": torch.randint(0, 64, (8,), generator=gen)}
-            for _ in range(8)]
+    data = [{"input_ids": torch.randint(0, 64, (8,), generator=gen),
+             "labels": torch.randint(0, 64, (8,), generator=gen)} for _ in range(8)]
     args = TrainingArguments(
         output_dir=str(out), max_steps=max_steps, save_steps=save_steps, per_device_train_batch_size=2,
         report_to=[], use_cpu=True, logging_steps=1, weight_decay=0.1, disable_tqdm=True, seed=0,
@@ -327,7 +327,7 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
         if stage == 2:
             numel = sum(p.numel() for p in trainable)
             per = math.ceil(numel / world)
-            whole = torch.cat([torch.cat([p.detach().reshape(-1) for p in trainable]), torch.zeros(per * world - numel)])
+            whole = torch.cat([p.detach().reshape(-1) for p in trainable] + [torch.zeros(per * world - numel)])
             flat = whole[rank * per : (rank + 1) * per].clone()
         inner = {"state": {0: {"step": torch.tensor(4.0), "exp_avg": torch.zeros_like(flat),
                                "exp_avg_sq": torch.zeros_like(flat)}},

@@ -105,4 +105,5 @@ def test_megatron_tensor_parallel_ranks_are_groups(tmp_path):
                 assert torch.equal(ckpt.load(info), sd[info.name])
         # each rank's optimizer lines up with its own rank's group: every parameter held
         assert {t.trainable for t in ckpt.tensors} == {"true"}
-        assert [o.key_path for o in ckpt.optimizers] == ["mp_rank_00/optimizer/optimizer", "mp_rank_01/optimizer/optimizer"]
+        assert [o.key_path for o in ckpt.optimizers] == [
+            "mp_rank_00/optimizer/optimizer", "mp_rank_01/optimizer/optimizer"]

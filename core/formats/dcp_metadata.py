@@ -127,7 +127,9 @@ def _load(f: BinaryIO, folder: Path) -> Any:
     except BadRecord as e:
         raise CorruptCheckpointError(folder, f"{METADATA_NAME}: {e}") from e
     except Exception as e:  # a damaged pickle fails in many ways
-        raise CorruptCheckpointError(folder, f"{METADATA_NAME} is damaged or truncated ({type(e).__name__}: {e})") from e
+        raise CorruptCheckpointError(
+            folder, f"{METADATA_NAME} is damaged or truncated ({type(e).__name__}: {e})"
+        ) from e
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:

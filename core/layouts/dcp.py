@@ -70,7 +70,8 @@ class Dcp(Layout):
             elif role == "optimizer" and name:
                 param, _, state = name.rpartition(".")
                 entry = states.setdefault(where, {}).setdefault(param, OptimizerParam(param, 0))
-                entry.state_shapes[state], entry.state_dtypes[state] = item.shape, str(item.dtype).removeprefix("torch.")
+                entry.state_shapes[state] = item.shape
+                entry.state_dtypes[state] = str(item.dtype).removeprefix("torch.")
         contents.groups = list(groups.items())
         for root, params in states.items():
             opt = OptimizerState(root, list(params.values()), by_name=True)

@@ -156,7 +156,9 @@ def _zero3(match: LayoutMatch, ckpt) -> tuple[Contents, dict, dict]:
     root = roots[0]
     world = len(models)
     if len(optims) != world:
-        raise CorruptCheckpointError(ckpt.path, f"{world} ZeRO-3 model-states files but {len(optims)} optim-states files")
+        raise CorruptCheckpointError(
+            ckpt.path, f"{world} ZeRO-3 model-states files but {len(optims)} optim-states files"
+        )
     flat: list[list] = []
     for file in optims:
         state = _open_root(ckpt, file)[0].get("optimizer_state_dict")

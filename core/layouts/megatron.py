@@ -42,4 +42,5 @@ class Megatron(Layout):
             return None
         notes = [f"{len(weights)} model-parallel ranks, one group each: tensor-parallel slices are not concatenated"]
         # no step here: the file's ``iteration`` decides, the folder's name (iter_0000100) is the fallback
-        return LayoutMatch(self, folder, files=[f for _, f in weights], weights=weights, keep_groups=r"model\d*(?:/|$)", notes=notes if len(weights) > 1 else [])
+        return LayoutMatch(self, folder, files=[f for _, f in weights], weights=weights,
+                           keep_groups=r"model\d*(?:/|$)", notes=notes if len(weights) > 1 else [])

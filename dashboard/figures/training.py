@@ -53,7 +53,8 @@ def training_scalar_figure(
         rows = rows[rows["step"].between(step_range[0], step_range[1])]
     if rows.empty:
         return empty_figure("No training scalars for this selection")
-    rows = rows.sort_values(["run", "name", "step"], kind="stable").drop_duplicates(["run", "name", "step"], keep="last")
+    rows = rows.sort_values(["run", "name", "step"], kind="stable")
+    rows = rows.drop_duplicates(["run", "name", "step"], keep="last")
     fig = go.Figure()
     draw_lines(fig, rows, "name", smoothing=smoothing, max_points=max_points, label="value")
     fig.update_layout(title="training scalars", xaxis_title="step", yaxis_title="value", hovermode="x unified",
