@@ -11,6 +11,7 @@ as one chunk is its record's buffer, no second copy); the statistics then stream
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from ckptboard.core.errors import ChangedWhileReadError, CorruptCheckpointError
 from ckptboard.core.formats.dcp_metadata import DcpChunk, DcpItem, DcpMetadata, read_dcp_metadata
 from ckptboard.core.formats.filereader import FileReader
+from ckptboard.core.formats.guarded import GuardedFile
 from ckptboard.core.formats.materialise import build_tensor, bytes_tensor
 from ckptboard.core.formats.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride, load_pickle
 from ckptboard.core.formats.sniff import zip_kind
@@ -66,6 +68,7 @@ class DcpReader(FileReader):
         super().__init__(folder, label)
         self.dcp: DcpMetadata = read_dcp_metadata(folder)
         self._storages: dict[str, LazyStorage] = {}
+        self._files: dict[str, GuardedFile] = {}  # .distcp files opened on first read, guarded against changes
         sizes: dict[str, int] = {}
         for item in self.dcp.items.values():
             for chunk in item.chunks:
@@ -116,42 +119,40 @@ class DcpReader(FileReader):
         """One chunk's tensor: its zip's pickle read safely, its storage record read from the file; with ``into``
         (contiguous, the chunk's size) a contiguous record is read into it instead and None is returned."""
         where = f"{chunk.file} at {chunk.offset}"
-        with open(self.path / chunk.file, "rb") as f:
-            view = _Slice(f, chunk.offset, chunk.length)
+        guarded = self._file(chunk.file)  # stays open, guarded against changes, for the reader's lifetime
+        f = guarded.file
+        view = _Slice(f, chunk.offset, chunk.length)
+        try:
+            zf = zipfile.ZipFile(view)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise CorruptCheckpointError(self.path, f"{item.fqn}: no torch.save zip in {where} ({e})") from e
+        with zf:
+            kind = zip_kind(zf.namelist())
+            if kind is None or kind[0] != "torch":
+                raise CorruptCheckpointError(self.path, f"{item.fqn}: {where} holds no torch.save archive")
+            storages: dict[str, LazyStorage] = {}
+
+            def hook(dtype: torch.dtype, key: str, location: str, numel: int, view_meta: Any) -> LazyStorage:
+                return storages.setdefault(key, LazyStorage(key, dtype, numel, location))
+
             try:
-                zf = zipfile.ZipFile(view)
-            except (zipfile.BadZipFile, OSError, ValueError) as e:
-                raise CorruptCheckpointError(self.path, f"{item.fqn}: no torch.save zip in {where} ({e})") from e
-            with zf:
-                kind = zip_kind(zf.namelist())
-                if kind is None or kind[0] != "torch":
-                    raise CorruptCheckpointError(self.path, f"{item.fqn}: {where} holds no torch.save archive")
-                storages: dict[str, LazyStorage] = {}
-
-                def hook(dtype: torch.dtype, key: str, location: str, numel: int, view_meta: Any) -> LazyStorage:
-                    return storages.setdefault(key, LazyStorage(key, dtype, numel, location))
-
-                try:
-                    pickled = zf.read(f"{kind[1]}/data.pkl")
-                except (KeyError, zipfile.BadZipFile, OSError) as e:
-                    raise CorruptCheckpointError(self.path, f"{item.fqn}: damaged archive in {where} ({e})") from e
-                lazy, _ = load_pickle(io.BytesIO(pickled), self.path / chunk.file, hook)
-                if not isinstance(lazy, LazyTensor) or lazy.shape != chunk.sizes or lazy.dtype != item.dtype:
-                    raise CorruptCheckpointError(
-                        self.path, f"{item.fqn}: {where} holds no {item.dtype} tensor of size {chunk.sizes}"
-                    )
-                name = f"{kind[1]}/data/{lazy.storage.key}"
-                start = self._record_start(f, zf, name, chunk, lazy.storage.nbytes, item)
-                contiguous = lazy.stride == contiguous_stride(lazy.shape) and not lazy.flags and lazy.quantizer is None
-                if into is not None and isinstance(start, int) and contiguous and lazy.numel:
-                    f.seek(start + lazy.offset * lazy.dtype.itemsize)
-                    want = lazy.nbytes
-                    if f.readinto(memoryview(into.view(-1).view(torch.uint8).numpy())) != want:
-                        raise ChangedWhileReadError(self.path, f"{item.fqn}: {where} ends inside its storage record")
-                    return None
-                nbytes = lazy.storage.nbytes
-                raw = start if isinstance(start, torch.Tensor) else self._read_record(f, start, nbytes)
-                return build_tensor(raw, lazy, lambda q: q)
+                pickled = zf.read(f"{kind[1]}/data.pkl")
+            except (KeyError, zipfile.BadZipFile, OSError) as e:
+                raise CorruptCheckpointError(self.path, f"{item.fqn}: damaged archive in {where} ({e})") from e
+            lazy, _ = load_pickle(io.BytesIO(pickled), self.path / chunk.file, hook)
+            if not isinstance(lazy, LazyTensor) or lazy.shape != chunk.sizes or lazy.dtype != item.dtype:
+                raise CorruptCheckpointError(
+                    self.path, f"{item.fqn}: {where} holds no {item.dtype} tensor of size {chunk.sizes}"
+                )
+            name = f"{kind[1]}/data/{lazy.storage.key}"
+            start = self._record_start(f, zf, name, chunk, lazy.storage.nbytes, item)
+            contiguous = lazy.stride == contiguous_stride(lazy.shape) and not lazy.flags and lazy.quantizer is None
+            if into is not None and isinstance(start, int) and contiguous and lazy.numel:
+                _read_into(guarded, start + lazy.offset * lazy.dtype.itemsize, into, item.fqn)
+                return None
+            nbytes = lazy.storage.nbytes
+            raw = start if isinstance(start, torch.Tensor) else guarded.read_at(start, nbytes)
+            return build_tensor(raw, lazy, lambda q: q)
 
     def _record_start(self, f: Any, zf: zipfile.ZipFile, name: str, chunk: DcpChunk, nbytes: int, item: DcpItem):
         """The file offset where the storage record's bytes start, or the bytes themselves (empty or compressed)."""
@@ -172,15 +173,26 @@ class DcpReader(FileReader):
             raise CorruptCheckpointError(self.path, f"{item.fqn}: storage record {name} lies outside its chunk")
         return start
 
-    def _read_record(self, f: Any, start: int, nbytes: int) -> torch.Tensor:
-        """The record's bytes read into a buffer of their own (no mmap: a file truncated meanwhile is an error,
-        not a SIGBUS, as for the other readers)."""
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
-        f.seek(start)
-        if f.readinto(memoryview(buffer.numpy())) != nbytes:
-            raise ChangedWhileReadError(self.path, f"a .distcp file ended inside a storage record at {start}")
-        return buffer
+    def _file(self, name: str) -> GuardedFile:
+        if name not in self._files:
+            self._files[name] = GuardedFile(self.path / name)
+        return self._files[name]
 
     def close(self) -> None:
-        """Nothing stays open between loads."""
+        for guarded in self._files.values():
+            guarded.close()
+        self._files.clear()
+
+
+def _read_into(guarded: GuardedFile, offset: int, into: torch.Tensor, what: str) -> None:
+    """``into``'s bytes from ``offset`` of the file, read straight into it (``pread``); a short read or a file
+    changed meanwhile is a :class:`ChangedWhileReadError`."""
+    with memoryview(into.view(-1).view(torch.uint8).numpy()) as view:
+        done = 0
+        while done < len(view):
+            n = os.preadv(guarded.file.fileno(), [view[done:]], offset + done)
+            if n == 0:
+                raise ChangedWhileReadError(guarded.path, f"{what}: the file ended inside its storage record")
+            done += n
+    guarded.check()
 
