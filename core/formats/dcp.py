@@ -69,6 +69,7 @@ class DcpReader(FileReader):
         self.dcp: DcpMetadata = read_dcp_metadata(folder)
         self._storages: dict[str, LazyStorage] = {}
         self._files: dict[str, GuardedFile] = {}  # .distcp files opened on first read, guarded against changes
+        self._spares: list = []  # GuardedFile's spare buffers, shared by all of them
         sizes: dict[str, int] = {}
         for item in self.dcp.items.values():
             for chunk in item.chunks:
@@ -175,7 +176,11 @@ class DcpReader(FileReader):
 
     def _file(self, name: str) -> GuardedFile:
         if name not in self._files:
-            self._files[name] = GuardedFile(self.path / name)
+            guarded = GuardedFile(self.path / name)
+            # One pool of spare buffers for all the folder's files (as one torch.save file has), not two per file:
+            # 8 shards would otherwise keep up to 16 tensor-sized buffers alive.
+            guarded._spares = self._spares
+            self._files[name] = guarded
         return self._files[name]
 
     def close(self) -> None:
