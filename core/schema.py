@@ -34,6 +34,7 @@ __all__ = [
     "BATCHNORM_COLUMNS",
     "EVENT_COLUMNS",
     "ERROR_COLUMNS",
+    "TRAINING_SCALAR_COLUMNS",
     "SPECTRAL_COLUMNS",
     "GRADIENT_COLUMNS",
     "percentile_column",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 # Bump when a table's columns or types change: cache fragments of another version are recomputed with a warning.
-FORMAT_VERSION = 2  # 2: the spectral and gradients tables
+FORMAT_VERSION = 3  # 2: the training_scalars table; 3: the spectral and gradients tables
 
 
 class TableName(StrEnum):
@@ -58,6 +59,7 @@ class TableName(StrEnum):
     BATCHNORM = "batchnorm"
     EVENTS = "events"
     ERRORS = "errors"
+    TRAINING_SCALARS = "training_scalars"
     SPECTRAL = "spectral"
     GRADIENTS = "gradients"
 
@@ -125,6 +127,11 @@ class EventKind(StrEnum):
 # One row per file that could not be summarised.
 ERROR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "error", "message")
 
+# Training scalars logged beside the checkpoints (Trainer's log_history, Lightning's metrics.csv): one row per logged
+# value; ``step`` is the step it was logged at, ``checkpoint`` the one whose fragment holds it (the first checkpoint
+# at or after that step), ``source`` the log file's name.
+TRAINING_SCALAR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "source", "name", "value")
+
 
 # Spectral health of each 2-D (or convolution) parameter per checkpoint, when summarised with --spectral
 # (ckptboard.core.spectral): method "power" (sigma_max by power/Lanczos iteration) or "full" (the whole ESD, alpha);
@@ -152,6 +159,7 @@ COLUMNS: dict[TableName, tuple[str, ...]] = {
     TableName.BATCHNORM: BATCHNORM_COLUMNS,
     TableName.EVENTS: EVENT_COLUMNS,
     TableName.ERRORS: ERROR_COLUMNS,
+    TableName.TRAINING_SCALARS: TRAINING_SCALAR_COLUMNS,
     TableName.SPECTRAL: SPECTRAL_COLUMNS,
     TableName.GRADIENTS: GRADIENT_COLUMNS,
 }
@@ -160,7 +168,7 @@ COLUMNS: dict[TableName, tuple[str, ...]] = {
 _INT_COLUMNS = ("step", "prev_step", "numel", "nbytes", "zeros", "nans", "posinfs", "neginfs", "infs", "channel",
                 "size_bytes", "n_tensors", "n_parameters", "n_trainable", "n_frozen", "n_buffers", "parameter_bytes",
                 "buffer_bytes", "n_matrices", "rows", "cols", "iterations", "n_evals", "alpha_n", "param_group")
-_FLOAT_COLUMNS = ("mean", "std", "min", "max", "abs_mean", "norm", "update_norm", "update_ratio", "cosine",
+_FLOAT_COLUMNS = ("value", "mean", "std", "min", "max", "abs_mean", "norm", "update_norm", "update_ratio", "cosine",
                   "dist_from_first", "rel_dist_from_first", "running_mean", "running_var",
                   "mtime",  # seconds since the epoch, as os.stat gives
                   "sigma_max", "stable_rank", "alpha", "alpha_xmin", "alpha_ks", "alpha_sigma",
@@ -216,6 +224,7 @@ class StatsTables:
     batchnorm: pd.DataFrame
     events: pd.DataFrame
     errors: pd.DataFrame
+    training_scalars: pd.DataFrame
     spectral: pd.DataFrame = field(default_factory=lambda: _empty_frame(TableName.SPECTRAL))
     gradients: pd.DataFrame = field(default_factory=lambda: _empty_frame(TableName.GRADIENTS))
 

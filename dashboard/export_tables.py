@@ -39,6 +39,7 @@ TABLE_FILES: dict[TableName, str] = {
     TableName.CHECKPOINTS: "checkpoints",
     TableName.ERRORS: "errors",
     TableName.HISTOGRAMS: "histograms",
+    TableName.TRAINING_SCALARS: "training_scalars",
     TableName.SPECTRAL: "spectral",
     TableName.GRADIENTS: "gradients",
 }
