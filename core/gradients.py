@@ -16,7 +16,9 @@ SGD with momentum: ``m_norm`` = ‖momentum_buffer‖ (an EMA-like sum of past g
 (plain SGD, Adam before its first step) get no row.
 
 Which model tensor each optimizer entry belongs to: by name where the optimizer keys by name (DCP); otherwise its
-param groups are laid over the model's trainable tensors in file order, entry by entry by the shape of its state.
+param groups are laid over the model's trainable tensors in file order, entry by entry by the shape of its state;
+where the file order is name order (safetensors sorts its keys), only entries of a shape that occurs once are placed.
+Entries not placed keep their index as name (``[3]``) and have no weight norm.
 """
 
 from __future__ import annotations
@@ -172,7 +174,10 @@ def held_tensors(ckpt: Any, optimizer: OptimizerState) -> dict[int, TensorInfo]:
     for group in ckpt.groups:
         cands = [t for t in group.tensors
                  if t.kind == TensorKind.PARAMETER and not t.tied_to and t.trainable != Trainable.FALSE]
-        placed = _lay_over(optimizer.params, cands)
+        names = [t.name for t in cands]
+        # safetensors writes its keys sorted, not in the model's parameter order: then only shapes that occur once
+        # tell which tensor an entry is (a group already in name order could be either, so it is treated so too)
+        placed = _lay_over(optimizer.params, cands) if names != sorted(names) else _by_unique_shape(optimizer.params, cands)
         if len(placed) > len(best):
             best = placed
     return best
@@ -199,6 +204,16 @@ def _lay_over(params: list[OptimizerParam], cands: list[TensorInfo]) -> dict[int
             placed[i] = cands[j]
             j += 1
     return placed
+
+
+def _by_unique_shape(params: list[OptimizerParam], cands: list[TensorInfo]) -> dict[int, TensorInfo]:
+    """Entries whose state shape occurs once among the entries and once among ``cands``: placed by shape alone."""
+    shapes = [_state_shape(p) for p in params]
+    by_shape: dict[tuple, list[TensorInfo]] = {}
+    for info in cands:
+        by_shape.setdefault(tuple(info.shape), []).append(info)
+    return {i: by_shape[s][0] for i, s in enumerate(shapes)
+            if s is not None and shapes.count(s) == 1 and len(by_shape.get(s, ())) == 1}
 
 
 def _state_shape(param: OptimizerParam) -> tuple[int, ...] | None:

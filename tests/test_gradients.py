@@ -142,3 +142,29 @@ def test_odd_optimizer_state_gives_no_row_and_no_failure(tmp_path):
     rows, _ = _rows(tmp_path / "odd.pt")
     assert list(rows) == ["b"]  # only entry 1 is a usable pair of Adam moments
     assert rows["b"]["grad_rms"] == pytest.approx(math.sqrt(1 / (1 - 0.99 ** 3)))  # v = 1 everywhere, bias-corrected
+
+
+def test_hf_trainer_checkpoint_gradients_from_optimizer_pt(tmp_path):
+    pytest.importorskip("transformers")
+    from _fixtures_layouts import hf_trainer_run
+
+    from ckptboard.core.load import load_stats
+    from ckptboard.core.summarize import summarize
+
+    hf_trainer_run(tmp_path / "run")  # real Trainer: AdamW, weight decay groups, model.safetensors + optimizer.pt
+    assert not summarize(tmp_path).failures
+    grads = load_stats(tmp_path).gradients
+    last = grads[grads["step"] == 4]
+    state = torch.load(tmp_path / "run" / "checkpoint-4" / "optimizer.pt")
+    assert len(last) == len(state["state"]) and set(last["moments"]) == {"adam"}
+    assert set(last["opt_step"]) == {4.0}
+    b2 = state["param_groups"][0]["betas"][1]
+    for row in last.itertuples():
+        v = state["state"][int(row.param_id)]["exp_avg_sq"].double() / (1 - b2 ** 4)
+        assert row.grad_rms == pytest.approx(math.sqrt(v.mean().item()), rel=1e-6)
+    # safetensors sorts its keys: only entries of a shape found once are named, the others keep their index
+    named = last[~last["name"].str.startswith("[")]
+    assert len(named) >= 1
+    for row in named.itertuples():
+        shape = tuple(state["state"][int(row.param_id)]["exp_avg"].shape)
+        assert sum(tuple(s["exp_avg"].shape) == shape for s in state["state"].values()) == 1
