@@ -42,8 +42,9 @@ __all__ = [
     "StatsTables",
 ]
 
-# Bump when a table's columns or types change: cache fragments of another version are recomputed with a warning.
-FORMAT_VERSION = 1
+# Bump when a table's columns or types change, or the cache layout (2: one flat Parquet file per table per checkpoint):
+# caches of another version are recomputed with a warning.
+FORMAT_VERSION = 2
 
 
 class TableName(StrEnum):
