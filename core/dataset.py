@@ -129,6 +129,14 @@ class StatsDataset:
         """:meth:`read` as a DataFrame."""
         return self.read(table, selection, columns).to_pandas()
 
+    def tensor_index(self, selection: Selection = Selection()) -> pd.DataFrame:
+        """One row per distinct ``(run, group, name, module, kind)`` of the tensors table in ``selection``, with the
+        largest ``numel`` seen: what pickers and filters list, computed in the scan (five columns read, not 45)."""
+        keys = ["run", "group", "name", "module", "kind"]
+        rows = self.read(TableName.TENSORS, selection, columns=[*keys, "numel"])
+        index = rows.group_by(keys, use_threads=False).aggregate([("numel", "max")])  # first-seen order
+        return index.select([*keys, "numel_max"]).rename_columns([*keys, "numel"]).to_pandas()
+
     def tables(self, selection: Selection = Selection()) -> StatsTables:
         """Every table of ``selection`` read whole (for notebooks and small series; views read a :class:`TableView`)."""
         return StatsTables(**{str(name): self.frame(name, selection) for name in TableName})
