@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.validate import check_depth  # noqa: F401  (re-exported: its home before core/validate.py)
 from ckptboard.core.flop_estimate import FlopEstimate, estimate_flops
 from ckptboard.core.size import OptimizerKind, SizeNode, TrainingMemory, size_tree, training_memory
 
@@ -77,12 +78,6 @@ def load_checkpoint_size(
             estimate=estimate_flops(tensors, model),
             notes=notes,
         )
-
-
-def check_depth(depth: int | None) -> None:
-    """``--depth`` is 0 (the root only) or more, or absent (every depth)."""
-    if depth is not None and depth < 0:
-        raise UsageError(f"--depth {depth}: must be 0 (the whole model only) or more")
 
 
 def _choose_group(path: str, groups: dict[str, Any], asked: str | None, matched: str | None) -> str:

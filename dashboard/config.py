@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.flops import parse_input_specs
 
 __all__ = [
     "APP_PATH",
@@ -55,6 +54,8 @@ class AppConfig:
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``; :class:`UsageError` on anything else."""
+    from ckptboard.core.flops import parse_input_specs  # torch: only when a shape is typed
+
     return parse_input_specs([text])[0].shape
 
 

@@ -20,12 +20,15 @@ import argparse
 import json
 from typing import Any
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.flops import FlopReport, count_flops, module_table, parse_input_specs
-from ckptboard.core.checkpoint_size import CheckpointSize, check_depth, load_checkpoint_size
+from ckptboard.core.validate import check_depth, existing_path
 from ckptboard.dashboard.text import format_count, format_si, format_table, module_label
+
+if TYPE_CHECKING:  # torch comes with these: imported by run, after the arguments are checked
+    from ckptboard.core.checkpoint_size import CheckpointSize
+    from ckptboard.core.flops import FlopReport
 
 __all__ = ["add_parser", "run"]
 
@@ -56,13 +59,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_depth(args.depth)
+    if args.checkpoint:
+        existing_path(args.checkpoint)
     if not args.model:
         if not args.checkpoint:
             raise UsageError("give --model SPEC (and --input-shape) to count FLOPs, or --checkpoint PATH to estimate")
         return _run_estimate(args)
-    inputs = parse_input_specs(args.input_shape, args.input_dtype)  # validated before anything is built
-
+    from ckptboard.core.checkpoint_size import load_checkpoint_size
+    from ckptboard.core.flops import count_flops, parse_input_specs
     from ckptboard.core.model_spec import load_model
+
+    inputs = parse_input_specs(args.input_shape, args.input_dtype)  # validated before anything is built
 
     model = load_model(args.model, device="meta")
     sizes = None
@@ -77,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_estimate(args: argparse.Namespace) -> int:
+    from ckptboard.core.checkpoint_size import load_checkpoint_size
+
     sizes = load_checkpoint_size(args.checkpoint, trust=args.trust, group=args.group)
     if args.json:
         print(json.dumps({"path": sizes.path, "estimate": sizes.estimate.to_json()}, indent=2))
@@ -109,6 +118,10 @@ def _to_json(report: FlopReport, sizes: CheckpointSize | None, max_depth: int | 
 
 
 def _render(report: FlopReport, sizes: CheckpointSize | None, max_depth: int | None) -> str:
+    import pandas as pd
+
+    from ckptboard.core.flops import module_table
+
     inputs = ", ".join(spec.label for spec in report.inputs)
     lines = [
         f"FLOPs of {report.model} on input {inputs}, counted by torch FlopCounterMode on {report.device}; "
