@@ -2,12 +2,11 @@
 Parquet file per table (:mod:`ckptboard.core.fragment`) so that :mod:`ckptboard.core.dataset` can scan a table.
 
 A fragment is named after its checkpoint's relative path (its *stem*) and its commit record holds, in its footer, the
-format version and the key it was computed for (:func:`cache_key`): the checkpoint's relative path and :class:`~ckptboard.core.discover.
-FileIdentity`, the same of the previous and the first checkpoint of its run (its update statistics depend on them),
-and a fingerprint of the ``--model`` used for classification. A fragment whose key differs is stale and recomputed
-quietly; one that is unreadable or of another
-format version (a version-1 cache's single-file fragments included) is recomputed too, with one :class:`CacheWarning`
-per command naming them.
+format version and the key it was computed for (:func:`cache_key`): the checkpoint's relative path and
+:class:`~ckptboard.core.discover.FileIdentity`, the same of the previous and the first checkpoint of its run (its
+update statistics depend on them), and a fingerprint of the ``--model`` used for classification. A fragment whose key
+differs is stale and recomputed quietly; one that is unreadable or of another format version (a version-1 cache's
+single-file fragments included) is recomputed too, with one :class:`CacheWarning` per command naming them.
 """
 
 from __future__ import annotations

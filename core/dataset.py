@@ -40,13 +40,16 @@ _SORT = ("run", "step", "checkpoint")  # stable: rows of one checkpoint keep the
 @dataclass(frozen=True)
 class Selection:
     """Which rows to read: every field ``None`` means all. ``steps`` is inclusive; ``modules`` are module prefixes
-    (``encoder`` takes ``encoder`` and ``encoder.*``). A filter applies to the tables that have its column."""
+    (``encoder`` takes ``encoder`` and ``encoder.*``). A filter applies to the tables that have its column.
+    ``columns``, when given, are the only columns read of every table but ``checkpoints`` (whose rows are the
+    in-memory index), each table taking those it has."""
 
     runs: tuple[str, ...] | None = None
     steps: tuple[int, int] | None = None
     checkpoints: tuple[str, ...] | None = None
     names: tuple[str, ...] | None = None
     modules: tuple[str, ...] | None = None
+    columns: tuple[str, ...] | None = None
 
     def narrow(self, **changes: Any) -> Selection:
         """This selection with some fields replaced (sequences become tuples)."""
@@ -113,6 +116,8 @@ class StatsDataset:
         table = TableName(table)
         names = COLUMNS[table]
         expression = selection.expression(names)
+        if columns is None and selection.columns is not None and table != COMMIT_TABLE:
+            columns = [c for c in names if c in selection.columns]
         if table == COMMIT_TABLE:
             result = self._index if expression is None else self._index.filter(expression)
             result = result.select(columns) if columns is not None else result

@@ -42,8 +42,8 @@ __all__ = [
     "StatsTables",
 ]
 
-# Bump when a table's columns or types change, or the cache layout (2: one flat Parquet file per table per checkpoint):
-# caches of another version are recomputed with a warning.
+# Bump when a table's columns or types change, or the cache layout (2: one flat Parquet file per table per
+# checkpoint): caches of another version are recomputed with a warning.
 FORMAT_VERSION = 2
 
 

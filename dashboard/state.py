@@ -272,8 +272,8 @@ def request_refresh() -> None:
 
 
 def load_tables(config: AppConfig) -> tuple[TableView, str]:
-    """A lazy view of every table of the cache, and its fingerprint. An empty cache is filled first, with progress; a cache that holds
-    data is drawn at once and checked for new checkpoints after the page (:func:`look_for_new_checkpoints`)."""
+    """A lazy view of every table of the cache, and its fingerprint. An empty cache is filled first, with progress; a
+    cache that holds data is drawn at once and checked for new checkpoints after the page (:func:`look_for_new_checkpoints`)."""
     st.session_state[_STATUS_SLOT] = st.empty()  # where a later summarize shows its progress: the top of the page
     refresh = st.session_state.pop(_REFRESH_KEY, False)
     if _FINGERPRINT_KEY not in st.session_state or refresh:
