@@ -105,7 +105,7 @@ def test_compare_two_runs_at_a_step(samples):
 
 def test_views_read_only_what_they_draw(samples, monkeypatch):
     """Histograms are read for one tensor of one run; the tensors table is read with all its columns and no tensor
-    or checkpoint filter only by the views whose analyses span every tensor (Compare's two runs, Health)."""
+    or checkpoint filter only by Compare (its two runs: every tensor's every statistic may differ)."""
     import streamlit as st
 
     from ckptboard.core.dataset import Selection, StatsDataset
@@ -124,4 +124,4 @@ def test_views_read_only_what_they_draw(samples, monkeypatch):
         if any(t == "tensors" and c is None and s.columns is None and s.names is None and s.checkpoints is None
                for t, s, c in reads):
             whole_tensors.add(view)
-    assert whole_tensors == {View.COMPARE, View.HEALTH}
+    assert whole_tensors == {View.COMPARE}

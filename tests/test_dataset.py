@@ -133,3 +133,13 @@ def test_version_1_cache_is_recomputed_with_one_warning_and_pruned(root, tmp_pat
 def test_every_registered_table_is_a_field_of_stats_tables():
     # Storage and loading iterate TableName; the one place a new table is named besides the registry is StatsTables.
     assert [f.name for f in fields(StatsTables)] == [str(n) for n in TableName]
+
+
+def test_health_view_columns_give_the_same_findings_as_whole_tables(root):
+    from ckptboard.core.health import health_table
+    from ckptboard.dashboard.views.health import _HEALTH_COLUMNS
+
+    whole = health_table(load_stats(root))
+    narrow = health_table(StatsDataset(root).view(Selection(columns=_HEALTH_COLUMNS)))
+    assert len(whole) > 0  # findings to compare, not two empty tables
+    _same(narrow, whole)
