@@ -204,6 +204,7 @@ def _summarize_missing(config: AppConfig) -> None:
 
     Two sessions never summarize one ROOT at once (the second waits, then finds nothing new).
     """
+    from ckptboard.core.executors import LocalExecutor
     from ckptboard.core.summarize import refresh
 
     root_state = _state_of(config)
@@ -211,8 +212,9 @@ def _summarize_missing(config: AppConfig) -> None:
         warnings.simplefilter("always", CacheWarning)
         shown = _ReadProgress()
         try:
+            # In a worker process under limits: whatever a hostile file does to it, this server lives.
             report = refresh(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust,
-                             on_plan=shown.start, progress=shown.advance)
+                             executor=LocalExecutor(1, isolate=True), on_plan=shown.start, progress=shown.advance)
         except BaseException:
             shown.fail()
             raise
