@@ -5,7 +5,7 @@ A fragment is named after its checkpoint's relative path (its *stem*) and its co
 format version and the key it was computed for (:func:`cache_key`): the checkpoint's relative path and
 :class:`~ckptboard.core.discover.FileIdentity`, the same of the previous and the first checkpoint of its run (its
 update statistics depend on them), and a fingerprint of the ``--model`` used for classification. A fragment whose key
-differs is stale and recomputed quietly; one that is unreadable or of another format version (a version-1 cache's
+differs is stale and recomputed quietly; one that is unreadable or of another format version (an older cache's
 single-file fragments included) is recomputed too, with one :class:`CacheWarning` per command naming them.
 """
 
@@ -43,7 +43,7 @@ __all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "LookupStatu
 
 CACHE_DIRNAME = ".ckptboard"
 _SUFFIX = ".parquet"
-_LEGACY_SNAPSHOT = "snapshot"  # format version 1's concatenated tables, superseded by reading the tables in place
+_LEGACY_SNAPSHOT = "snapshot"  # format versions 1-2 kept concatenated tables here, superseded by reading the tables in place
 _STALE_TMP_S = 3600.0  # a temp file this old belongs to a writer that died
 
 
@@ -131,9 +131,9 @@ class StatsCache:
         path = self.fragment_path(relpath)
         if not path.exists():
             legacy = self.dir / f"{self.stem(relpath)}{_SUFFIX}"
-            if legacy.exists():  # format version 1 kept every table in one file at the top of the cache
-                return Lookup(LookupStatus.INVALID, problem=f"{legacy.name}: format version 1, this ckptboard "
-                                                            f"reads {FORMAT_VERSION}")
+            if legacy.exists():  # format versions 1 and 2 kept every table in one file at the top of the cache
+                return Lookup(LookupStatus.INVALID, problem=f"{legacy.name}: a single-file fragment of an older "
+                                                            f"format version, this ckptboard reads {FORMAT_VERSION}")
             return Lookup(LookupStatus.MISS)
         try:
             stored = read_header(path)
@@ -155,7 +155,7 @@ class StatsCache:
         return _parquet_files(self.dir / str(COMMIT_TABLE))
 
     def legacy_fragments(self) -> list[Path]:
-        """Single-file fragments of format version 1 at the top of the cache folder (never read; pruned)."""
+        """Single-file fragments of format versions 1 and 2 at the top of the cache folder (never read; pruned)."""
         return _parquet_files(self.dir)
 
     def fingerprint(self, paths: Iterable[Path] | None = None) -> str:

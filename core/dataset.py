@@ -101,7 +101,8 @@ class StatsDataset:
         commits = self.cache.fragments()
         self.fingerprint = self.cache.fingerprint(commits)
         index, entries, problems = _read_index(commits)
-        problems += [f"{p.name}: format version 1" for p in self.cache.legacy_fragments()]
+        problems += [f"{p.name}: a single-file fragment of an older format version"
+                     for p in self.cache.legacy_fragments()]
         warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
         # Checkpoints deleted since they were summarised are left out (``summarize`` prunes their fragments).
         self._entries = [e for e in entries if (root / e.relpath).exists()]

@@ -1,6 +1,6 @@
 """One cache fragment: the statistics of one checkpoint as flat Parquet files, one per table.
 
-Format version 2. Each table of :mod:`ckptboard.core.schema` (one per :class:`~ckptboard.core.schema.TableName`)
+Format version 3. Each table of :mod:`ckptboard.core.schema` (one per :class:`~ckptboard.core.schema.TableName`)
 lives in its own folder of the cache, ``CACHE/<table>/<stem>.parquet``, one file per checkpoint with the table's own
 columns, so that a reader can scan a table across checkpoints with column and filter pushdown (``pyarrow.dataset``)
 instead of unnesting whole fragments. A table with no rows has no file. The ``checkpoints`` file is the commit record:

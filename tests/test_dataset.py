@@ -109,19 +109,19 @@ def test_a_writer_that_died_before_its_commit_record_leaves_nothing_read(root):
     assert relpath not in set(tables.tensors["checkpoint"]) and relpath not in set(tables.histograms["checkpoint"])
 
 
-def test_version_1_cache_is_recomputed_with_one_warning_and_pruned(root, tmp_path):
+def test_single_file_cache_of_an_older_version_is_recomputed_with_one_warning_and_pruned(root, tmp_path):
     cache = StatsCache(root)
-    # Format version 1 kept one nested row per fragment at the top of the cache, footer version "1".
+    # Format versions 1 and 2 kept one nested row per fragment at the top of the cache (footer version "1" or "2").
     legacy = [cache.dir / f"{cache.stem(r)}.parquet" for r in ("lightning/epoch=0-step=0.ckpt", "gone.pt")]
     for path in legacy:
         table = pa.table({"tensors": [[{"name": "w"}]]}).replace_schema_metadata({b"ckptboard.format_version": b"1"})
         pq.write_table(table, path)
     with pytest.warns(CacheWarning, match="2 stats cache fragment") as caught:
         load_stats(root)
-    assert len(caught) == 1 and "format version 1" in str(caught[0].message)
+    assert len(caught) == 1 and "single-file fragment of an older format version" in str(caught[0].message)
     for path in cache.fragments():  # as if only the old cache were there
         path.unlink()
-    with pytest.warns(CacheWarning, match="format version 1, this ckptboard reads") as caught:
+    with pytest.warns(CacheWarning, match="older format version, this ckptboard reads 3") as caught:
         report = summarize(root)
     assert len(caught) == 1 and report.computed == 6
     assert not any(p.exists() for p in legacy)  # pruned: never read again

@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import RunningStat, StatsTables
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
+from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["BatchNormStat", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
            "num_batches_tracked_figure"]
@@ -37,6 +38,7 @@ def _layer_label(group: str, module: str) -> str:
     return tensor_label(group, module)
 
 
+@on_position_axis
 def batchnorm_layers_figure(
     tables: StatsTables,
     run: str,
@@ -97,6 +99,7 @@ def _translucent(color: str, alpha: float = 0.2) -> str:
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
+@on_position_axis
 def batchnorm_heatmap(tables: StatsTables, run: str, module: str, stat: str = "running_mean") -> go.Figure:
     """Channel × step heatmap of ``stat`` for one norm layer (``module`` or ``group:module``)."""
     _check_stat(stat)
@@ -116,6 +119,7 @@ def batchnorm_heatmap(tables: StatsTables, run: str, module: str, stat: str = "r
     return fig
 
 
+@on_position_axis
 def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
     """``num_batches_tracked`` over step: one line per norm layer, or one line for all when they agree."""
     t = tables.tensors

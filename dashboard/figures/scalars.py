@@ -24,8 +24,9 @@ from ckptboard.dashboard.figures._common import (
     series_color,
     tensor_label,
 )
+from ckptboard.dashboard.figures.stepless import on_position_axis
 
-__all__ = ["STATISTICS", "smooth", "scalar_figure", "scalar_series"]
+__all__ = ["STATISTICS", "smooth", "draw_lines", "add_smoothed_line", "scalar_figure", "scalar_series"]
 
 # column -> label, for the statistic picker; tensor-table columns first, then update-table columns.
 STATISTICS: dict[str, str] = {
@@ -153,6 +154,7 @@ def _module_rows(params: pd.DataFrame, module: str) -> pd.DataFrame:
     return rows.assign(series=np.where(groups == "", label, groups + ":" + label))
 
 
+@on_position_axis
 def scalar_series(
     tables: StatsTables,
     stat: str,
@@ -186,6 +188,35 @@ def scalar_series(
     return out.sort_values(["run", "series", "step"], kind="stable").reset_index(drop=True)
 
 
+def draw_lines(fig: go.Figure, data: pd.DataFrame, by: str, *, smoothing: float, max_points: int, label: str) -> None:
+    """One smoothed line per (run, ``by``) of ``data`` (columns ``run``, ``by``, ``step``, ``value``, sorted by
+    step), at most ``max_points`` steps each, named ``by · run`` when there are several runs."""
+    n_runs = data["run"].nunique()
+    for i, ((run, series), df) in enumerate(data.groupby(["run", by], sort=True)):
+        keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
+        x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
+        name = f"{series} · {run}" if n_runs > 1 else str(series)
+        add_smoothed_line(fig, x, raw, keep, name=name, color=series_color(i), smoothing=smoothing,
+                          meta={"run": run, by: series}, label=label)
+
+
+def add_smoothed_line(fig: go.Figure, x: np.ndarray, raw: np.ndarray, keep: np.ndarray, *, name: str, color: str,
+                      smoothing: float, meta: dict, label: str) -> None:
+    """One series as TensorBoard draws it: the smoothed line over ``x`` (the kept points of ``raw``), and with
+    smoothing the raw line faint behind it; ``meta`` gains ``raw`` True/False."""
+    if smoothing > 0:
+        fig.add_trace(go.Scatter(
+            x=x, y=raw[keep], mode="lines", line={"color": color, "width": 1}, opacity=0.25,
+            legendgroup=name, showlegend=False, hoverinfo="skip", name=name, meta={**meta, "raw": True},
+        ))
+    fig.add_trace(go.Scatter(
+        x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={"color": color, "width": 2}, name=name,
+        legendgroup=name, meta={**meta, "raw": False},
+        hovertemplate=f"{name}<br>step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>",
+    ))
+
+
+@on_position_axis
 def scalar_figure(
     tables: StatsTables,
     stat: str,
@@ -206,23 +237,7 @@ def scalar_figure(
     if data.empty:
         return empty_figure(f"No {label} values for this selection")
     fig = go.Figure()
-    n_runs = data["run"].nunique()
-    for i, ((run, series), df) in enumerate(data.groupby(["run", "series"], sort=True)):
-        keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
-        x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
-        name = f"{series} · {run}" if n_runs > 1 else str(series)
-        color = series_color(i)
-        if smoothing > 0:
-            fig.add_trace(go.Scatter(
-                x=x, y=raw[keep], mode="lines", line={"color": color, "width": 1}, opacity=0.25,
-                legendgroup=name, showlegend=False, hoverinfo="skip", name=name,
-                meta={"run": run, "series": series, "raw": True},
-            ))
-        fig.add_trace(go.Scatter(
-            x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={"color": color, "width": 2}, name=name,
-            legendgroup=name, meta={"run": run, "series": series, "raw": False},
-            hovertemplate=f"{name}<br>step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>",
-        ))
+    draw_lines(fig, data, "series", smoothing=smoothing, max_points=max_points, label=label)
     fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified", height=420,
                       yaxis_type="log" if log_y else "linear")
     return fig
