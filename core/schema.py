@@ -43,8 +43,9 @@ __all__ = [
     "StatsTables",
 ]
 
-# Bump when a table's columns or types change: cache fragments of another version are recomputed with a warning.
-FORMAT_VERSION = 2  # 2: the training_scalars table
+# Bump when a table's columns or types change, or the cache layout: caches of another version are recomputed with a
+# warning. 2: the training_scalars table; 3: one flat Parquet file per table per checkpoint (1 and 2: one file).
+FORMAT_VERSION = 3
 
 
 class TableName(StrEnum):
