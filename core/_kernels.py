@@ -1,8 +1,11 @@
 """Numba loops behind the CPU statistics: one pass per chunk, float64 accumulation, compiled once and cached.
 
-Imported lazily by :mod:`ckptboard.core.stats` and :mod:`ckptboard.core.updates`: a fresh process pays ~1 s of CPU
-for numba on its first tensor (import ~0.25 s; target initialisation ~0.6 s, of which ~0.4 s is numba's BLAS
-probe importing scipy.linalg; loading the cached machine code), ~2 s more when the cache is cold.
+Imported lazily by :mod:`ckptboard.core.stats` and :mod:`ckptboard.core.updates`: a fresh process pays for numba on
+its first tensor (its import; target initialisation; loading the cached machine code), ~2 s more when the cache is
+cold. Two imports of scipy that these kernels never use are skipped (:func:`_without_scipy`): numba's version check
+(``import scipy``) and its BLAS probe (``numba.np.arraymath`` imports ``scipy.linalg.cython_blas``, ~0.4 s), which
+only decides whether numba's ``np.correlate``/``np.convolve`` call BLAS or a loop; ``np.dot`` and the rest of
+numba's linear algebra import scipy when they are compiled, as before. See benchmarks/bench_startup.py.
 
 ``bits`` arguments are the int32 view of fp32 values: the top 16 bits of an fp32 value are its bf16 code
 (truncated), the histogram's bin index. Keys are the bits remapped so that integer order is float order (the
@@ -11,8 +14,39 @@ sign-magnitude trick), which lets LLVM vectorise min/max as integer reductions.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
-from numba import njit
+
+
+class _NoScipy:
+    """A meta-path finder that makes ``import scipy…`` fail (only while installed, only for modules not loaded)."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "scipy" or name.startswith("scipy."):
+            raise ImportError(f"{name}: skipped while ckptboard loads its numba kernels")
+        return None
+
+
+@contextmanager
+def _without_scipy() -> Iterator[None]:
+    finder = _NoScipy()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+if "numba.np.arraymath" in sys.modules:
+    from numba import njit
+else:
+    with _without_scipy():
+        from numba import njit
+        from numba.np import arraymath  # noqa: F401  (its BLAS probe runs here, without scipy: a loop fallback)
 
 __all__ = [
     "KEY_NEG_INF",

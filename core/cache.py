@@ -1,11 +1,12 @@
-"""The stats cache: one Parquet fragment per checkpoint in ``ROOT/.ckptboard/`` (or ``cache_dir``).
+"""The stats cache: one fragment per checkpoint in ``ROOT/.ckptboard/`` (or ``cache_dir``), stored as one flat
+Parquet file per table (:mod:`ckptboard.core.fragment`) so that :mod:`ckptboard.core.dataset` can scan a table.
 
-A fragment is named after its checkpoint's relative path and holds, in its footer, the format version and the key
-it was computed for (:func:`cache_key`): the checkpoint's relative path and :class:`~ckptboard.core.discover.
-FileIdentity`, the same of the previous and the first checkpoint of its run (its update statistics depend on them),
-and a fingerprint of the ``--model`` used for classification. A fragment whose key differs is stale and recomputed
-quietly; one that is unreadable or of another
-format version is recomputed too, with one :class:`CacheWarning` per command naming them.
+A fragment is named after its checkpoint's relative path (its *stem*) and its commit record holds, in its footer, the
+format version and the key it was computed for (:func:`cache_key`): the checkpoint's relative path and
+:class:`~ckptboard.core.discover.FileIdentity`, the same of the previous and the first checkpoint of its run (its
+update statistics depend on them), and a fingerprint of the ``--model`` used for classification. A fragment whose key
+differs is stale and recomputed quietly; one that is unreadable or of another format version (an older cache's
+single-file fragments included) is recomputed too, with one :class:`CacheWarning` per command naming them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Iterable
@@ -21,7 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckptboard.core.errors import CacheError
-from ckptboard.core.fragment import TMP_PREFIX, FragmentReadError, Header, read_header, write_fragment
+from ckptboard.core.fragment import (
+    COMMIT_TABLE,
+    TMP_PREFIX,
+    FragmentReadError,
+    Header,
+    read_header,
+    remove_fragment,
+    table_path,
+    write_fragment,
+)
 from ckptboard.core.records import StrEnum
 from ckptboard.core.schema import FORMAT_VERSION
 
@@ -32,6 +43,7 @@ __all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "LookupStatu
 
 CACHE_DIRNAME = ".ckptboard"
 _SUFFIX = ".parquet"
+_LEGACY_SNAPSHOT = "snapshot"  # format versions 1-2 kept concatenated tables here, superseded by reading the tables in place
 _STALE_TMP_S = 3600.0  # a temp file this old belongs to a writer that died
 
 
@@ -117,16 +129,25 @@ class StatsCache:
             ) from e
         return self.dir
 
-    def fragment_path(self, relpath: str) -> Path:
-        """The fragment file of the checkpoint at ``relpath`` (POSIX, relative to ROOT)."""
+    @staticmethod
+    def stem(relpath: str) -> str:
+        """The name of the checkpoint at ``relpath``'s fragment: readable, and distinct by a hash of the path."""
         digest = hashlib.sha1(relpath.encode()).hexdigest()[:16]
         readable = re.sub(r"[^A-Za-z0-9._-]+", "_", relpath)[-80:].lstrip("._-") or "root"
-        return self.dir / f"{readable}-{digest}{_SUFFIX}"
+        return f"{readable}-{digest}"
+
+    def fragment_path(self, relpath: str) -> Path:
+        """The commit record (the ``checkpoints`` file) of the checkpoint at ``relpath`` (POSIX, relative to ROOT)."""
+        return table_path(self.dir, COMMIT_TABLE, self.stem(relpath))
 
     def lookup(self, relpath: str, key: dict[str, Any]) -> Lookup:
         """Compare the stored key of ``relpath``'s fragment with ``key``."""
         path = self.fragment_path(relpath)
         if not path.exists():
+            legacy = self.dir / f"{self.stem(relpath)}{_SUFFIX}"
+            if legacy.exists():  # format versions 1 and 2 kept every table in one file at the top of the cache
+                return Lookup(LookupStatus.INVALID, problem=f"{legacy.name}: a single-file fragment of an older "
+                                                            f"format version, this ckptboard reads {FORMAT_VERSION}")
             return Lookup(LookupStatus.MISS)
         try:
             stored = read_header(path)
@@ -138,16 +159,18 @@ class StatsCache:
         """Write ``relpath``'s fragment atomically (temp file, fsync, rename) and return its path."""
         path = self.fragment_path(relpath)
         try:
-            write_fragment(path, header, rows)
+            write_fragment(self.dir, self.stem(relpath), header, rows)
         except OSError as e:
             raise CacheError(f"{path}: cannot write the cache fragment of {relpath} ({e})") from e
         return path
 
     def fragments(self) -> list[Path]:
-        """Every fragment file in the cache folder (temp files excluded)."""
-        if not self.dir.is_dir():
-            return []
-        return sorted(p for p in self.dir.iterdir() if p.suffix == _SUFFIX and not p.name.startswith(TMP_PREFIX))
+        """Every fragment's commit record (temp files excluded)."""
+        return _parquet_files(self.dir / str(COMMIT_TABLE))
+
+    def legacy_fragments(self) -> list[Path]:
+        """Single-file fragments of format versions 1 and 2 at the top of the cache folder (never read; pruned)."""
+        return _parquet_files(self.dir)
 
     def fingerprint(self, paths: Iterable[Path] | None = None) -> str:
         """Identity of the cache's content: a hash of the format version and every fragment's name, size, mtime."""
@@ -173,17 +196,27 @@ class StatsCache:
                 relpath = None
             if relpath is not None and (self.root / relpath).exists():
                 continue  # another process may be summarising it right now
+            remove_fragment(self.dir, path.stem)
+            removed += 1
+        for path in self.legacy_fragments():
             path.unlink(missing_ok=True)
             removed += 1
+        shutil.rmtree(self.dir / _LEGACY_SNAPSHOT, ignore_errors=True)
         if self.dir.is_dir():
             cutoff = time.time() - _STALE_TMP_S
-            for tmp in self.dir.glob(f"{TMP_PREFIX}*"):
+            for tmp in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.dir.glob(f"*/{TMP_PREFIX}*")]:
                 try:
                     if tmp.stat().st_mtime < cutoff:
                         tmp.unlink()
                 except OSError:
                     pass
         return removed
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix == _SUFFIX and not p.name.startswith(TMP_PREFIX))
 
 
 def warn_invalid(problems: list[str], action: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.validate import check_depth  # noqa: F401  (re-exported: its home before core/validate.py)
 from ckptboard.core.flop_estimate import FlopEstimate, estimate_flops
 from ckptboard.core.size import OptimizerKind, SizeNode, TrainingMemory, size_tree, training_memory
 
@@ -79,12 +80,6 @@ def load_checkpoint_size(
             estimate=estimate_flops(tensors, model, _tied_pairs(report), _config_ties_embeddings(path, model)),
             notes=notes,
         )
-
-
-def check_depth(depth: int | None) -> None:
-    """``--depth`` is 0 (the root only) or more, or absent (every depth)."""
-    if depth is not None and depth < 0:
-        raise UsageError(f"--depth {depth}: must be 0 (the whole model only) or more")
 
 
 def _config_ties_embeddings(path: str, model: nn.Module | None) -> bool:

@@ -1,9 +1,15 @@
-"""One cache fragment: the statistics of one checkpoint as a single-row Parquet file.
+"""One cache fragment: the statistics of one checkpoint as flat Parquet files, one per table.
 
-Each column of the row is one table of :mod:`ckptboard.core.schema` (one per :class:`~ckptboard.core.schema.TableName`)
-stored as a list of structs, so that one file (written
-atomically) holds everything one checkpoint contributes. The file's schema metadata holds the format version and
-the key (the checkpoint's identity) under ``ckptboard.*``; reading the key touches only the footer.
+Format version 3. Each table of :mod:`ckptboard.core.schema` (one per :class:`~ckptboard.core.schema.TableName`)
+lives in its own folder of the cache, ``CACHE/<table>/<stem>.parquet``, one file per checkpoint with the table's own
+columns, so that a reader can scan a table across checkpoints with column and filter pushdown (``pyarrow.dataset``)
+instead of unnesting whole fragments. A table with no rows has no file. The ``checkpoints`` file is the commit record:
+it is written last (and removed first on a rewrite), always exists, and its footer holds the format version and the
+key (the checkpoint's identity) under ``ckptboard.*``; reading the key touches only that footer. A reader takes a
+table file only when its stem has a commit record, so a writer that died half way leaves nothing half-read.
+
+Histogram rows are sorted by ``(group, name)`` and written in small row groups: a read of one tensor's histograms
+skips the other row groups by their statistics.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ckptboard.core.atomic import TMP_PREFIX, atomic_write
@@ -23,19 +28,23 @@ from ckptboard.core.schema import FORMAT_VERSION, TableName, arrow_schema
 __all__ = [
     "FORMAT_VERSION",
     "TMP_PREFIX",
+    "COMMIT_TABLE",
     "FragmentReadError",
-    "write_fragment",
     "Header",
+    "table_path",
+    "write_fragment",
+    "remove_fragment",
     "read_header",
     "read_fragment",
     "empty_table",
 ]
 
+COMMIT_TABLE = TableName.CHECKPOINTS  # its file is written last and carries the key
+_SUFFIX = ".parquet"
 _VERSION_KEY = b"ckptboard.format_version"
 _KEY_KEY = b"ckptboard.key"
 _INFO_KEY = b"ckptboard.info"
-
-_FRAGMENT_SCHEMA = pa.schema([pa.field(name, pa.list_(pa.struct(list(arrow_schema(name))))) for name in TableName])
+_HISTOGRAM_ROW_GROUP = 128  # rows: one tensor's read decodes ~1/16 of a 2,000-tensor checkpoint's histograms
 
 
 class FragmentReadError(Exception):
@@ -55,25 +64,46 @@ def empty_table(name: TableName | str) -> pa.Table:
     return arrow_schema(name).empty_table()
 
 
-def write_fragment(path: Path, header: Header, rows: dict[TableName, list[dict[str, Any]]]) -> None:
-    """Write ``rows`` (table name -> row dicts; missing tables are empty) to ``path`` atomically."""
-    columns = []
-    for name in TableName:
-        table = pa.Table.from_pylist(rows.get(name, []), schema=arrow_schema(name))
-        structs = table.to_struct_array().combine_chunks()
-        columns.append(pa.ListArray.from_arrays(pa.array([0, len(structs)], pa.int32()), structs))
+def table_path(cache_dir: Path, table: TableName | str, stem: str) -> Path:
+    """The file of ``table``'s rows of the checkpoint whose fragment is named ``stem``."""
+    return Path(cache_dir) / str(TableName(table)) / f"{stem}{_SUFFIX}"
+
+
+def write_fragment(cache_dir: Path, stem: str, header: Header, rows: dict[TableName, list[dict[str, Any]]]) -> Path:
+    """Write ``rows`` (table name -> row dicts; missing tables are empty) as one file per table, each atomically,
+    the commit record last; return the commit record's path."""
+    commit = table_path(cache_dir, COMMIT_TABLE, stem)
+    commit.unlink(missing_ok=True)  # until the new record lands, readers skip this checkpoint's old files
     metadata = {
         _VERSION_KEY: str(FORMAT_VERSION).encode(),
         _KEY_KEY: json.dumps(header.key, sort_keys=True).encode(),
         _INFO_KEY: json.dumps(header.info, sort_keys=True).encode(),
     }
-    table = pa.Table.from_arrays(columns, schema=_FRAGMENT_SCHEMA.with_metadata(metadata))
-    # A crash leaves at most a ``.tmp-*`` file, which nothing reads (and summarize prunes).
-    atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+    for name in [n for n in TableName if n != COMMIT_TABLE] + [COMMIT_TABLE]:
+        path = table_path(cache_dir, name, stem)
+        records = rows.get(name, [])
+        if not records and name != COMMIT_TABLE:
+            path.unlink(missing_ok=True)
+            continue
+        table = pa.Table.from_pylist(records, schema=arrow_schema(name).with_metadata(metadata))
+        options = {}
+        if name == TableName.HISTOGRAMS:
+            table = table.sort_by([("group", "ascending"), ("name", "ascending")])
+            options["row_group_size"] = _HISTOGRAM_ROW_GROUP
+        path.parent.mkdir(exist_ok=True)
+        # A crash leaves at most a ``.tmp-*`` file, which nothing reads (and summarize prunes).
+        atomic_write(path, lambda f, t=table: pq.write_table(t, f, compression="zstd", **options))
+    return commit
+
+
+def remove_fragment(cache_dir: Path, stem: str) -> None:
+    """Remove every file of the fragment ``stem``, the commit record first."""
+    for name in [COMMIT_TABLE] + [n for n in TableName if n != COMMIT_TABLE]:
+        table_path(cache_dir, name, stem).unlink(missing_ok=True)
 
 
 def read_header(path: Path) -> Header:
-    """The fragment's footer only; :class:`FragmentReadError` if unreadable or of another format version."""
+    """The commit record's footer only; :class:`FragmentReadError` if unreadable or of another format version."""
     try:
         metadata = pq.read_metadata(path).metadata  # the footer's key-value pairs, no Arrow schema built
     except (OSError, pa.ArrowException) as e:
@@ -81,18 +111,19 @@ def read_header(path: Path) -> Header:
     return _header(metadata)
 
 
-def read_fragment(path: Path, names: tuple[TableName, ...] | None = None) -> tuple[Header, dict[TableName, pa.Table]]:
-    """The footer and every table (or ``names``) of one fragment, in one read."""
+def read_fragment(cache_dir: Path, stem: str,
+                  names: tuple[TableName, ...] | None = None) -> tuple[Header, dict[TableName, pa.Table]]:
+    """The header and every table (or ``names``) of one fragment."""
+    header = read_header(table_path(cache_dir, COMMIT_TABLE, stem))
     names = tuple(TableName) if names is None else tuple(TableName(n) for n in names)
-    try:
-        fragment = pq.read_table(path, columns=list(names))
-    except (OSError, pa.ArrowException) as e:
-        raise FragmentReadError(f"unreadable ({type(e).__name__}: {e})") from e
-    header = _header(fragment.schema.metadata)
-    try:
-        return header, {name: _unnest(fragment.column(name), name) for name in names}
-    except (pa.ArrowException, KeyError) as e:
-        raise FragmentReadError(f"tables do not match format version {FORMAT_VERSION} ({e})") from e
+    tables = {}
+    for name in names:
+        path = table_path(cache_dir, name, stem)
+        try:
+            tables[name] = pq.read_table(path, schema=arrow_schema(name)) if path.exists() else empty_table(name)
+        except (OSError, pa.ArrowException) as e:
+            raise FragmentReadError(f"{name} unreadable ({type(e).__name__}: {e})") from e
+    return header, tables
 
 
 def _header(metadata: dict[bytes, bytes] | None) -> Header:
@@ -104,12 +135,3 @@ def _header(metadata: dict[bytes, bytes] | None) -> Header:
         return Header(json.loads(metadata[_KEY_KEY]), json.loads(metadata.get(_INFO_KEY, b"{}")))
     except (KeyError, ValueError) as e:
         raise FragmentReadError("no readable key in its metadata") from e
-
-
-def _unnest(column: pa.ChunkedArray, name: str) -> pa.Table:
-    structs = pc.list_flatten(column)
-    if len(structs) == 0:
-        return empty_table(name)
-    if isinstance(structs, pa.ChunkedArray):
-        structs = structs.combine_chunks()
-    return pa.Table.from_struct_array(structs).cast(arrow_schema(name))

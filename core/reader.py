@@ -47,6 +47,7 @@ from ckptboard.core.records import (
 )
 from ckptboard.core.formats.safe_unpickle import LazyTensor
 from ckptboard.core.steps import step_from_metadata, step_from_name
+from ckptboard.core.validate import existing_path
 
 __all__ = ["open_checkpoint", "Checkpoint"]
 
@@ -136,9 +137,7 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", trust:
     """Open a checkpoint file or a checkpoint folder (Hugging Face, Trainer, DCP, …) and list its tensors without
     reading their data."""
     device = resolve_device(device)
-    path = Path(path)
-    if not path.exists():
-        raise NotACheckpointError(path, "no such file or folder")
+    path = existing_path(path)
     try:
         if path.is_dir():
             return _open_folder(path, device, trust)

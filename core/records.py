@@ -21,6 +21,7 @@ __all__ = [
     "TensorGroup",
     "OptimizerParam",
     "OptimizerState",
+    "OptimizerKind",
 ]
 
 
@@ -150,3 +151,14 @@ class OptimizerState:
         for p in self.params:
             names.update(p.state_shapes)
         return sorted(names)
+
+
+class OptimizerKind(StrEnum):
+    """Which optimizer state the training-memory estimate assumes (``size --optimizer``; here, not in core/size.py,
+    so that the command line lists the choices without importing torch)."""
+
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD_MOMENTUM = "sgd-momentum"
+    SGD = "sgd"
+    CHECKPOINT = "checkpoint"  # the optimizer state the checkpoint holds, bytes as stored

@@ -45,8 +45,10 @@ __all__ = [
     "StatsTables",
 ]
 
-# Bump when a table's columns or types change: cache fragments of another version are recomputed with a warning.
-FORMAT_VERSION = 3  # 2: the training_scalars table; 3: the spectral and gradients tables
+# Bump when a table's columns or types change, or the cache layout: caches of another version are recomputed with a
+# warning. 2: the training_scalars table; 3: one flat Parquet file per table per checkpoint (1 and 2: one file);
+# 4: the spectral and gradients tables.
+FORMAT_VERSION = 4
 
 
 class TableName(StrEnum):

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.records import OptimizerState, StrEnum, TensorKind, Trainable
+from ckptboard.core.records import OptimizerKind, OptimizerState, StrEnum, TensorKind, Trainable
 
 __all__ = [
     "TensorEntry",
@@ -181,16 +181,6 @@ def dtype_itemsize(dtype: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- training memory
-
-
-class OptimizerKind(StrEnum):
-    """Which optimizer state the training-memory estimate assumes."""
-
-    ADAM = "adam"
-    ADAMW = "adamw"
-    SGD_MOMENTUM = "sgd-momentum"
-    SGD = "sgd"
-    CHECKPOINT = "checkpoint"  # the optimizer state the checkpoint holds, bytes as stored
 
 
 # float32 states per trainable parameter element.

@@ -20,6 +20,7 @@ from ckptboard.dashboard.state import (
     pick_default,
     refresh_if_due,
     request_refresh,
+    tensor_index,
     view_context,
 )
 
@@ -46,8 +47,8 @@ def _step_bounds(tables: StatsTables) -> tuple[int, int] | None:
     return int(steps.min()), int(steps.max())
 
 
-def _max_depth(tables: StatsTables) -> int:
-    modules = pd.Series(tables.tensors["module"].unique(), dtype=object).dropna()
+def _max_depth(tables: StatsTables, fingerprint: str) -> int:
+    modules = pd.Series(tensor_index(tables, fingerprint)["module"].unique(), dtype=object).dropna()
     return int(max((m.count(".") + 1 for m in modules if m), default=1))
 
 
@@ -80,7 +81,7 @@ def sidebar(config: AppConfig, tables: StatsTables, fingerprint: str) -> ViewCon
         pattern = _valid_regex(
             st.text_input("Tensor/module filter (regex)", key="sidebar_filter", placeholder=r"e.g. conv|bn\d")
         )
-        depth_max = max(2, _max_depth(tables))  # a slider needs two values; depth 2 of a flat model is depth 1
+        depth_max = max(2, _max_depth(tables, fingerprint))  # a slider needs two values; depth 2 of a flat model is depth 1
         pick_default("sidebar_depth", range(1, depth_max + 1), 2)
         depth = st.slider("Module depth for grouping", 1, depth_max, key="sidebar_depth")
         step_range = None

@@ -1,8 +1,11 @@
 """The app's state: loading and summarising the stats cache (with locks and progress) and the view context.
 
-Tables are held with ``st.cache_resource`` keyed on the cache's fingerprint (every fragment's name, size and mtime),
-so every rerun of every session shares one read-only copy and a refresh that finds new checkpoints gets a new key.
-Derived figures and frames go through :func:`memo`, keyed on the same fingerprint plus the sidebar filters. An empty
+The app holds no whole-table copy: one :class:`~ckptboard.core.dataset.StatsDataset` per cache state (keyed on the
+cache's fingerprint: every fragment's name, size and mtime) holds only the index of checkpoints, and each view reads
+the rows it draws through a :class:`~ckptboard.core.dataset.TableView` restricted to the sidebar's runs and steps and
+narrowed further by the view (:meth:`ViewContext.narrow`: a tensor, a module, two checkpoints). Reads are shared
+across reruns and sessions by ``st.cache_resource`` (a few entries), keyed on the fingerprint and the selection.
+Derived figures and frames go through :func:`memo`, keyed on the same fingerprint plus the selection. An empty
 cache is filled before the first page (with progress); a filled one is drawn at once and checked for new
 checkpoints after the page, on Refresh, and on the auto-refresh interval.
 """
@@ -15,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -23,10 +26,11 @@ import streamlit as st
 
 from ckptboard.core.cache import CacheWarning, StatsCache
 from ckptboard.core.errors import CkptboardError, UsageError
-from ckptboard.core.schema import StatsTables
+from ckptboard.core.schema import StatsTables, TableName
 from ckptboard.dashboard.config import AppConfig, parse_app_args
 
 if TYPE_CHECKING:
+    from ckptboard.core.dataset import Selection, StatsDataset, TableView
     from ckptboard.core.summarize import Plan, SummaryReport
     from ckptboard.core.task import Receipt
 
@@ -39,6 +43,7 @@ __all__ = [
     "skipped_files",
     "aliases",
     "filter_tables",
+    "tensor_index",
     "view_context",
     "request_refresh",
     "refresh_if_due",
@@ -64,7 +69,7 @@ class ViewContext:
     """What every view's ``render(ctx)`` gets: the config, the filtered tables and the sidebar's choices."""
 
     config: AppConfig
-    tables: StatsTables  # restricted to the chosen runs and step range
+    tables: TableView | StatsTables  # restricted to the chosen runs and step range, read on first access
     fingerprint: str
     runs: list[str]
     pattern: str | None = None  # tensor/module regex from the sidebar, already validated
@@ -74,8 +79,20 @@ class ViewContext:
 
     @property
     def key(self) -> tuple:
-        """Identity of what the views draw: the cache's fingerprint plus the sidebar filters."""
-        return (self.fingerprint, tuple(self.runs), self.step_range)
+        """Identity of what the views draw: the cache's fingerprint plus the sidebar filters and any narrowing."""
+        return (self.fingerprint, tuple(self.runs), self.step_range, repr(getattr(self.tables, "selection", None)))
+
+    def narrow(self, **changes: Any) -> ViewContext:
+        """This context with its tables narrowed (``runs``, ``checkpoints``, ``names``, ``modules``: see
+        :class:`~ckptboard.core.dataset.Selection`), so that a figure reads only what it draws."""
+        if not hasattr(self.tables, "narrow"):  # whole tables (tests, the export): figures filter them themselves
+            return self
+        return replace(self, tables=self.tables.narrow(**changes))
+
+    def tensor_index(self) -> pd.DataFrame:
+        """Distinct ``(run, group, name, module, kind)`` rows of the tensors in the chosen runs and steps, with
+        ``numel``: what pickers list (see :func:`tensor_index`)."""
+        return tensor_index(self.tables, self.fingerprint)
 
     def matches(self, values: Sequence[str]) -> list[bool]:
         """Which of ``values`` the sidebar filter finds (``re.search``); all of them without a filter."""
@@ -86,7 +103,7 @@ class ViewContext:
 
     def tensor_names(self, run: str | None = None) -> list[str]:
         """Sorted display names of the tensors (of ``run`` or every chosen run) matching the sidebar filter."""
-        frame = self.tables.tensors
+        frame = self.tensor_index()
         if run is not None:
             frame = frame[frame["run"] == run]
         names = sorted(frame["name"].unique())
@@ -94,7 +111,7 @@ class ViewContext:
 
     def modules(self) -> list[str]:
         """Module paths cut to the sidebar depth (``""`` is the root module), sorted."""
-        modules = pd.Series(self.tables.tensors["module"].unique(), dtype=object).fillna("")
+        modules = pd.Series(self.tensor_index()["module"].unique(), dtype=object).fillna("")
         if self.depth:
             modules = modules.map(lambda m: ".".join(m.split(".")[: self.depth]))
         modules = sorted(set(modules) - {""})
@@ -110,6 +127,31 @@ class ViewContext:
     def checkpoint_label(self, checkpoint: str) -> str:
         """``run · step N · file`` for pickers."""
         return _checkpoint_labels(self.key, self.tables.checkpoints).get(checkpoint, checkpoint)
+
+
+def tensor_index(tables: TableView | StatsTables, fingerprint: str) -> pd.DataFrame:
+    """Distinct ``(run, group, name, module, kind)`` rows of ``tables``' tensors with their largest ``numel``: read
+    as five columns from the dataset (shared per selection), or grouped from whole tables."""
+    if not hasattr(tables, "dataset"):
+        keys = ["run", "group", "name", "module", "kind"]
+        return tables.tensors.groupby(keys, sort=False, dropna=False)["numel"].max().reset_index()
+    return _tensor_index(fingerprint, repr(tables.selection), tables.dataset, tables.selection)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _tensor_index(fingerprint: str, selection_key: str, _dataset: StatsDataset, _selection: Selection) -> pd.DataFrame:
+    return _dataset.tensor_index(_selection)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _read(fingerprint: str, table: str, selection_key: str, _dataset: StatsDataset,
+          _selection: Selection) -> pd.DataFrame:
+    """One table of one selection, shared by every session; views must not modify it."""
+    return _dataset.frame(table, _selection)
+
+
+def _shared_read(dataset: StatsDataset, table: TableName, selection: Selection) -> pd.DataFrame:
+    return _read(dataset.fingerprint, str(table), repr(selection), dataset, selection)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -227,11 +269,11 @@ def _fingerprint(config: AppConfig) -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _tables(root: str, cache_dir: str | None, fingerprint: str) -> StatsTables:
-    """The tables of one cache state, shared read-only by every session (``fingerprint`` is the cache key)."""
-    from ckptboard.core.load import load_stats
+def _dataset(root: str, cache_dir: str | None, fingerprint: str) -> StatsDataset:
+    """The dataset of one cache state (its index of checkpoints), shared by every session."""
+    from ckptboard.core.dataset import StatsDataset
 
-    return load_stats(root, cache_dir=cache_dir)
+    return StatsDataset(root, cache_dir=cache_dir)
 
 
 def request_refresh() -> None:
@@ -239,9 +281,9 @@ def request_refresh() -> None:
     st.session_state[_REFRESH_KEY] = True
 
 
-def load_tables(config: AppConfig) -> tuple[StatsTables, str]:
-    """The cached tables and their fingerprint. An empty cache is filled first, with progress; a cache that holds
-    data is drawn at once and checked for new checkpoints after the page (:func:`look_for_new_checkpoints`)."""
+def load_tables(config: AppConfig) -> tuple[TableView, str]:
+    """A lazy view of every table of the cache, and its fingerprint. An empty cache is filled first, with progress; a
+    cache that holds data is drawn at once and checked for new checkpoints after the page (:func:`look_for_new_checkpoints`)."""
     st.session_state[_STATUS_SLOT] = st.empty()  # where a later summarize shows its progress: the top of the page
     refresh = st.session_state.pop(_REFRESH_KEY, False)
     if _FINGERPRINT_KEY not in st.session_state or refresh:
@@ -256,7 +298,7 @@ def load_tables(config: AppConfig) -> tuple[StatsTables, str]:
         st.session_state[_LOADED_AT_KEY] = time.time()
     fingerprint = st.session_state[_FINGERPRINT_KEY]
     cache_dir = str(config.cache_dir) if config.cache_dir else None
-    return _tables(str(config.root), cache_dir, fingerprint), fingerprint
+    return _dataset(str(config.root), cache_dir, fingerprint).view(reader=_shared_read), fingerprint
 
 
 def look_for_new_checkpoints(config: AppConfig) -> None:
@@ -311,16 +353,14 @@ def filter_tables(tables: StatsTables, runs: Sequence[str], step_range: tuple[in
     return StatsTables(**out)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _filtered(fingerprint: str, runs: tuple[str, ...], step_range: tuple[int, int] | None, _tables: StatsTables):
-    return filter_tables(_tables, runs, step_range)
-
-
-def view_context(config: AppConfig, tables: StatsTables, fingerprint: str, *, runs: Sequence[str],
+def view_context(config: AppConfig, tables: TableView | StatsTables, fingerprint: str, *, runs: Sequence[str],
                  pattern: str | None, depth: int | None, step_range: tuple[int, int] | None,
                  all_runs: list[str]) -> ViewContext:
-    """The context the views draw from: ``tables`` restricted to the sidebar's runs and steps (shared per filters)."""
-    filtered = _filtered(fingerprint, tuple(runs), step_range, tables)
+    """The context the views draw from: ``tables`` restricted to the sidebar's runs and steps (read lazily)."""
+    if hasattr(tables, "narrow"):
+        filtered = tables.narrow(runs=tuple(runs), steps=step_range)
+    else:
+        filtered = filter_tables(tables, runs, step_range)
     return ViewContext(
         config=config, tables=filtered, fingerprint=fingerprint, runs=list(runs), pattern=pattern,
         depth=depth, step_range=step_range, all_runs=all_runs,

@@ -20,8 +20,8 @@ from ckptboard.core.limits import DEFAULT_MAX_MEMORY, WorkerLimits
 if TYPE_CHECKING:  # core.summarize is imported when a command runs, not when the CLI builds its parser
     from ckptboard.core.summarize import Plan, SummaryReport
 
-__all__ = ["EXECUTORS", "POOL_MIN_BYTES", "add_summarize_options", "make_executor", "summarize_with_progress",
-           "worker_limits"]
+__all__ = ["EXECUTORS", "POOL_MIN_BYTES", "add_summarize_options", "check_summarize_options", "make_executor",
+           "summarize_with_progress", "worker_limits"]
 
 
 # Below this many bytes to read, the default is to summarise in-process: starting worker processes (each imports
@@ -106,18 +106,24 @@ def make_executor(args: argparse.Namespace, todo_bytes: int) -> Executor:
     return EXECUTORS[args.executor](args, todo_bytes)
 
 
+def check_summarize_options(args: argparse.Namespace) -> Path:
+    """ROOT and the executor options checked at the boundary: before any file is opened or torch imported."""
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
+    _check_executor_options(args)
+    return root
+
+
 def summarize_with_progress(args: argparse.Namespace) -> SummaryReport:
     """Validate the options, summarise ROOT with a bytes progress bar, print failures and the final line."""
+    root = check_summarize_options(args)
     from tqdm import tqdm
 
     from ckptboard.core.stats import resolve_device
     from ckptboard.core.summarize import refresh
 
-    root = Path(args.root)
-    if not root.is_dir():
-        raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
     device = str(resolve_device(args.device))
-    _check_executor_options(args)  # at the boundary: before any file is opened
     tqdm.monitor_interval = 0  # no monitor thread: a single-threaded CLI can fork its workers (core.executors)
     with ExitStack() as stack:
         bar: tqdm | None = None

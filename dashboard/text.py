@@ -8,16 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-import pandas as pd
-
 __all__ = ["format_bytes", "format_count", "format_si", "format_table", "module_label"]
 
 _ROOT_LABEL = "(model)"
 
 
+def _missing(n) -> bool:
+    """None, NaN, ``pd.NA`` or ``NaT``: an absent value, told without importing pandas (``--help`` stays light)."""
+    if n is None:
+        return True
+    try:
+        return bool(n != n)  # NaN and NaT are unequal to themselves
+    except TypeError:  # pd.NA refuses to be a bool
+        return True
+
+
 def format_bytes(n: float | None) -> str:
     """``1.5 MiB``: binary units, one decimal (whole bytes below 1 KiB); ``""`` for a missing value."""
-    if n is None or pd.isna(n):
+    if _missing(n):
         return ""
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

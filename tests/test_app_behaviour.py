@@ -51,7 +51,7 @@ def test_new_session_on_a_filled_cache_draws_then_reads_what_is_new(tiny_root, t
 def test_cache_dir_keeps_root_untouched(tiny_root, tmp_path):
     at = _run(app_test(str(tiny_root), "--cache-dir", str(tmp_path / "cache")))
     assert _metric(at, "Checkpoints") == "3"
-    assert len(list((tmp_path / "cache").glob("*.parquet"))) == 3  # one fragment per checkpoint
+    assert len(list((tmp_path / "cache" / "checkpoints").glob("*.parquet"))) == 3  # one commit record per checkpoint
     assert not (tiny_root / ".ckptboard").exists()
 
 

@@ -111,6 +111,30 @@ def test_compare_two_runs_at_a_step(samples):
     assert _chart(at, "compare_chart") is not None
 
 
+def test_views_read_only_what_they_draw(samples, monkeypatch):
+    """Histograms are read for one tensor of one run; the tensors table is read with all its columns and no tensor
+    or checkpoint filter only by Compare (its two runs: every tensor's every statistic may differ)."""
+    import streamlit as st
+
+    from ckptboard.core.dataset import Selection, StatsDataset
+
+    reads = []
+    real = StatsDataset.read
+    monkeypatch.setattr(StatsDataset, "read", lambda self, table, selection=Selection(), columns=None: reads.append(
+        (str(table), selection, columns)) or real(self, table, selection, columns))
+    whole_tensors = set()
+    for view in View:
+        st.cache_resource.clear()  # shared reads of an earlier test or view would hide this view's own
+        reads.clear()
+        _open(samples, view)
+        histograms = [s for t, s, _ in reads if t == "histograms"]
+        assert all(len(s.names) == 1 and len(s.runs) == 1 for s in histograms), view
+        if any(t == "tensors" and c is None and s.columns is None and s.names is None and s.checkpoints is None
+               for t, s, c in reads):
+            whole_tensors.add(view)
+    assert whole_tensors == {View.COMPARE}
+
+
 def test_compare_exact_diff_of_two_runs(samples):
     at = _open(samples, View.COMPARE)
     at.segmented_control(key="compare_mode").set_value("Two runs at a step").run()

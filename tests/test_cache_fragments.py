@@ -28,15 +28,33 @@ _ROWS = {
 
 
 def test_fragment_round_trip_keeps_rows_key_and_columns(tmp_path):
-    path = tmp_path / "f.parquet"
-    fragment.write_fragment(path, Header(_KEY, {"status": "ok"}), _ROWS)
-    header, tables = read_fragment(path)
+    fragment.write_fragment(tmp_path, "f", Header(_KEY, {"status": "ok"}), _ROWS)
+    header, tables = read_fragment(tmp_path, "f")
     assert header == Header(_KEY, {"status": "ok"})
     assert tuple(tables["tensors"].column_names) == TENSOR_COLUMNS
     row = tables["tensors"].to_pylist()[0]
     assert (row["step"], row["name"], row["mean"], row["numel"], row["std"]) == (3, "fc.weight", 0.25, 6, None)
     assert tables["histograms"].to_pylist()[0]["counts"] == [2, 4]
     assert tables["updates"].num_rows == 0 and tables["errors"].num_rows == 0
+
+
+def test_fragment_is_one_flat_file_per_table_with_rows_plus_the_commit_record(tmp_path):
+    fragment.write_fragment(tmp_path, "f", Header(_KEY, {}), _ROWS)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")) == [
+        "checkpoints/f.parquet", "histograms/f.parquet", "tensors/f.parquet"]  # empty tables have no file
+    assert pq.read_schema(tmp_path / "tensors" / "f.parquet").names == list(TENSOR_COLUMNS)  # flat, not nested
+    fragment.write_fragment(tmp_path, "f", Header(_KEY, {}), {"tensors": _ROWS["tensors"]})
+    assert not (tmp_path / "histograms" / "f.parquet").exists()  # a rewrite leaves no stale table behind
+
+
+def test_histogram_rows_are_sorted_by_tensor_in_small_row_groups(tmp_path):
+    names = [f"layer{i:03d}.weight" for i in range(300)][::-1]
+    rows = {"histograms": [{"run": "r", "group": "", "name": n, "lo": [0.0], "hi": [1.0], "counts": [1]}
+                           for n in names]}
+    fragment.write_fragment(tmp_path, "f", Header(_KEY, {}), rows)
+    file = pq.ParquetFile(tmp_path / "histograms" / "f.parquet")
+    assert file.read().column("name").to_pylist() == sorted(names)
+    assert file.num_row_groups == 3  # 300 rows in groups of 128: 128 + 128 + 44
 
 
 def test_lookup_hit_stale_miss(tmp_path):
@@ -49,8 +67,7 @@ def test_lookup_hit_stale_miss(tmp_path):
 
 
 def test_fragment_of_another_format_version_is_invalid(tmp_path):
-    path = tmp_path / "old.parquet"
-    fragment.write_fragment(path, Header(_KEY, {}), _ROWS)
+    path = fragment.write_fragment(tmp_path, "old", Header(_KEY, {}), _ROWS)
     table = pq.read_table(path)
     metadata = {**table.schema.metadata, b"ckptboard.format_version": str(FORMAT_VERSION - 1).encode()}
     pq.write_table(table.replace_schema_metadata(metadata), path)
@@ -90,12 +107,12 @@ def test_writer_killed_mid_write_leaves_previous_fragment_intact(tmp_path):
         proc.wait(timeout=30)
     assert read_header(path) == Header(_KEY, {"status": "ok"})  # the old fragment, whole
     assert cache.fragments() == [path]  # the dead writer's temp file is no fragment
-    temps = [p for p in cache.dir.iterdir() if p.name.startswith(fragment.TMP_PREFIX)]
+    temps = [p for p in path.parent.iterdir() if p.name.startswith(fragment.TMP_PREFIX)]
     assert len(temps) == 1
     old = time.time() - 2 * 3600
     os.utime(temps[0], (old, old))
     cache.prune(["run/a.pt"])  # a temp file older than an hour belongs to a dead writer
-    assert list(cache.dir.iterdir()) == [path]
+    assert list(path.parent.iterdir()) == [path]
 
 
 def test_prune_removes_fragments_of_deleted_checkpoints_only(tmp_path):
@@ -119,7 +136,7 @@ def test_unwritable_cache_dir_says_to_pass_cache_dir(tmp_path):
 def test_fragment_names_are_distinct_and_readable(tmp_path):
     cache = StatsCache(tmp_path)
     a, b = cache.fragment_path("run/a b.pt"), cache.fragment_path("run/a_b.pt")
-    assert a != b and a.name.startswith("run_a_b.pt-") and a.parent == tmp_path / ".ckptboard"
+    assert a != b and a.name.startswith("run_a_b.pt-") and a.parent == tmp_path / ".ckptboard" / "checkpoints"
 
 
 def test_cache_key_names_the_checkpoint_its_previous_and_first_and_the_model(tmp_path):

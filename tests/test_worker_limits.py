@@ -21,12 +21,12 @@ from ckptboard.core.summarize import summarize
 from ckptboard.core.task import run_task
 from ckptboard.dashboard.cli import main
 
-MANY = 1000  # tensors in the "many" checkpoint: summarising it takes seconds
+MANY = 20_000  # tensors in the "many" checkpoint: ~3,500 tensors/s make it ~6 s, 10x the test's 0.5 s limit
 
 
 @pytest.fixture
 def root(tmp_path):
-    """``run/``: two small safetensors checkpoints and ``many.safetensors`` (1000 two-element tensors, 80 kB)."""
+    """``run/``: two small safetensors checkpoints and ``many.safetensors`` (20,000 two-element tensors, ~1.6 MB)."""
     root = tmp_path / "runs"
     write_safetensors_run(root / "run", 2)
     many = root / "run" / "many.safetensors"
@@ -72,7 +72,7 @@ def test_a_checkpoint_past_the_memory_limit_is_a_recorded_resource_limit_error(t
 
 
 def test_a_checkpoint_past_the_time_limit_is_killed_and_recorded(root, capsys):
-    # Half a second: the 1000-tensor checkpoint takes seconds; the worker is killed, not waited for.
+    # Half a second: the 20,000-tensor checkpoint takes seconds; the worker is killed, not waited for.
     assert main(["summarize", str(root), "--timeout", "0.5", "--workers", "2"]) == 1
     err = capsys.readouterr().err
     assert "FAILED run/many.safetensors: ResourceLimitError: took longer than 0.5 s" in err

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ckptboard.dashboard.summarize_cli import add_summarize_options, summarize_with_progress
+from ckptboard.dashboard.summarize_cli import add_summarize_options, check_summarize_options, summarize_with_progress
 
 __all__ = ["add_parser", "run"]
 
@@ -30,6 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_summarize_options(args)  # a bad ROOT is answered before pandas and torch are imported
     from tqdm import tqdm
 
     from ckptboard.core.load import load_stats

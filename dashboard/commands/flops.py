@@ -20,15 +20,16 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.checkpoint_size import CheckpointSize, check_depth, load_checkpoint_size
-from ckptboard.core.flops import FlopReport, InputSpec, count_flops, module_table, parse_input_specs
-from ckptboard.core.train_flops import TrainingStepFlops, count_training_step
+from ckptboard.core.validate import check_depth, existing_path
 from ckptboard.dashboard.text import format_count, format_si, format_table, module_label
+
+if TYPE_CHECKING:  # torch comes with these: imported by run, after the arguments are checked
+    from ckptboard.core.checkpoint_size import CheckpointSize
+    from ckptboard.core.flops import FlopReport, InputSpec
+    from ckptboard.core.train_flops import TrainingStepFlops
 
 __all__ = ["add_parser", "run"]
 
@@ -69,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     check_depth(args.depth)
     if not args.model and not args.checkpoint:
         raise UsageError("give --model SPEC (and --input-shape) to count FLOPs, or --checkpoint PATH to estimate")
+    if args.checkpoint:
+        existing_path(args.checkpoint)  # answered before torch is imported
+    from ckptboard.core.checkpoint_size import load_checkpoint_size
+    from ckptboard.core.flops import count_flops, parse_input_specs
+    from ckptboard.core.train_flops import count_training_step
+
     given = parse_input_specs(args.input_shape, args.input_dtype) if args.input_shape else None  # before building
     if args.input_dtype and not args.input_shape:
         raise UsageError("--input-dtype needs its --input-shape (one --input-dtype per --input-shape)")
@@ -142,6 +149,8 @@ def _render_training(t: TrainingStepFlops) -> str:
 
 
 def _run_estimate(args: argparse.Namespace, notes: list[str]) -> int:
+    from ckptboard.core.checkpoint_size import load_checkpoint_size
+
     sizes = load_checkpoint_size(args.checkpoint, trust=args.trust, group=args.group)
     sizes.estimate.caveats += notes
     if args.json:
@@ -175,6 +184,10 @@ def _to_json(report: FlopReport, sizes: CheckpointSize | None, max_depth: int | 
 
 
 def _render(report: FlopReport, sizes: CheckpointSize | None, max_depth: int | None) -> str:
+    import pandas as pd
+
+    from ckptboard.core.flops import module_table
+
     inputs = ", ".join(spec.label for spec in report.inputs)
     lines = [
         f"FLOPs of {report.model} on input {inputs}, counted by torch FlopCounterMode on {report.device}; "

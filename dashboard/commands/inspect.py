@@ -41,14 +41,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the options, open, classify, print."""
+    path = Path(args.path)
+    if not path.exists():  # answered before torch is imported
+        raise UsageError(f"{path}: no such file or folder; pass a checkpoint file or a Hugging Face model folder")
     from ckptboard.core.classify import classify
     from ckptboard.core.inspect_report import inspect_report
     from ckptboard.core.model_spec import load_model, parse_spec
     from ckptboard.core.reader import open_checkpoint
 
-    path = Path(args.path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such file or folder; pass a checkpoint file or a Hugging Face model folder")
     if args.model is not None:
         parse_spec(args.model)
     model = load_model(args.model) if args.model is not None else None

@@ -26,10 +26,16 @@ import argparse
 import json
 from typing import Any
 
-from ckptboard.core.checkpoint_size import CheckpointSize, check_depth, load_checkpoint_size
-from ckptboard.core.flop_estimate import FlopEstimate
-from ckptboard.core.size import OptimizerKind, TrainingMemory
+from typing import TYPE_CHECKING
+
+from ckptboard.core.records import OptimizerKind
+from ckptboard.core.validate import check_depth, existing_path
 from ckptboard.dashboard.text import format_bytes, format_count, format_table, module_label
+
+if TYPE_CHECKING:  # torch comes with these: imported by run, after the arguments are checked
+    from ckptboard.core.checkpoint_size import CheckpointSize
+    from ckptboard.core.flop_estimate import FlopEstimate
+    from ckptboard.core.size import TrainingMemory
 
 __all__ = ["add_parser", "run"]
 
@@ -56,6 +62,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_depth(args.depth)
+    existing_path(args.path)
+    from ckptboard.core.checkpoint_size import load_checkpoint_size
+
     model = None
     if args.model:
         from ckptboard.core.model_spec import load_model

@@ -87,10 +87,14 @@ def gradient_figure(frame: pd.DataFrame, metric: str, labels: Sequence[str], run
     return fig
 
 
-def grad_rms_histogram_figure(frame: pd.DataFrame, run: str, group: str, name: str, **kw) -> go.Figure:
-    """Histograms of √v̂ of one tensor over training (the Histograms view's drawing, on the gradients table)."""
+def grad_rms_histogram_figure(frame: pd.DataFrame, run: str, group: str, name: str,
+                              checkpoints: pd.DataFrame | None = None, **kw) -> go.Figure:
+    """Histograms of √v̂ of one tensor over training (the Histograms view's drawing, on the gradients table;
+    ``checkpoints``, the checkpoints table, places a run without steps)."""
     if frame is None or frame.empty:
         return empty_figure("No gradient statistics")
-    fig = histogram_figure(SimpleNamespace(histograms=frame), run, group, name, **kw)
+    if checkpoints is None:
+        checkpoints = pd.DataFrame({"run": frame["run"], "checkpoint": frame["checkpoint"], "step": frame["step"]})
+    fig = histogram_figure(SimpleNamespace(histograms=frame, checkpoints=checkpoints), run, group, name, **kw)
     fig.update_layout(title=f"{tensor_label(group, name)} — √v̂ per element ({run})", xaxis_title="√v̂")
     return fig

@@ -38,19 +38,41 @@ def with_positions(tables: StatsTables) -> StatsTables:
         return tables
     order = ck[ck["run"].isin(runs)].sort_values(["run", "mtime", "checkpoint"], kind="stable")
     position = dict(zip(zip(order["run"], order["checkpoint"]), order.groupby("run").cumcount()))
-    frames: dict[str, Any] = {}
-    for field in dataclasses.fields(tables):
-        frame = getattr(tables, field.name)
-        if "step" in frame.columns and not frame.empty:
-            frame = frame.copy()
-            frame["step"] = _fill(frame, "checkpoint", "step", position)
-            if "prev_step" in frame.columns:
-                frame["prev_step"] = _fill(frame, "prev_checkpoint", "prev_step", position)
-        frames[field.name] = frame
+    if not dataclasses.is_dataclass(tables):  # a lazy TableView (the app): each table filled when it is read
+        return _Positioned(tables, runs, position)
+    frames: dict[str, Any] = {f.name: _positioned(getattr(tables, f.name), position)
+                              for f in dataclasses.fields(tables)}
     out = StatsTables(**frames)
     out.checkpoints = out.checkpoints.copy() if out.checkpoints is ck else out.checkpoints
     out.checkpoints.attrs[_RUNS_ATTR] = runs
     return out
+
+
+def _positioned(frame: pd.DataFrame, position: dict) -> pd.DataFrame:
+    if "step" in frame.columns and not frame.empty:
+        frame = frame.copy()
+        frame["step"] = _fill(frame, "checkpoint", "step", position)
+        if "prev_step" in frame.columns:
+            frame["prev_step"] = _fill(frame, "prev_checkpoint", "prev_step", position)
+    return frame
+
+
+class _Positioned:
+    """:func:`with_positions` over a lazy view of the tables: a table is read and filled on first access."""
+
+    def __init__(self, tables: Any, runs: list[str], position: dict):
+        self._tables, self._runs, self._position, self._frames = tables, runs, position, {}
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._frames:
+            frame = _positioned(getattr(self._tables, name), self._position)
+            if name == "checkpoints":
+                frame = frame.copy()
+                frame.attrs[_RUNS_ATTR] = self._runs
+            self._frames[name] = frame
+        return self._frames[name]
 
 
 def _fill(frame: pd.DataFrame, checkpoint_column: str, step_column: str, position: dict) -> pd.Series:

@@ -17,7 +17,7 @@ _METRIC_LABELS = {SizeMetric.ELEMENTS: "elements (with buffers)"}
 
 def checkpoint_tensors(ctx: ViewContext, checkpoint: str) -> pd.DataFrame:
     """The tensor rows of one checkpoint."""
-    frame = ctx.tables.tensors
+    frame = ctx.narrow(checkpoints=[checkpoint]).tables.tensors
     return frame[frame["checkpoint"] == checkpoint]
 
 
@@ -58,5 +58,6 @@ def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> 
         pick_default(f"{key_prefix}_chart", list(ChartKind), ChartKind.TREEMAP)
         chart = st.segmented_control("Chart", list(ChartKind), key=f"{key_prefix}_chart", required=True,
                                      persist_state="session")
-    st.plotly_chart(memo(_size_chart, ctx, checkpoint, group, metric, chart), key=f"{key_prefix}_tree_chart")
+    shown = ctx.narrow(checkpoints=[checkpoint])
+    st.plotly_chart(memo(_size_chart, shown, checkpoint, group, metric, chart), key=f"{key_prefix}_tree_chart")
     return group

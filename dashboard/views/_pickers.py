@@ -28,7 +28,7 @@ def run_picker(ctx: ViewContext, key: str, label: str = "Run") -> str:
 
 def tensor_picker(ctx: ViewContext, run: str, key: str, label: str = "Tensor") -> tuple[str, str]:
     """A ``(group, name)`` of ``run`` matching the sidebar filter; stops with a hint when there is none."""
-    frame = ctx.tables.tensors
+    frame = ctx.tensor_index()
     frame = frame.loc[frame["run"] == run, ["group", "name"]].drop_duplicates().sort_values(["group", "name"])
     frame = frame[ctx.matches(frame["name"].tolist())]
     options = list(frame.itertuples(index=False, name=None))

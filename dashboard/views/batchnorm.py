@@ -47,7 +47,10 @@ def render(ctx: ViewContext) -> None:
     layer = st.selectbox("Channels of layer", layers, key="bn_layer", persist_state="session")
     st.plotly_chart(memo(batchnorm_heatmap, ctx, run, layer, stat), key="bn_heatmap_chart")
     st.subheader("num_batches_tracked")
-    st.plotly_chart(memo(num_batches_tracked_figure, ctx, run), key="bn_tracked_chart")
+    index = ctx.tensor_index()
+    tracked = sorted(set(index.loc[index["name"].str.endswith("num_batches_tracked"), "name"]))
+    shown = ctx.narrow(runs=[run], names=tracked)
+    st.plotly_chart(memo(num_batches_tracked_figure, shown, run), key="bn_tracked_chart")
 
 
 def _natural(module: str) -> list:

@@ -28,7 +28,9 @@ def render(ctx: ViewContext) -> None:
     if a == b:
         st.info("Choose two different checkpoints.")
         st.stop()
-    result = memo(compare_checkpoints, ctx, a, b)
+    runs = ctx.tables.checkpoints.set_index("checkpoint")["run"]
+    # The runs of a and b only: their checkpoints table stays whole (compare finds each run's first checkpoint).
+    result = memo(compare_checkpoints, ctx.narrow(runs=sorted({runs.get(a), runs.get(b)} - {None})), a, b)
     cols = st.columns(4)
     cols[0].metric("Added", len(result.added))
     cols[1].metric("Removed", len(result.removed))

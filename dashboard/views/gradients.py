@@ -20,7 +20,7 @@ def _figure(tables, metric: str, labels: tuple, runs: tuple, by_module: bool, lo
 
 
 def _histogram(tables, run: str, group: str, name: str):
-    return grad_rms_histogram_figure(tables.gradients, run, group, name)
+    return grad_rms_histogram_figure(tables.gradients, run, group, name, checkpoints=tables.checkpoints)
 
 
 def render(ctx: ViewContext) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from ckptboard.core.health import health_table
+from ckptboard.core.schema import BATCHNORM_COLUMNS, ERROR_COLUMNS, EVENT_COLUMNS, UPDATE_COLUMNS
 from ckptboard.dashboard.figures.batchnorm import BatchNormStat
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import VIEW_KEY, LinesPer, View
@@ -30,6 +31,13 @@ _STAT_FOR_CHECK = {
 _COLUMN_ORDER = ("severity", "check", "run", "step", "name", "value", "detail", "group", "checkpoint")
 
 
+# What the checks read of the tensors table (identity, norms, non-finite counts), and every other table whole:
+# a third of the tensors table's columns (its percentiles, moments and text columns are not read).
+_HEALTH_COLUMNS = (
+    "run", "checkpoint", "step", "group", "name", "module", "kind", "trainable", "numel", "norm", "nans", "posinfs",
+    "neginfs", *(c for t in (UPDATE_COLUMNS, BATCHNORM_COLUMNS, ERROR_COLUMNS, EVENT_COLUMNS) for c in t),
+)
+
 def render(ctx: ViewContext) -> None:
     left, right, _ = st.columns([2, 2, 3])
     with left:
@@ -42,7 +50,7 @@ def render(ctx: ViewContext) -> None:
             "Exploding: norm grows more than ×", min_value=1.0, value=10.0, key="health_explode",
             persist_state="session",
         )  # fmt: skip
-    table = memo(health_table, ctx, dead_var=dead_var, explode_factor=explode)
+    table = memo(health_table, ctx.narrow(columns=_HEALTH_COLUMNS), dead_var=dead_var, explode_factor=explode)
     if table.empty:
         st.success("No findings: every tensor is finite, changes, and no norm explodes.")
         st.stop()

@@ -21,6 +21,7 @@ def render(ctx: ViewContext) -> None:
         pick_default("hist_mode", list(HistogramMode), HistogramMode.OFFSET)
         mode = st.segmented_control("Mode", list(HistogramMode), key="hist_mode", required=True,
                                     persist_state="session")
-    st.plotly_chart(memo(histogram_figure, ctx, run, group, name, mode=mode), key="hist_chart")
+    shown = ctx.narrow(runs=[run], names=[name])  # one tensor's histograms are read, not the table
+    st.plotly_chart(memo(histogram_figure, shown, run, group, name, mode=mode), key="hist_chart")
     st.subheader("Distribution")
-    st.plotly_chart(memo(distribution_figure, ctx, run, group, name), key="hist_distribution_chart")
+    st.plotly_chart(memo(distribution_figure, shown, run, group, name), key="hist_distribution_chart")

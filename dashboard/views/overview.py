@@ -37,7 +37,9 @@ def render(ctx: ViewContext) -> None:
     cols[1].metric("Checkpoints", len(checkpoints))
     cols[2].metric("Unreadable files", len(cards))
     cols[3].metric("Tensors per checkpoint (max)", int(checkpoints["n_tensors"].max()))
-    st.plotly_chart(memo(runs_overview_figure, ctx), key="overview_runs_chart")
+    # The figure counts parameter elements per checkpoint: four columns of the tensors table, not forty.
+    shown = ctx.narrow(columns=["run", "checkpoint", "step", "kind", "tied_to", "numel"])
+    st.plotly_chart(memo(runs_overview_figure, shown), key="overview_runs_chart")
 
     runs = [_ALL, *ctx.runs]
     pick_default("overview_run", runs, _ALL)

@@ -54,8 +54,14 @@ def render(ctx: ViewContext) -> None:
     if not chosen:
         st.info(f"Choose one or more {by.lower()} above to draw {STATISTICS[stat]} over training.")
         st.stop()
+    if tensors:
+        shown = ctx.narrow(names=tensors)
+    elif all(m and ":" not in m for m in modules):  # a module and its children; ``group:module`` reads them all
+        shown = ctx.narrow(modules=modules)
+    else:
+        shown = ctx
     fig = memo(
-        scalar_figure, ctx, stat, tensors=tensors, modules=modules, runs=ctx.runs, smoothing=smoothing,
+        scalar_figure, shown, stat, tensors=tensors, modules=modules, runs=ctx.runs, smoothing=smoothing,
         log_y=log_y, step_range=ctx.step_range,
     )  # fmt: skip
     extent = memo(step_extent, ctx, ctx.runs)
@@ -86,7 +92,7 @@ def _on_steps(fig: go.Figure, extent: tuple[float, float] | None) -> go.Figure:
 
 def _largest_parameters(ctx: ViewContext, options: list[str]) -> list[str]:
     """The first lines a user sees: the largest parameters (buffers such as step counters would dwarf them)."""
-    frame = ctx.tables.tensors
+    frame = ctx.tensor_index()
     params = frame[(frame["kind"] == "parameter") & frame["name"].isin(options)]
     largest = params.groupby("name")["numel"].max().sort_values(ascending=False, kind="stable")
     return largest.index[:_DEFAULT_LINES].tolist() or options[:_DEFAULT_LINES]

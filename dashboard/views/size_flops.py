@@ -26,7 +26,8 @@ def render(ctx: ViewContext) -> None:
     frame = frame[frame["group"].fillna("").astype(str) == group]
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(memo(_dtype_bars, ctx, checkpoint, group), key="size_dtype_chart")
+        shown = ctx.narrow(checkpoints=[checkpoint])
+        st.plotly_chart(memo(_dtype_bars, shown, checkpoint, group), key="size_dtype_chart")
     with right:
         kinds = frame.groupby("kind", as_index=False)[["numel", "nbytes"]].sum()
         kinds["tensors"] = frame.groupby("kind")["name"].size().to_numpy()

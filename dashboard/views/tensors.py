@@ -30,7 +30,8 @@ def render(ctx: ViewContext) -> None:
             help="module paths cut to the sidebar's grouping depth",
         )  # fmt: skip
     table = memo(
-        tensor_table, ctx, checkpoint, pattern=ctx.pattern, kinds=[str(k) for k in kinds] or None,
+        tensor_table, ctx.narrow(checkpoints=[checkpoint]), checkpoint, pattern=ctx.pattern,
+        kinds=[str(k) for k in kinds] or None,
         module=None if module == _ANY_MODULE else module,
     )  # fmt: skip
     st.caption(f"{len(table)} tensors" + (f" matching `{ctx.pattern}`" if ctx.pattern else ""))

@@ -1,0 +1,253 @@
+"""The stats cache read in place: each table as a ``pyarrow.dataset`` over its per-checkpoint Parquet files, read with
+file pruning, filter and column pushdown, so that a view reads only the runs, steps, tensors and columns it draws.
+
+Why ``pyarrow.dataset`` rather than DuckDB: pyarrow already writes the files and is imported by every reader, so
+there is no second engine to install or import (DuckDB is not a dependency); the filters a view needs (runs, a step
+range, a few tensor names or module prefixes, a few columns) are exactly what its expressions push down, and
+one-file-per-checkpoint lets the small commit records (the ``checkpoints`` table, read once per cache state) prune
+whole files by run and step before any table file is opened.
+
+A :class:`StatsDataset` is one cache state (its ``fingerprint``); :class:`TableView` is a lazy :class:`~ckptboard.
+core.schema.StatsTables`: ``view.tensors`` reads the tensors table of its :class:`Selection` when asked. A table added
+to :class:`~ckptboard.core.schema.TableName` is stored and read by this code unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from ckptboard.core.cache import StatsCache, warn_invalid
+from ckptboard.core.errors import UsageError
+from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
+from ckptboard.core.schema import COLUMNS, StatsTables, TableName, arrow_schema
+
+__all__ = ["Selection", "StatsDataset", "TableView"]
+
+_READERS = 4  # Parquet decoding releases the GIL: a few threads hide file-system latency
+_SORT = ("run", "step", "checkpoint")  # stable: rows of one checkpoint keep the checkpoint's own (state_dict) order
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows to read: every field ``None`` means all. ``steps`` is inclusive; ``modules`` are module prefixes
+    (``encoder`` takes ``encoder`` and ``encoder.*``). A filter applies to the tables that have its column.
+    ``columns``, when given, are the only columns read of every table but ``checkpoints`` (whose rows are the
+    in-memory index), each table taking those it has."""
+
+    runs: tuple[str, ...] | None = None
+    steps: tuple[int, int] | None = None
+    checkpoints: tuple[str, ...] | None = None
+    names: tuple[str, ...] | None = None
+    modules: tuple[str, ...] | None = None
+    columns: tuple[str, ...] | None = None
+
+    def narrow(self, **changes: Any) -> Selection:
+        """This selection with some fields replaced (sequences become tuples)."""
+        return replace(self, **{k: tuple(v) if isinstance(v, (list, set)) else v for k, v in changes.items()})
+
+    def expression(self, columns: tuple[str, ...]) -> ds.Expression | None:
+        """The row filter over a table with ``columns`` (filters on absent columns are left out)."""
+        parts = []
+        if self.runs is not None and "run" in columns:
+            parts.append(pc.field("run").isin(list(self.runs)))
+        if self.steps is not None and "step" in columns:
+            parts.append((pc.field("step") >= self.steps[0]) & (pc.field("step") <= self.steps[1]))
+        if self.checkpoints is not None and "checkpoint" in columns:
+            parts.append(pc.field("checkpoint").isin(list(self.checkpoints)))
+        if self.names is not None and "name" in columns:
+            parts.append(pc.field("name").isin(list(self.names)))
+        if self.modules is not None and "module" in columns:
+            module = pc.field("module")
+            parts.append(module.isin(list(self.modules)))
+            for prefix in self.modules:
+                parts[-1] = parts[-1] | pc.starts_with(module, prefix + ".")
+        if not parts:
+            return None
+        expression = parts[0]
+        for part in parts[1:]:
+            expression = expression & part
+        return expression
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One committed fragment: its stem, its checkpoint's path, run and step (None for a failed checkpoint)."""
+
+    stem: str
+    relpath: str
+    run: str | None
+    step: int | None
+
+
+class StatsDataset:
+    """The tables of one cache state, read on demand; holds only the small index of committed checkpoints."""
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise UsageError(f"{root}: not a folder; pass the folder that was summarised")
+        self.root = root
+        self.cache = StatsCache(root, cache_dir)
+        commits = self.cache.fragments()
+        self.fingerprint = self.cache.fingerprint(commits)
+        index, entries, problems = _read_index(commits)
+        problems += [f"{p.name}: a single-file fragment of an older format version"
+                     for p in self.cache.legacy_fragments()]
+        warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
+        # Checkpoints deleted since they were summarised are left out (``summarize`` prunes their fragments).
+        self._entries = [e for e in entries if (root / e.relpath).exists()]
+        kept = pa.array([e.relpath for e in self._entries], pa.string())
+        self._index = index.filter(pc.is_in(index.column("checkpoint"), value_set=kept))
+        self._listing: dict[TableName, set[str]] = {}
+
+    def read(self, table: TableName | str, selection: Selection = Selection(),
+             columns: list[str] | None = None) -> pa.Table:
+        """``table``'s rows in ``selection`` (``columns`` only, when given) as one Arrow table, sorted by run, step,
+        checkpoint (stable)."""
+        table = TableName(table)
+        names = COLUMNS[table]
+        expression = selection.expression(names)
+        if columns is None and selection.columns is not None and table != COMMIT_TABLE:
+            columns = [c for c in names if c in selection.columns]
+        if table == COMMIT_TABLE:
+            result = self._index if expression is None else self._index.filter(expression)
+            result = result.select(columns) if columns is not None else result
+        else:
+            paths = [table_path(self.cache.dir, table, e.stem) for e in self._files(table, selection)]
+            result = _scan(paths, arrow_schema(table), expression, columns)
+        keys = [(c, "ascending", "at_start") for c in _SORT if c in result.column_names]
+        if keys and result.num_rows:
+            result = result.take(pc.sort_indices(result, sort_keys=keys))
+        return result
+
+    def frame(self, table: TableName | str, selection: Selection = Selection(),
+              columns: list[str] | None = None) -> pd.DataFrame:
+        """:meth:`read` as a DataFrame."""
+        return self.read(table, selection, columns).to_pandas()
+
+    def tensor_index(self, selection: Selection = Selection()) -> pd.DataFrame:
+        """One row per distinct ``(run, group, name, module, kind)`` of the tensors table in ``selection``, with the
+        largest ``numel`` seen: what pickers and filters list, computed in the scan (five columns read, not 45)."""
+        keys = ["run", "group", "name", "module", "kind"]
+        rows = self.read(TableName.TENSORS, selection, columns=[*keys, "numel"])
+        index = rows.group_by(keys, use_threads=False).aggregate([("numel", "max")])  # first-seen order
+        return index.select([*keys, "numel_max"]).rename_columns([*keys, "numel"]).to_pandas()
+
+    def tables(self, selection: Selection = Selection()) -> StatsTables:
+        """Every table of ``selection`` read whole (for notebooks and small series; views read a :class:`TableView`)."""
+        return StatsTables(**{str(name): self.frame(name, selection) for name in TableName})
+
+    def view(self, selection: Selection = Selection(),
+             reader: Callable[[StatsDataset, TableName, Selection], pd.DataFrame] | None = None) -> TableView:
+        """A lazy view of ``selection``: each table read on first access (through ``reader``, to share a cache)."""
+        return TableView(self, selection, reader)
+
+    def _files(self, table: TableName, selection: Selection) -> list[_Entry]:
+        """The committed fragments that have a ``table`` file and may hold rows of ``selection``."""
+        if table not in self._listing:
+            folder = self.cache.dir / str(table)
+            self._listing[table] = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
+        listed = self._listing[table]
+        return [e for e in self._entries if e.stem in listed and _may_hold(e, selection)]
+
+
+def _may_hold(entry: _Entry, selection: Selection) -> bool:
+    """Whether a fragment can hold rows of ``selection``, judged by its index entry (a failed checkpoint's step is
+    unknown, so only its run and path prune it)."""
+    if selection.runs is not None and entry.run is not None and entry.run not in selection.runs:
+        return False
+    if selection.checkpoints is not None and entry.relpath not in selection.checkpoints:
+        return False
+    if selection.steps is not None and entry.step is not None:
+        return selection.steps[0] <= entry.step <= selection.steps[1]
+    return True
+
+
+class TableView:
+    """A :class:`~ckptboard.core.schema.StatsTables` whose tables are read on first access, restricted to a
+    :class:`Selection`: ``view.tensors``, ``view.histograms``, ... (one attribute per :class:`TableName`)."""
+
+    def __init__(self, dataset: StatsDataset, selection: Selection = Selection(),
+                 reader: Callable[[StatsDataset, TableName, Selection], pd.DataFrame] | None = None):
+        self.dataset = dataset
+        self.selection = selection
+        self._reader = reader or (lambda d, t, s: d.frame(t, s))
+        self._frames: dict[TableName, pd.DataFrame] = {}
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        try:
+            table = TableName(name)
+        except ValueError:
+            raise AttributeError(name) from None
+        if table not in self._frames:
+            self._frames[table] = self._reader(self.dataset, table, self.selection)
+        return self._frames[table]
+
+    def narrow(self, **changes: Any) -> TableView:
+        """A view of a narrower selection (see :meth:`Selection.narrow`) over the same dataset and reader."""
+        return TableView(self.dataset, self.selection.narrow(**changes), self._reader)
+
+    def __repr__(self) -> str:
+        return f"TableView({self.dataset.fingerprint[:12]}, {self.selection})"
+
+
+def _read_index(commits: list[Path]) -> tuple[pa.Table, list[_Entry], list[str]]:
+    """The checkpoints table of every readable commit record, its entries, and the unreadable ones as problems."""
+    with ThreadPoolExecutor(max_workers=_READERS) as pool:
+        results = list(pool.map(_read_commit, commits))
+    parts, entries, problems = [], [], []
+    for path, result in zip(commits, results):
+        if isinstance(result, str):
+            problems.append(f"{path.name}: {result}")
+            continue
+        relpath, run, rows = result
+        step = rows.column("step")[0].as_py() if rows.num_rows else None
+        entries.append(_Entry(path.stem, relpath, run, step))
+        if rows.num_rows:
+            parts.append(rows)
+    schema = arrow_schema(COMMIT_TABLE)
+    index = pa.concat_tables(parts).replace_schema_metadata(None) if parts else schema.empty_table()
+    return index, entries, problems
+
+
+def _read_commit(path: Path) -> tuple[str, str | None, pa.Table] | str:
+    try:
+        file = pq.ParquetFile(path)
+        header = _header(file.metadata.metadata)  # the version first: another version's columns may differ
+        rows = file.read().replace_schema_metadata(None)
+        return header.key["relpath"], header.info.get("run"), rows
+    except FragmentReadError as e:
+        return str(e)
+    except (OSError, pa.ArrowException, KeyError) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+
+
+def _scan(paths: list[Path], schema: pa.Schema, expression, columns: list[str] | None) -> pa.Table:
+    """The filtered rows of ``paths``; when one file is damaged, the others, with one warning naming it."""
+    if not paths:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns is not None else empty
+    try:
+        dataset = ds.dataset([str(p) for p in paths], schema=schema, format="parquet")
+        return dataset.to_table(columns=columns, filter=expression)
+    except (OSError, pa.ArrowException):
+        pass
+    parts, problems = [], []
+    for path in paths:
+        try:
+            parts.append(ds.dataset(str(path), schema=schema, format="parquet").to_table(columns=columns,
+                                                                                         filter=expression))
+        except (OSError, pa.ArrowException) as e:
+            problems.append(f"{path.parent.name}/{path.name}: unreadable ({type(e).__name__})")
+    warn_invalid(problems, "were unreadable and are left out (run summarize)")
+    return pa.concat_tables(parts) if parts else _scan([], schema, None, columns)
