@@ -112,6 +112,7 @@ def streamlit_command(config: AppConfig, *, host: str, port: int) -> list[str]:
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
         "--client.toolbarMode", "minimal",
+        "--logger.hideWelcomeMessage", "true",  # serve prints the one URL itself
         "--",
         *config.to_argv(),
     ]  # fmt: skip
