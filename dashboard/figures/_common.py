@@ -2,6 +2,8 @@
 
 Tensors are identified by ``(group, name)``; :func:`tensor_label` writes that as ``name`` for the bare state_dict
 (group ``""``) and ``group:name`` otherwise, and the builders accept either spelling wherever they take names.
+Charts label a tensor with :func:`display_labels`: the group is shown only where its checkpoint has more than one,
+so Lightning's ``state_dict:conv1.weight`` and a safetensors ``conv1.weight`` are one line name across runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ __all__ = [
     "compile_pattern",
     "step_ramp",
     "series_color",
+    "series_dash",
+    "display_labels",
+    "shorten",
 ]
 
 # Old steps dark, recent steps bright, like TensorBoard's histogram ramp.
@@ -124,3 +129,33 @@ def series_color(i: int) -> str:
     """The ``i``-th categorical colour (runs, tensors), cycling."""
     palette = qualitative.Plotly
     return palette[i % len(palette)]
+
+
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def series_dash(i: int) -> str:
+    """The ``i``-th line dash (tensors of one run, drawn in the run's colour), cycling."""
+    return _DASHES[i % len(_DASHES)]
+
+
+def display_labels(frame: pd.DataFrame, name_column: str = "name") -> np.ndarray:
+    """Chart labels of ``frame``'s rows: ``name`` where the row's checkpoint holds one group (state_dict), else
+    ``group:name`` (a model and its EMA copy stay apart). Without a ``checkpoint`` column, the whole frame counts."""
+    groups = frame["group"].fillna("").astype(str)
+    names = frame[name_column].fillna("").astype(str)
+    if "checkpoint" in frame.columns:
+        several = groups.groupby(frame["checkpoint"]).transform("nunique").to_numpy() > 1
+    else:
+        several = np.full(len(frame), groups.nunique() > 1)
+    return np.where(several & (groups != "").to_numpy(), (groups + ":" + names).to_numpy(), names.to_numpy())
+
+
+def shorten(text: str, width: int = 40) -> str:
+    """``text`` cut to ``width`` characters by dropping its middle (``encoder.lay…0.attention.output.dense``):
+    both the root and the most specific part stay readable; the full name goes on hover."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    head = max(1, (width - 1) // 3)
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]

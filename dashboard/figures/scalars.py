@@ -19,9 +19,12 @@ from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import PERCENTILE_COLUMNS, UPDATE_COLUMNS, StatsTables
 from ckptboard.dashboard.figures._common import (
     decimate_steps,
+    display_labels,
     empty_figure,
     module_prefix,
     series_color,
+    series_dash,
+    shorten,
     tensor_label,
 )
 
@@ -171,8 +174,9 @@ def scalar_series(
     parts = []
     if tensors:
         wanted = set(tensors)
-        labels = np.array([tensor_label(g, n) for g, n in zip(values["group"], values["name"])], dtype=object)
-        hit = values["name"].isin(wanted).to_numpy() | np.isin(labels, list(wanted))
+        labels = display_labels(values)
+        qualified = np.array([tensor_label(g, n) for g, n in zip(values["group"], values["name"])], dtype=object)
+        hit = values["name"].isin(wanted).to_numpy() | np.isin(qualified, list(wanted))
         parts.append(values[hit][["run", "step", "value"]].assign(series=labels[hit]))
     if modules or not tensors:
         params = values[values["kind"] == "parameter"]
@@ -206,23 +210,52 @@ def scalar_figure(
     if data.empty:
         return empty_figure(f"No {label} values for this selection")
     fig = go.Figure()
-    n_runs = data["run"].nunique()
-    for i, ((run, series), df) in enumerate(data.groupby(["run", "series"], sort=True)):
+    runs_drawn = sorted(data["run"].unique())
+    series_drawn = sorted(data["series"].unique())
+    several_runs = len(runs_drawn) > 1
+    for (run, series), df in data.groupby(["run", "series"], sort=True):
         keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
         x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
-        name = f"{series} · {run}" if n_runs > 1 else str(series)
-        color = series_color(i)
+        name = f"{series} · {run}" if several_runs else str(series)
+        # Several runs: colour per run, dash per tensor, one legend entry per run and per tensor (below);
+        # one run: colour per tensor, one entry per tensor.
+        s_i, r_i = series_drawn.index(series), runs_drawn.index(run)
+        color = series_color(r_i if several_runs else s_i)
+        line = {"color": color, "dash": series_dash(s_i) if several_runs else "solid"}
+        group = str(run) if several_runs else name
         if smoothing > 0:
             fig.add_trace(go.Scatter(
-                x=x, y=raw[keep], mode="lines", line={"color": color, "width": 1}, opacity=0.25,
-                legendgroup=name, showlegend=False, hoverinfo="skip", name=name,
+                x=x, y=raw[keep], mode="lines", line={**line, "width": 1}, opacity=0.25,
+                legendgroup=group, showlegend=False, hoverinfo="skip", name=name,
                 meta={"run": run, "series": series, "raw": True},
             ))
         fig.add_trace(go.Scatter(
-            x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={"color": color, "width": 2}, name=name,
-            legendgroup=name, meta={"run": run, "series": series, "raw": False},
+            x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={**line, "width": 2},
+            name=name if several_runs else shorten(name, _LEGEND_WIDTH), legendgroup=group,
+            showlegend=not several_runs, meta={"run": run, "series": series, "raw": False},
             hovertemplate=f"{name}<br>step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>",
         ))
-    fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified", height=420,
-                      yaxis_type="log" if log_y else "linear")
+    entries = len(series_drawn)
+    if several_runs:
+        for r_i, run in enumerate(runs_drawn):  # legend only: a click hides or shows the run's lines
+            fig.add_trace(go.Scatter(
+                x=[None], y=[None], mode="lines", name=shorten(run, _LEGEND_WIDTH), legendgroup=str(run),
+                line={"color": series_color(r_i), "width": 3}, meta={"legend": "run", "run": run},
+                legendgrouptitle_text="runs" if r_i == 0 else None,
+            ))
+        for s_i, series in enumerate(series_drawn):
+            fig.add_trace(go.Scatter(
+                x=[None], y=[None], mode="lines", name=shorten(series, _LEGEND_WIDTH), legendgroup=f"~{series}",
+                line={"color": "#555", "dash": series_dash(s_i), "width": 2}, meta={"legend": "series"},
+                legendgrouptitle_text="tensors / modules" if s_i == 0 else None,
+            ))
+        entries += len(runs_drawn) + 2  # two group titles
+    fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified",
+                      height=max(_MIN_HEIGHT, _LEGEND_ROW_PX * entries + 140), yaxis_type="log" if log_y else "linear",
+                      legend={"groupclick": "togglegroup", "tracegroupgap": 12})
     return fig
+
+
+_MIN_HEIGHT = 460
+_LEGEND_ROW_PX = 21  # one legend entry: the figure grows so the legend never scrolls a run away
+_LEGEND_WIDTH = 44
