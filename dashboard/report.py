@@ -152,7 +152,7 @@ def _plan(tables: StatsTables, size_trees: Mapping[str, Any], flop_reports: Mapp
     cards = pd.DataFrame(error_cards(tables), columns=["run", "checkpoint", "error", "message"])
     overview.items.append(_Item("Files that could not be read", table=cards,
                                 note="" if len(cards) else "Every checkpoint file was read."))
-    overview.items.append(_Item("Checkpoints", table=_capped(checkpoints_table(tables).drop(columns="size_bytes"))))
+    overview.items.append(_Item("Checkpoints", table=_capped(checkpoints_table(tables))))
     sections = [overview, _Section("health", "Health", [_Item("Findings", table=_capped(health),
                                                               note="" if len(health) else "No findings.")])]
     runs = sorted(set(tables.checkpoints["run"].dropna().astype(str)))
