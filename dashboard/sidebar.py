@@ -27,6 +27,15 @@ __all__ = ["AUTO_REFRESH_CHOICES", "sidebar"]
 
 AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
 
+# Streamlit cuts a chosen option's chip at a fixed width (three runs read "checkpoints/check…"): run names wrap in
+# the sidebar instead, so every chip can be read whole.
+_CHIP_CSS = """<style>
+section[data-testid="stSidebar"] [data-baseweb="tag"] { max-width: 100%; height: auto; }
+section[data-testid="stSidebar"] [data-baseweb="tag"] span {
+  max-width: none; white-space: normal; overflow-wrap: anywhere; text-overflow: clip; line-height: 1.3;
+}
+</style>"""
+
 
 def _valid_regex(text: str) -> str | None:
     if not text:
@@ -74,6 +83,7 @@ def sidebar(config: AppConfig, tables: StatsTables, fingerprint: str) -> ViewCon
     """Draw the sidebar (runs, filter, depth, step range, reload) and return the context the views draw from."""
     all_runs = sorted(set(tables.checkpoints["run"]) | set(tables.errors["run"]))
     with st.sidebar:
+        st.html(_CHIP_CSS)
         st.title("ckptboard")
         pick_default("sidebar_runs", all_runs, all_runs)
         runs = st.multiselect("Runs", all_runs, key="sidebar_runs", placeholder="choose runs")

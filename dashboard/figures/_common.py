@@ -33,6 +33,7 @@ __all__ = [
     "series_dash",
     "display_labels",
     "shorten",
+    "short_labels",
 ]
 
 # Old steps dark, recent steps bright, like TensorBoard's histogram ramp.
@@ -159,3 +160,37 @@ def shorten(text: str, width: int = 40) -> str:
         return text
     head = max(1, (width - 1) // 3)
     return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def short_labels(labels: Sequence[str], width: int = 40) -> list[str]:
+    """Labels of one chart cut to ``width`` characters while staying distinct: first the dotted prefix they all
+    share goes (``…``), then inner parts of a path shrink to 3 letters from the root down, as far as needed (numbers
+    and the last part stay), then
+    the middle goes; a label that would still collide with another stays in full."""
+    labels = [str(x) for x in labels]
+    if all(len(x) <= width for x in labels):
+        return labels
+    parts = [x.split(".") for x in labels]
+    common = 0
+    if len(labels) > 1:
+        while all(len(p) > common + 1 for p in parts) and len({tuple(p[: common + 1]) for p in parts}) == 1:
+            common += 1
+    out = []
+    for x, p in zip(labels, parts):
+        if len(x) <= width:
+            out.append(x)
+            continue
+        rest = p[common:]
+        short = ("…" if common else "") + ".".join(rest)
+        inner = list(rest[:-1])
+        for k, q in enumerate(inner):  # from the root down, only as far as needed
+            if len(short) <= width:
+                break
+            if not q.isdigit() and len(q) > 4:
+                inner[k] = q[:3]
+                short = ("…" if common else "") + ".".join([*inner, rest[-1]])
+        out.append(shorten(short, width))
+    seen: dict[str, int] = {}
+    for s in out:
+        seen[s] = seen.get(s, 0) + 1
+    return [s if seen[s] == 1 else full for s, full in zip(out, labels)]

@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ckptboard.core.health import ChangeMethod, CompareResult
-from ckptboard.dashboard.figures._common import display_labels, empty_figure, shorten
+from ckptboard.dashboard.figures._common import display_labels, empty_figure, short_labels
 
 _LABEL_WIDTH = 48
 
@@ -23,9 +23,7 @@ def compare_figure(result: CompareResult, top: int = 20) -> go.Figure:
     if ch.empty:
         return empty_figure("No floating-point tensors in common to compare")
     full = display_labels(ch).tolist()
-    labels = [shorten(x, _LABEL_WIDTH) for x in full]
-    if len(set(labels)) < len(labels):  # two long names cut alike: keep them apart
-        labels = full
+    labels = short_labels(full, _LABEL_WIDTH)
     ch = ch.assign(label=labels, full=full)
     fig = go.Figure()
     for method, color in ((ChangeMethod.EXACT, "#1f77b4"), (ChangeMethod.LOWER_BOUND, "#ff7f0e")):

@@ -24,6 +24,7 @@ from ckptboard.dashboard.figures._common import (
     module_prefix,
     series_color,
     series_dash,
+    short_labels,
     shorten,
     tensor_label,
 )
@@ -213,6 +214,7 @@ def scalar_figure(
     runs_drawn = sorted(data["run"].unique())
     series_drawn = sorted(data["series"].unique())
     several_runs = len(runs_drawn) > 1
+    short = dict(zip(series_drawn, short_labels([str(x) for x in series_drawn], _LEGEND_WIDTH)))
     for (run, series), df in data.groupby(["run", "series"], sort=True):
         keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
         x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
@@ -231,7 +233,7 @@ def scalar_figure(
             ))
         fig.add_trace(go.Scatter(
             x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={**line, "width": 2},
-            name=name if several_runs else shorten(name, _LEGEND_WIDTH), legendgroup=group,
+            name=name if several_runs else short[series], legendgroup=group,
             showlegend=not several_runs, meta={"run": run, "series": series, "raw": False},
             hovertemplate=f"{name}<br>step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>",
         ))
@@ -245,7 +247,7 @@ def scalar_figure(
             ))
         for s_i, series in enumerate(series_drawn):
             fig.add_trace(go.Scatter(
-                x=[None], y=[None], mode="lines", name=shorten(series, _LEGEND_WIDTH), legendgroup=f"~{series}",
+                x=[None], y=[None], mode="lines", name=short[series], legendgroup=f"~{series}",
                 line={"color": "#555", "dash": series_dash(s_i), "width": 2}, meta={"legend": "series"},
                 legendgrouptitle_text="tensors / modules" if s_i == 0 else None,
             ))
