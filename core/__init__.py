@@ -37,6 +37,9 @@ _LAZY: dict[str, str] = {
     "open_checkpoint": "reader",
     "Checkpoint": "reader",
     "classify": "classify",
+    "Classification": "classify",
+    "Verdict": "classify",
+    "build_from_config": "hf_model",
     "discover": "discover",
     "plan": "summarize",
     "execute": "summarize",
@@ -54,6 +57,7 @@ _LAZY: dict[str, str] = {
     "size_tree": "size",
     "training_memory": "size",
     "count_flops": "flops",
+    "count_training_step": "train_flops",
     "estimate_flops": "flop_estimate",
     "load_model": "model_spec",
 }

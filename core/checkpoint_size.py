@@ -6,6 +6,7 @@ trainable/frozen).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -55,7 +56,8 @@ def load_checkpoint_size(
     from ckptboard.core.reader import open_checkpoint
 
     with open_checkpoint(path, trust=trust) as ckpt:
-        report = classify(ckpt, model)
+        result = classify(ckpt, model, trust=trust)
+        report, model = result.report, model or result.model
         groups = {g.name: g for g in ckpt.groups}
         chosen = _choose_group(path, groups, group, report.group if report is not None else None)
         tensors = list(groups[chosen].tensors)
@@ -74,7 +76,7 @@ def load_checkpoint_size(
             group=chosen,
             tree=tree,
             memory=training_memory(tree, optimizer, list(ckpt.optimizers)),
-            estimate=estimate_flops(tensors, model),
+            estimate=estimate_flops(tensors, model, _tied_pairs(report), _config_ties_embeddings(path, model)),
             notes=notes,
         )
 
@@ -83,6 +85,27 @@ def check_depth(depth: int | None) -> None:
     """``--depth`` is 0 (the root only) or more, or absent (every depth)."""
     if depth is not None and depth < 0:
         raise UsageError(f"--depth {depth}: must be 0 (the whole model only) or more")
+
+
+def _config_ties_embeddings(path: str, model: nn.Module | None) -> bool:
+    """No model (transformers missing), but a config.json beside the weights saying the output head is tied."""
+    from ckptboard.core.errors import ModelSpecError
+    from ckptboard.core.hf_model import find_config, read_config  # no transformers needed to read a config
+
+    if model is not None:
+        return False
+    config, peft_base = find_config(Path(path))
+    if config is None or peft_base:
+        return False
+    try:
+        return read_config(config).get("tie_word_embeddings") is True
+    except ModelSpecError:
+        return False
+
+
+def _tied_pairs(report: Any) -> list[tuple[str, str]]:
+    """The model report's ``"head = saved"`` tied keys as pairs."""
+    return [tuple(t.split(" = ", 1)) for t in getattr(report, "tied_keys", None) or []]
 
 
 def _choose_group(path: str, groups: dict[str, Any], asked: str | None, matched: str | None) -> str:

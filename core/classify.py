@@ -1,11 +1,13 @@
 """Classification: every tensor of a checkpoint is a parameter (trainable, frozen or unknown) or a buffer.
 
-With a model, its ``named_parameters()`` (trainable = ``requires_grad``) and ``named_buffers()`` decide. Without
-one, in order: exact buffer rules by suffix and structure (BatchNorm statistics, spectral-norm ``_u``/``_v``,
-quantization observers, attention masks, position ids, rotary caches), then non-float dtypes are buffers, then the
-remaining floating-point entries are parameters whose ``trainable`` comes from the optimizer state when it lines
-up with them (held: trainable, not held: frozen). Every verdict names its :class:`Rule` in ``TensorInfo.source``.
-No substring guessing: names are compared whole, component by component.
+With a model, its ``named_parameters()`` (trainable = ``requires_grad``) and ``named_buffers()`` decide; without
+``--model``, a Hugging Face ``config.json`` beside the weights builds one (:mod:`ckptboard.core.hf_model`). Without
+any, in order: quantized layouts (packed weights and their scales are frozen parameters, index tensors buffers),
+exact buffer rules by suffix and structure (BatchNorm statistics, frozen BatchNorm, spectral-norm ``_u``/``_v``,
+quantization observers, attention masks, position ids, rotary caches, the table of known architecture buffers), then
+non-float dtypes are buffers, then the remaining floating-point entries are parameters whose ``trainable`` comes
+from the optimizer state when it lines up with them (held: trainable, not held: frozen). Every verdict names its
+:class:`Rule` in ``TensorInfo.source``. No substring guessing: names are compared whole, component by component.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ from ckptboard.core.errors import ModelSpecError
 from ckptboard.core.model_report import ModelReport, build_report, index_model, match_group
 from ckptboard.core.records import OptimizerState, StrEnum, TensorGroup, TensorInfo, TensorKind, Trainable
 
-__all__ = ["Rule", "Classification", "classify", "classify_tensors", "buffer_rule", "is_floating_dtype"]
+__all__ = [
+    "Rule",
+    "Verdict",
+    "Classification",
+    "KnownBuffer",
+    "KNOWN_BUFFERS",
+    "classify",
+    "classify_tensors",
+    "buffer_rule",
+    "quantized_rule",
+    "is_floating_dtype",
+]
 
 
 class Rule(StrEnum):
@@ -33,42 +46,112 @@ class Rule(StrEnum):
     OPTIMIZER_HELD_WITHOUT_STATE = "optimizer:held-without-state"  # no state while its param group has some
     OPTIMIZER_NOT_HELD = "optimizer:not-held"
     OPTIMIZER_AMBIGUOUS = "optimizer:ambiguous"  # equal shapes in a row: held or not cannot be told apart
+    MODEL_CONFIG = "model:config.json"  # the model built from the checkpoint's config.json on meta
     BATCHNORM_RUNNING_STATS = "rule:batchnorm-running-stats"
+    FROZEN_BATCHNORM = "rule:frozen-batchnorm"  # weight/bias of a norm with running stats, no num_batches_tracked
     NUM_BATCHES_TRACKED = "rule:num-batches-tracked"
     SPECTRAL_NORM_UV = "rule:spectral-norm-uv"
     QUANT_OBSERVER = "rule:quant-observer"
     ATTENTION_MASK = "rule:attention-mask"
     POSITION_IDS = "rule:position-ids"
     ROTARY_CACHE = "rule:rotary-cache"
+    FINAL_LOGITS_BIAS = "rule:final-logits-bias"  # BART/mBART/Marian/Pegasus/Blenderbot
+    CAUSAL_MASK = "rule:causal-mask"  # nanoGPT / GPT-2 ``attn.bias`` of shape (1, 1, T, T)
+    GPTQ_AWQ = "rule:gptq-awq"  # qweight/qzeros/scales (+ bias) frozen, g_idx a buffer
+    BNB_INT8 = "rule:bitsandbytes-int8"  # weight int8 + SCB frozen, weight_format a buffer
+    BNB_4BIT = "rule:bitsandbytes-4bit"  # weight + absmax/quant_map/nested_* frozen, quant_state.* buffers
+    SCALED_WEIGHT = "rule:scaled-weight"  # fp8/int8 weight + weight_scale(_inv) frozen, activation scales buffers
     NORM_LAYER = "structure:norm-layer"
     NON_FLOAT = "dtype:non-float"
     FLOAT_PARAMETER = "default:float-parameter"
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What classification decided for one tensor."""
+
+    group: str
+    name: str
+    kind: str  # TensorKind value
+    trainable: str  # Trainable value
+    source: str  # the Rule value that decided
+
+    @property
+    def is_trainable(self) -> bool | None:
+        """``True``/``False``, ``None`` when unknown."""
+        return Trainable(self.trainable).to_json()
+
+
 @dataclass
 class Classification:
-    """What :func:`classify_tensors` found besides the verdicts written into the records."""
+    """What classification decided: a verdict per tensor, the model report (with a model), notes.
+
+    ``model_source`` says which model decided, if any: ``"--model"``, ``"pickled module"`` or ``"config.json
+    (PATH)"``.
+    """
 
     report: ModelReport | None = None
     notes: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    model_source: str | None = None
+    model: nn.Module | None = field(default=None, repr=False)  # the model that decided (meta), if any
+
+    def counts(self) -> dict[str, int]:
+        """Tensors per outcome: ``buffer``, ``trainable``, ``frozen``, ``unknown`` (parameters by trainable)."""
+        out = {"buffer": 0, "trainable": 0, "frozen": 0, "unknown": 0}
+        for v in self.verdicts:
+            if v.kind == TensorKind.BUFFER:
+                out["buffer"] += 1
+            else:
+                out[{True: "trainable", False: "frozen", None: "unknown"}[v.is_trainable]] += 1
+        return out
 
 
-def classify(ckpt: Any, model: nn.Module | None = None) -> ModelReport | None:
-    """Classify every tensor of ``ckpt`` in place; a trusted pickled module stands in for a missing ``model``.
+def classify(
+    ckpt: Any, model: nn.Module | None = None, *, from_config: bool = True, trust: bool = False
+) -> Classification:
+    """Classify every tensor of ``ckpt`` in place and return the verdicts.
 
-    Notes (an optimizer that does not line up, ambiguous entries) are appended to ``ckpt.notes``.
+    The model, in order: ``model``; a trusted pickled module; with ``from_config``, the Hugging Face model that the
+    checkpoint's ``config.json`` describes, built on meta when ``transformers`` is installed (``trust``: allow the
+    config's own code). Notes (an optimizer that does not line up, which config was used) go to ``ckpt.notes`` too.
     """
-    if model is None:
-        model = getattr(ckpt, "module", None)
-    result = classify_tensors(ckpt.groups, ckpt.optimizers, model)
-    ckpt.notes.extend(result.notes)
-    return result.report
+    source = "--model" if model is not None else None
+    config_rule: Rule | None = None
+    notes: list[str] = []
+    if model is None and getattr(ckpt, "module", None) is not None:
+        model, source = ckpt.module, "pickled module"
+    if model is None and from_config:
+        from ckptboard.core.hf_model import model_for_checkpoint
+
+        built = model_for_checkpoint(ckpt, trust=trust)
+        notes += built.notes
+        if built.model is not None:
+            model, source, config_rule = built.model, f"config.json ({built.config_path})", Rule.MODEL_CONFIG
+    result = classify_tensors(ckpt.groups, ckpt.optimizers, model, model_rule=config_rule)
+    if config_rule is not None and result.report is not None and result.report.matched == 0:
+        # Not this checkpoint's model after all (a config.json beside unrelated files): the rules' verdicts stand.
+        result.notes = [n for n in result.notes if not n.startswith("the model matched none")]
+        notes = [f"config.json not used: its {type(model).__name__} matches none of the checkpoint's names"]
+        model, source, result.report = None, None, None
+    result.notes[:0] = notes
+    result.model_source, result.model = source, model
+    ckpt.notes.extend(n for n in result.notes if n not in ckpt.notes)
+    return result
 
 
 def classify_tensors(
-    groups: Sequence[TensorGroup], optimizers: Sequence[OptimizerState] = (), model: nn.Module | None = None
+    groups: Sequence[TensorGroup],
+    optimizers: Sequence[OptimizerState] = (),
+    model: nn.Module | None = None,
+    *,
+    model_rule: Rule | None = None,
 ) -> Classification:
-    """Set ``kind``/``trainable``/``source`` of every tensor of ``groups``; the pure core of :func:`classify`."""
+    """Set ``kind``/``trainable``/``source`` of every tensor of ``groups``; the pure core of :func:`classify`.
+
+    ``model_rule=Rule.MODEL_CONFIG``: ``model`` was built from a config, so its ``requires_grad`` is only the
+    default; where the optimizer state lined up, its verdict on trainable stands.
+    """
     result = Classification()
     optimizer_verdicts: dict[int, str] = {}
     for group in groups:
@@ -80,12 +163,15 @@ def classify_tensors(
     for group in groups:
         _copy_tied(group)
     if model is not None:
-        result.report = _classify_by_model(groups, model, optimizer_verdicts)
+        result.report = _classify_by_model(groups, model, optimizer_verdicts, model_rule)
         if result.report.matched == 0:
             result.notes.append(
                 f"the model matched none of the checkpoint's names ({len(result.report.missing_keys)} model keys); "
                 "is --model the network this checkpoint was saved from?"
             )
+    result.verdicts = [
+        Verdict(i.group, i.name, str(i.kind), str(i.trainable), str(i.source)) for g in groups for i in g.tensors
+    ]
     return result
 
 
@@ -114,6 +200,10 @@ def buffer_rule(info: TensorInfo, leaves: set[str]) -> Rule | None:
         return Rule.NUM_BATCHES_TRACKED
     if leaf in ("running_mean", "running_var") and {"running_mean", "running_var"} <= leaves:
         return Rule.BATCHNORM_RUNNING_STATS
+    if leaf in ("weight", "bias") and {"running_mean", "running_var"} <= leaves and "num_batches_tracked" not in leaves:
+        # FrozenBatchNorm2d (torchvision, detectron2, DETR) registers all four as buffers; nn.BatchNorm* and
+        # InstanceNorm with running stats always save num_batches_tracked beside them.
+        return Rule.FROZEN_BATCHNORM
     if _is_spectral_uv(parts, leaves):
         return Rule.SPECTRAL_NORM_UV
     if _is_quant(parts, leaves):
@@ -127,7 +217,93 @@ def buffer_rule(info: TensorInfo, leaves: set[str]) -> Rule | None:
         return Rule.POSITION_IDS
     if leaf in _ROTARY:
         return Rule.ROTARY_CACHE
+    for known in KNOWN_BUFFERS:
+        if known.matches(parts, tuple(info.shape)):
+            return known.rule
     return None
+
+
+@dataclass(frozen=True)
+class KnownBuffer:
+    """A persistent buffer of a known architecture, recognised by its exact last name parts and its shape."""
+
+    suffix: tuple[str, ...]  # the name's last components, compared whole
+    shape: str  # "1,V": (1, n); "1,1,T,T": (1, 1, n, n)
+    rule: Rule
+    architectures: str  # where it comes from (documentation)
+
+    def matches(self, parts: Sequence[str], shape: tuple[int, ...]) -> bool:
+        if tuple(parts[-len(self.suffix):]) != self.suffix:
+            return False
+        if self.shape == "1,V":
+            return len(shape) == 2 and shape[0] == 1
+        return len(shape) == 4 and shape[:2] == (1, 1) and shape[2] == shape[3]
+
+
+# Float buffers no dtype rule can see. Shapes are part of the key: a Linear's ``bias`` is 1-D, never (1, 1, T, T).
+KNOWN_BUFFERS: tuple[KnownBuffer, ...] = (
+    KnownBuffer(("final_logits_bias",), "1,V", Rule.FINAL_LOGITS_BIAS,
+                "BART, mBART, Marian, Pegasus, Blenderbot, PLBart (register_buffer in *ForConditionalGeneration)"),
+    KnownBuffer(("attn", "bias"), "1,1,T,T", Rule.CAUSAL_MASK,
+                "nanoGPT CausalSelfAttention (float tril mask), GPT-2/GPT-J style attention"),
+    KnownBuffer(("attention", "bias"), "1,1,T,T", Rule.CAUSAL_MASK, "GPT-Neo GPTNeoSelfAttention"),
+)
+
+
+# -- quantized layouts -------------------------------------------------------------------------------------------
+
+_GPTQ_FROZEN = frozenset({"qweight", "qzeros", "scales", "bias"})
+_GPTQ_INDEX = frozenset({"g_idx"})
+_BNB4_FROZEN = frozenset({"absmax", "quant_map", "nested_absmax", "nested_quant_map"})
+_BNB4_STATE = ("bitsandbytes__nf4", "bitsandbytes__fp4")
+_WEIGHT_SCALES = frozenset({"weight_scale", "weight_scale_inv"})
+_SCALED_FROZEN = frozenset({"weight", "weight_zero_point"}) | _WEIGHT_SCALES
+_ACTIVATION_SCALES = frozenset({"input_scale", "output_scale", "k_scale", "v_scale", "weight_g_idx"})
+
+
+def quantized_rule(info: TensorInfo, leaves: set[str], bnb4_weights: set[str]) -> tuple[TensorKind, Rule] | None:
+    """The kind of a tensor of a quantized layer (always frozen), by its layout's documented names, or ``None``.
+
+    ``bnb4_weights``: names ``W`` of the group that have a ``W.quant_state.bitsandbytes__nf4/fp4`` entry.
+    """
+    parts = info.name.split(".")
+    leaf = parts[-1]
+    # AutoGPTQ/GPTQModel QuantLinear and AutoAWQ WQLinear: int32-packed weights and zeros, float scales.
+    if {"qweight", "qzeros", "scales"} <= leaves:
+        if leaf in _GPTQ_FROZEN:
+            return TensorKind.PARAMETER, Rule.GPTQ_AWQ
+        if leaf in _GPTQ_INDEX:
+            return TensorKind.BUFFER, Rule.GPTQ_AWQ
+    # bitsandbytes Linear8bitLt: int8 ``weight`` with its row scales ``SCB`` (and an older ``weight_format`` flag).
+    if "SCB" in leaves and "weight" in leaves:
+        if leaf in ("weight", "SCB"):
+            return TensorKind.PARAMETER, Rule.BNB_INT8
+        if leaf == "weight_format":
+            return TensorKind.BUFFER, Rule.BNB_INT8
+    # bitsandbytes Linear4bit: packed uint8 ``W``, and ``W.absmax`` … ``W.quant_state.bitsandbytes__nf4``.
+    if info.name in bnb4_weights or (info.module in bnb4_weights and leaf in _BNB4_FROZEN):
+        return TensorKind.PARAMETER, Rule.BNB_4BIT
+    if len(parts) >= 3 and parts[-2] == "quant_state" and ".".join(parts[:-2]) in bnb4_weights:
+        return TensorKind.BUFFER, Rule.BNB_4BIT
+    # fp8 / int8 weights with a scale (compressed-tensors, FBGEMM fp8, finegrained fp8, torchao float8 exports).
+    if leaves & _WEIGHT_SCALES and "weight" in leaves:
+        if leaf in _SCALED_FROZEN:
+            return TensorKind.PARAMETER, Rule.SCALED_WEIGHT
+        if leaf in _ACTIVATION_SCALES:
+            return TensorKind.BUFFER, Rule.SCALED_WEIGHT
+    return None
+
+
+def _bnb4_weights(group: TensorGroup) -> set[str]:
+    out = set()
+    for info in group.tensors:
+        parts = info.name.split(".")
+        if len(parts) >= 3 and parts[-2] == "quant_state" and parts[-1] in _BNB4_STATE:
+            out.add(".".join(parts[:-2]))
+    return out
+
+
+_FROZEN_BY_RULE = frozenset({Rule.GPTQ_AWQ, Rule.BNB_INT8, Rule.BNB_4BIT, Rule.SCALED_WEIGHT})
 
 
 def _is_spectral_uv(parts: list[str], leaves: set[str]) -> bool:
@@ -165,10 +341,14 @@ def _set(info: TensorInfo, kind: TensorKind, trainable: Trainable, rule: Rule) -
 
 def _classify_by_rules(group: TensorGroup) -> None:
     leaves = _leaves_by_module(group)
+    bnb4 = _bnb4_weights(group)
     for info in group.tensors:
         module_leaves = leaves[info.module]
-        rule = buffer_rule(info, module_leaves)
-        if rule is not None:
+        quantized = quantized_rule(info, module_leaves, bnb4)
+        rule = buffer_rule(info, module_leaves) if quantized is None else None
+        if quantized is not None:
+            _set(info, quantized[0], Trainable.FALSE, quantized[1])
+        elif rule is not None:
             _set(info, TensorKind.BUFFER, Trainable.FALSE, rule)
         elif not is_floating_dtype(info.dtype):
             _set(info, TensorKind.BUFFER, Trainable.FALSE, Rule.NON_FLOAT)
@@ -206,8 +386,9 @@ class _Slot:
 
 
 def _candidates(group: TensorGroup) -> list[TensorInfo]:
-    """The entries an optimizer may hold: floating-point, not a buffer by an exact rule, not a tied view."""
-    return [i for i in group.tensors if i.kind == TensorKind.PARAMETER and not i.tied_to]
+    """The entries an optimizer may hold: floating-point, not a buffer by an exact rule, not a tied view, not a
+    quantized (frozen) weight."""
+    return [i for i in group.tensors if i.kind == TensorKind.PARAMETER and not i.tied_to and i.source not in _FROZEN_BY_RULE]
 
 
 def _slots(optimizer: OptimizerState) -> list[list[_Slot]]:
@@ -355,10 +536,12 @@ def _set_optimizer_verdict(info: TensorInfo, rule: str) -> None:
 
 
 def _classify_by_model(
-    groups: Sequence[TensorGroup], model: nn.Module, optimizer_verdicts: dict[int, str]
+    groups: Sequence[TensorGroup], model: nn.Module, optimizer_verdicts: dict[int, str], model_rule: Rule | None = None
 ) -> ModelReport:
+    from ckptboard.core.hf_model import saved_key_renamer
+
     try:
-        index = index_model(model)
+        index = index_model(model, saved_key_renamer(model))
     except Exception as e:  # a user's module whose state_dict()/named_parameters() fails
         raise ModelSpecError(
             f"the model's state_dict()/named_parameters() raised {type(e).__name__}: {e}; check the model class"
@@ -382,13 +565,16 @@ def _classify_by_model(
                 trainable = Trainable.TRUE if requires_grad else Trainable.FALSE
                 said = optimizer_verdicts.get(id(info))
                 if said in (Rule.OPTIMIZER_HELD, Rule.OPTIMIZER_NOT_HELD) and _TRAINABLE_BY_RULE[Rule(said)] != trainable:
-                    disagreements.append(f"{info.name}: requires_grad={requires_grad} but {said}")
-                _set(info, TensorKind.PARAMETER, trainable, Rule.MODEL_PARAMETER)
+                    if model_rule is Rule.MODEL_CONFIG:
+                        trainable = _TRAINABLE_BY_RULE[Rule(said)]  # a config only knows the default requires_grad
+                    else:
+                        disagreements.append(f"{info.name}: requires_grad={requires_grad} but {said}")
+                _set(info, TensorKind.PARAMETER, trainable, model_rule or Rule.MODEL_PARAMETER)
                 used = True
             elif key in index.buffers:
                 if same_shape_only and index.buffers[key] != tuple(info.shape):
                     continue
-                _set(info, TensorKind.BUFFER, Trainable.FALSE, Rule.MODEL_BUFFER)
+                _set(info, TensorKind.BUFFER, Trainable.FALSE, model_rule or Rule.MODEL_BUFFER)
                 used = True
         if used and match is not best:
             others.append(match.group.name)

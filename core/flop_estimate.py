@@ -12,6 +12,12 @@ A multiply-add is 2 FLOPs. Which layer a weight belongs to is decided by named r
 - ``rnn-2d``: ``weight_ih_l<k>``/``weight_hh_l<k>`` of RNN/LSTM/GRU, and ``in_proj_weight`` of MultiheadAttention,
   follow ``linear-2d`` (per token, per time step).
 
+- ``tied-head``: an output head the file does not hold because it is tied to a saved weight (transformers and
+  safetensors save tied weights once; the model report lists them as ``tied_keys``) is a ``linear-2d`` of the saved
+  weight's shape. Without a model, a ``config.json`` that says ``"tie_word_embeddings": true`` gives each token
+  embedding with no output head of its shape a tied head (``tied-head-config``); else nothing says a head is tied,
+  and such an embedding is named in a caveat with the FLOPs a tied head would add.
+
 Weights named otherwise (``*.bias``, 1-D norm scales, 0-D scalars) are skipped. Tied weights are NOT skipped: a tied
 output head still multiplies. Biases, normalisation, activations and attention scores (they depend on the sequence
 length) are not estimated.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -43,6 +49,13 @@ EMBEDDING_MODULE_NAMES: frozenset[str] = frozenset({
     "position_embeddings", "token_type_embeddings", "tok_embeddings", "tok_emb", "pos_emb", "wte", "wpe",
     "token_embedding", "position_embedding", "shared",
 })
+
+# Of EMBEDDING_MODULE_NAMES, those that embed tokens (an output head may be tied to them), not positions.
+_TOKEN_EMBEDDINGS = frozenset({"embed_tokens", "word_embeddings", "tok_embeddings", "tok_emb", "wte",
+                               "token_embedding", "shared", "embed", "embedding", "embeddings"})
+
+# Last module names of output heads in common model code (an untied head saved in the file).
+_HEAD_NAMES = frozenset({"lm_head", "output", "head", "decoder", "proj_out", "embed_out", "output_projection"})
 
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?")
 _LINEAR_LIKE_NAMES = frozenset({"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"})
@@ -113,19 +126,64 @@ class FlopEstimate:
         }
 
 
-def estimate_flops(records: Iterable[Any], model: nn.Module | None = None) -> FlopEstimate:
-    """Estimate FLOPs from TensorInfo-like records (``name``, ``shape``, ``kind``); ``model`` only names embeddings."""
+def estimate_flops(
+    records: Iterable[Any],
+    model: nn.Module | None = None,
+    tied: Iterable[tuple[str, str]] = (),
+    tie_word_embeddings: bool = False,
+) -> FlopEstimate:
+    """Estimate FLOPs from TensorInfo-like records (``name``, ``shape``, ``kind``); ``model`` only names embeddings.
+
+    ``tied``: ``(absent key, saved key)`` pairs of weights saved once (the model report's ``tied_keys``).
+    ``tie_word_embeddings``: a config says the output head is tied to the token embedding (used without ``tied``).
+    """
     embedding_modules = _embedding_modules(model) if model is not None else None
     out = FlopEstimate()
+    shapes: dict[str, tuple[int, ...]] = {}
     for r in records:
         if str(getattr(r, "kind", TensorKind.PARAMETER)) != TensorKind.PARAMETER:
             continue
-        layer = _layer(str(r.name), tuple(int(d) for d in r.shape), embedding_modules)
+        shapes[str(r.name)] = tuple(int(d) for d in r.shape)
+        layer = _layer(str(r.name), shapes[str(r.name)], embedding_modules)
         if layer is None:
             out.skipped.append(str(r.name))
         else:
             out.layers.append(layer)
+    tied = [(head, saved) for head, saved in tied if saved in shapes and head not in shapes]
+    for head, saved in tied:
+        layer = _layer(head, shapes[saved], embedding_modules)
+        if layer is not None and layer.kind == LayerKind.LINEAR:
+            out.layers.append(replace(layer, rule="tied-head"))
+    if not tied:
+        headless = _headless_token_embeddings(out.layers)
+        if tie_word_embeddings:
+            out.layers += [
+                replace(layer, weight=f"{layer.weight} (tied output head)", module="", kind=LayerKind.LINEAR.value,
+                        rule="tied-head-config", flops=2 * math.prod(layer.shape), per="token")
+                for layer in headless
+            ]
+        else:
+            out.caveats += [
+                f"{layer.weight} {tuple(layer.shape)} is a token embedding with no output layer of its shape in the "
+                f"file: if the model ties its output head to it (tie_word_embeddings), add "
+                f"{2 * math.prod(layer.shape):,} FLOP per token (give --model, or the config.json beside the weights, "
+                "to count it)"
+                for layer in headless
+            ]
     return out
+
+
+def _headless_token_embeddings(layers: list[LayerEstimate]) -> list[LayerEstimate]:
+    """Token embeddings no output head of the file has the shape of: a tied head the file cannot show."""
+    head_shapes = {
+        layer.shape for layer in layers
+        if layer.kind == LayerKind.LINEAR and layer.module.rpartition(".")[2] in _HEAD_NAMES
+    }
+    return [
+        layer for layer in layers
+        if layer.kind == LayerKind.EMBEDDING and layer.module.rpartition(".")[2] in _TOKEN_EMBEDDINGS
+        and layer.shape not in head_shapes
+    ]
 
 
 def _layer(name: str, shape: tuple[int, ...], embedding_modules: set[str] | None) -> LayerEstimate | None:

@@ -89,14 +89,16 @@ class OpCategory(StrEnum):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One positional input of the forward: its shape and dtype (without ``torch.``)."""
+    """One input of the forward: its shape, dtype (without ``torch.``) and keyword (``""``: positional)."""
 
     shape: tuple[int, ...]
     dtype: str = "float32"
+    name: str = ""  # passed as ``name=tensor`` (transformers' input_ids, decoder_input_ids, pixel_values)
 
     @property
     def label(self) -> str:
-        return "(" + ",".join(str(d) for d in self.shape) + f") {self.dtype}"
+        label = "(" + ",".join(str(d) for d in self.shape) + f") {self.dtype}"
+        return f"{self.name}={label}" if self.name else label
 
     def make(self, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
         """A tensor of this shape: seeded normal floats, integer/bool zeros (valid token ids); empty on meta."""
@@ -108,7 +110,7 @@ class InputSpec:
         return torch.zeros(self.shape, dtype=dtype, device=device)
 
     def to_json(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "dtype": self.dtype}
+        return {"shape": list(self.shape), "dtype": self.dtype, **({"name": self.name} if self.name else {})}
 
 
 def parse_input_specs(shapes: Sequence[str], dtypes: Sequence[str] = ()) -> list[InputSpec]:
@@ -297,16 +299,17 @@ class _OpRecorder(TorchDispatchMode):
 def _run(model: nn.Module, inputs: Sequence[InputSpec], device: torch.device):
     """One counted forward; returns FlopCounterMode's counts and the tallies of ops without a formula."""
     generator = torch.Generator().manual_seed(0)
-    args = tuple(spec.make(device, generator) for spec in inputs)
+    args = tuple(spec.make(device, generator) for spec in inputs if not spec.name)
+    kwargs = {spec.name: spec.make(device, generator) for spec in inputs if spec.name}
     tracker = ModuleTracker()
     counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     recorder = _OpRecorder(counter.flop_registry, tracker, type(model).__name__)
     if device.type == "meta" and not _all_meta(model):
         named = chain(model.named_parameters(), model.named_buffers())
         states = {n: torch.empty_like(t, device="meta") for n, t in named}
-        call = lambda: torch.func.functional_call(model, states, args)  # noqa: E731 - weights untouched
+        call = lambda: torch.func.functional_call(model, states, args, kwargs)  # noqa: E731 - weights untouched
     else:
-        call = lambda: model(*args)  # noqa: E731
+        call = lambda: model(*args, **kwargs)  # noqa: E731
     with _eval_mode(model), torch.no_grad(), _unfused_kernels(), tracker, recorder, counter:
         call()
     return counter.get_flop_counts(), recorder.ops

@@ -3,6 +3,7 @@
 Keys (stable; other tools parse them):
 
     path, format, step, step_source, metadata, skipped_globals, notes,
+    model_source  which model decided: "--model", "pickled module", "config.json (PATH)", or null (the rules)
     groups      [{name, stripped_prefix, tensors}]
     optimizers  [{key_path, params, param_groups, states, state_bytes, hyperparams}]
     tensors     [{group, name, raw_name, kind, trainable, source, shape, dtype, numel, nbytes, module, tied_to}]
@@ -24,7 +25,7 @@ from ckptboard.core.records import OptimizerState, TensorInfo, TensorKind, Train
 __all__ = ["inspect_report", "tensor_row", "totals", "optimizer_summary"]
 
 
-def inspect_report(ckpt: Any, report: ModelReport | None = None) -> dict[str, Any]:
+def inspect_report(ckpt: Any, report: ModelReport | None = None, model_source: str | None = None) -> dict[str, Any]:
     """The JSON object for a classified checkpoint (see the module docstring for its keys)."""
     tensors = [info for group in ckpt.groups for info in group.tensors]
     out: dict[str, Any] = {
@@ -35,6 +36,7 @@ def inspect_report(ckpt: Any, report: ModelReport | None = None) -> dict[str, An
         "metadata": ckpt.metadata,
         "skipped_globals": list(ckpt.skipped_globals),
         "notes": list(ckpt.notes),
+        "model_source": model_source,
         "groups": [
             {"name": g.name, "stripped_prefix": g.stripped_prefix, "tensors": len(g.tensors)} for g in ckpt.groups
         ],

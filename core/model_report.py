@@ -7,7 +7,9 @@ or adding one on the model side (a wrapper around the saved network), whichever 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -40,6 +42,8 @@ class ModelReport:
     plain_tensor_attributes: list[str] = field(default_factory=list)  # "module.attr": never saved, ignore .to()
     other_groups: list[str] = field(default_factory=list)  # further groups whose tensors the model classified
     trainable_disagreements: list[str] = field(default_factory=list)  # requires_grad vs the optimizer's verdict
+    tied_keys: list[str] = field(default_factory=list)  # "key = saved key": absent because tied to a saved one
+    ignored_on_save: list[str] = field(default_factory=list)  # the model's own _keys_to_ignore_on_save, absent
 
     def to_json(self) -> dict:
         """JSON form: the fields above; shapes as lists."""
@@ -59,6 +63,8 @@ class ModelIndex:
     buffers: dict[str, tuple[int, ...]]
     state_keys: dict[str, tuple[int, ...]]  # model.state_dict(): persistent buffers and parameters
     plain_tensor_attributes: list[str]
+    ties: dict[str, list[str]] = field(default_factory=dict)  # key -> the other keys sharing its tensor
+    ignored_on_save: set[str] = field(default_factory=set)  # keys matching the model's _keys_to_ignore_on_save
 
 
 @dataclass
@@ -71,12 +77,26 @@ class GroupMatch:
     mapping: dict[str, str]
 
 
-def index_model(model: nn.Module) -> ModelIndex:
-    """Read a model's parameter/buffer names once (tied names included) and its unregistered tensor attributes."""
-    params = {n: (tuple(p.shape), bool(p.requires_grad)) for n, p in model.named_parameters(remove_duplicate=False)}
-    buffers = {n: tuple(b.shape) for n, b in model.named_buffers(remove_duplicate=False)}
-    state_keys = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)}
-    return ModelIndex(params, buffers, state_keys, _plain_tensor_attributes(model))
+def index_model(model: nn.Module, rename: Callable[[str], str] | None = None) -> ModelIndex:
+    """Read a model's parameter/buffer names once (tied names included) and its unregistered tensor attributes.
+
+    ``rename``: model key -> the key its checkpoints use (transformers' saved names), applied to every name.
+    """
+    rename = rename or (lambda k: k)
+    params = {
+        rename(n): (tuple(p.shape), bool(p.requires_grad)) for n, p in model.named_parameters(remove_duplicate=False)
+    }
+    buffers = {rename(n): tuple(b.shape) for n, b in model.named_buffers(remove_duplicate=False)}
+    state = {rename(k): v for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, torch.Tensor)}
+    by_tensor: dict[int, list[str]] = {}
+    for k, v in state.items():
+        by_tensor.setdefault(id(v), []).append(k)
+    ties = {k: [o for o in same if o != k] for same in by_tensor.values() if len(same) > 1 for k in same}
+    state_keys = {k: tuple(v.shape) for k, v in state.items()}
+    # transformers models name state_dict keys that save_pretrained leaves out (sinusoidal position tables).
+    patterns = [p for p in getattr(model, "_keys_to_ignore_on_save", None) or () if isinstance(p, str)]
+    ignored = {k for k in state_keys if any(re.search(p, k) for p in patterns)}
+    return ModelIndex(params, buffers, state_keys, _plain_tensor_attributes(model), ties, ignored)
 
 
 def match_group(group: TensorGroup, index: ModelIndex) -> GroupMatch:
@@ -111,6 +131,11 @@ def build_report(match: GroupMatch, index: ModelIndex, other_groups: list[str]) 
     shapes = {info.name: info.shape for info in match.group.tensors}
     model_shapes = {**index.state_keys, **index.buffers, **{n: s for n, (s, _) in index.params.items()}}
     present = set(match.mapping.values())
+
+    def tied_present(key: str) -> str | None:
+        """A saved key sharing ``key``'s tensor (safetensors and transformers save tied weights once)."""
+        return next((o for o in index.ties.get(key, ()) if o in present), None)
+
     mismatches = [
         ShapeMismatch(key, tuple(shapes[name]), model_shapes[key])
         for name, key in match.mapping.items()
@@ -121,12 +146,16 @@ def build_report(match: GroupMatch, index: ModelIndex, other_groups: list[str]) 
         checkpoint_prefix=match.checkpoint_prefix,
         model_prefix=match.model_prefix,
         matched=len(match.mapping),
-        missing_keys=sorted(k for k in index.state_keys if k not in present),
+        missing_keys=sorted(
+            k for k in index.state_keys if k not in present and not tied_present(k) and k not in index.ignored_on_save
+        ),
         unexpected_keys=sorted(n for n in shapes if n not in match.mapping),
         shape_mismatches=sorted(mismatches, key=lambda m: m.name),
         non_persistent_buffers=sorted(b for b in index.buffers if b not in index.state_keys),
         plain_tensor_attributes=list(index.plain_tensor_attributes),
         other_groups=sorted(other_groups),
+        ignored_on_save=sorted(k for k in index.ignored_on_save if k not in present),
+        tied_keys=sorted(f"{k} = {tied_present(k)}" for k in index.state_keys if k not in present and tied_present(k)),
     )
 
 

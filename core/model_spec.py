@@ -1,4 +1,5 @@
-"""Building a model from a ``--model SPEC``: ``path/to/file.py:factory`` or ``package.module:factory``.
+"""Building a model from a ``--model SPEC``: ``path/to/file.py:factory``, ``package.module:factory`` or
+``hf:CONFIG_DIR_OR_JSON`` (any transformers model from its ``config.json``, see :mod:`ckptboard.core.hf_model`).
 
 The factory is a class or a function called with no arguments. It runs under ``with torch.device(device):``
 (``meta`` by default) so that building even a large model spends no memory. A file is imported under a fresh
@@ -26,10 +27,13 @@ from ckptboard.core.errors import ModelSpecError, UsageError
 __all__ = ["load_model", "resolve_model", "resolve_factory", "parse_spec"]
 
 _counter = itertools.count()
+HF_PREFIX = "hf:"
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split SPEC into ``(target, attribute path)``; raise :class:`ModelSpecError` when it is malformed."""
+    if isinstance(spec, str) and spec.startswith(HF_PREFIX):
+        return _parse_hf_spec(spec)
     if not isinstance(spec, str) or ":" not in spec:
         raise ModelSpecError(
             f"--model {spec!r}: expected 'path/to/file.py:factory' or 'package.module:factory' (no ':' found)"
@@ -54,6 +58,8 @@ def load_model(spec: str, *, device: str | torch.device = "meta") -> nn.Module:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise UsageError(f"model device {device!r}: not a torch device ({e}); use 'meta' or 'cpu'") from e
+    if spec.startswith(HF_PREFIX):
+        return _load_hf(spec, dev)
     with _resolved(spec) as factory:
         try:
             with dev:
@@ -61,7 +67,7 @@ def load_model(spec: str, *, device: str | torch.device = "meta") -> nn.Module:
         except Exception as e:
             raise ModelSpecError(
                 f"--model {spec}: the factory raised {type(e).__name__}: {_one_line(e)} "
-                f"(built with no arguments on device '{dev}')"
+                f"(built with no arguments on device '{dev}')" + _hf_hint(spec)
             ) from e
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
@@ -163,6 +169,32 @@ def _factory(spec: str, module: Any, attr: str) -> Callable[[], Any]:
             f"--model {spec}: {attr!r} is a {type(obj).__name__}, not a class or function that builds the model"
         )
     return obj
+
+
+def _hf_hint(spec: str) -> str:
+    """A transformers class needs its config: say how to give one."""
+    return "; a transformers model is built from its config: --model hf:CONFIG_DIR_OR_JSON" if spec.startswith(
+        "transformers"
+    ) else ""
+
+
+def _parse_hf_spec(spec: str) -> tuple[str, str]:
+    """``hf:PATH`` -> ``("hf", PATH)``; the path must be a config.json or a folder holding one."""
+    path = Path(spec[len(HF_PREFIX):]).expanduser()
+    if not spec[len(HF_PREFIX):] or not (path.is_file() or (path / "config.json").is_file()):
+        raise ModelSpecError(f"--model {spec}: expected hf:CONFIG_DIR_OR_JSON, a config.json or a folder holding one")
+    return "hf", str(path)
+
+
+def _load_hf(spec: str, device: torch.device) -> nn.Module:
+    """``hf:CONFIG``: the transformers model the config describes, built on ``device``."""
+    from ckptboard.core.hf_model import build_from_config
+
+    _, path = _parse_hf_spec(spec)
+    try:
+        return build_from_config(path, device=device)[0]
+    except ModelSpecError as e:
+        raise ModelSpecError(f"--model {spec}: {e}") from e
 
 
 def _one_line(e: BaseException) -> str:

@@ -46,6 +46,8 @@ class TensorKind(StrEnum):
 
 
 class Trainable(StrEnum):
+    """Whether a parameter trains: three values, so it has no truth value (``bool()`` raises TypeError)."""
+
     TRUE = "true"
     FALSE = "false"
     UNKNOWN = "unknown"
@@ -53,6 +55,13 @@ class Trainable(StrEnum):
     def to_json(self) -> bool | None:
         """JSON form: ``true``/``false``, ``null`` for unknown."""
         return {Trainable.TRUE: True, Trainable.FALSE: False}.get(self)
+
+    def __bool__(self) -> bool:
+        # A str subclass is truthy whatever its value: ``if info.trainable`` would keep frozen tensors and buffers.
+        raise TypeError(
+            f"Trainable.{self.name} has no truth value (it is true, false or unknown): compare with "
+            "Trainable.TRUE, or use TensorInfo.is_trainable (True, False or None)"
+        )
 
 
 class StepSource(StrEnum):
@@ -88,6 +97,11 @@ class TensorInfo:
     def module(self) -> str:
         """The owning module's dotted path: the name up to its last dot."""
         return self.name.rpartition(".")[0]
+
+    @property
+    def is_trainable(self) -> bool | None:
+        """``True``/``False``, ``None`` when unknown: safe in ``if`` (``trainable`` may be a plain str from a table)."""
+        return Trainable(self.trainable).to_json()
 
 
 @dataclass

@@ -124,7 +124,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
             result.relpaths.append(cf.relpath)
             prev = files[i - 1] if i else None
             first = files[0] if i else None
-            key = cache_key(cf, prev, first, fingerprint)
+            key = cache_key(cf, prev, first, fingerprint or _config_fingerprint(root / cf.relpath))
             lookup = cache.lookup(cf.relpath, key)
             if lookup.status == LookupStatus.INVALID:
                 invalid.append(lookup.problem)
@@ -201,6 +201,17 @@ def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:
 def _cached_receipt(relpath: str, run: str, info: dict[str, Any]) -> Receipt:
     return Receipt(relpath, run, ReceiptStatus.CACHED, error=info.get("error", ""),
                    message=info.get("message", ""), tensors=int(info.get("tensors", 0)))
+
+
+def _config_fingerprint(path: Path) -> str | None:
+    """Without --model, a transformers config.json beside the checkpoint classifies it: its identity joins the key."""
+    from ckptboard.core.hf_model import find_config
+
+    config, _ = find_config(path)
+    if config is None:
+        return None
+    stat = config.stat()
+    return f"config.json {stat.st_size} {stat.st_mtime_ns}"
 
 
 def _model_fingerprint(model: Any) -> str | None:

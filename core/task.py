@@ -151,7 +151,7 @@ def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[st
     model = resolve_model(task.model)
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_checkpoint(path, trust=task.trust))
-        classify(ckpt, model=model)
+        classify(ckpt, model=model, trust=task.trust)
         prev = _open_neighbour(stack, task, task.prev, model)
         first = _open_neighbour(stack, task, task.first, model) if task.first != task.prev else prev
         source = RowSource(task.run, task.relpath, task.prev, task.size, task.mtime_ns)
@@ -167,7 +167,7 @@ def _open_neighbour(stack: ExitStack, task: CheckpointTask, relpath: str | None,
         return None
     try:
         other = stack.enter_context(open_checkpoint(Path(task.root) / relpath, trust=task.trust))
-        classify(other, model=model)
+        classify(other, model=model, trust=task.trust)
     except CheckpointError:
         return None  # its own task reports it; this checkpoint just has no update statistics against it
     return other

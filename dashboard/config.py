@@ -38,6 +38,7 @@ class AppConfig:
     model: str | None = None
     input_shape: tuple[int, ...] | None = None
     trust: bool = False
+    input_dtype: str | None = None  # of the FLOP input: int64 for token ids (default float32)
 
     def to_argv(self) -> list[str]:
         """The argv the app parses back into an equal config."""
@@ -48,6 +49,8 @@ class AppConfig:
             argv += ["--model", self.model]
         if self.input_shape:
             argv += ["--input-shape", ",".join(map(str, self.input_shape))]
+        if self.input_dtype:
+            argv += ["--input-dtype", self.input_dtype]
         if self.trust:
             argv.append("--trust")
         return argv
@@ -73,6 +76,8 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("root", metavar="ROOT", help="folder of runs (or one run) holding checkpoints")
     parser.add_argument("--model", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
     parser.add_argument("--input-shape", metavar="SHAPE", help="input shape for the FLOP breakdown, e.g. 1,3,32,32")
+    parser.add_argument("--input-dtype", metavar="DTYPE",
+                        help="dtype of that input (default float32; int64 for token ids, which language models take)")
     parser.add_argument("--cache-dir", metavar="DIR", help="where the stats cache lives (default: the cache's own)")
     parser.add_argument("--trust", action="store_true", help="allow checkpoints that execute pickled code")
 
@@ -85,8 +90,12 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     if not root.is_dir():
         raise UsageError(f"ROOT {root}: is a file; give the folder that holds it (ckptboard inspect reads one file)")
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
+    dtype = getattr(args, "input_dtype", None)
+    if dtype:
+        dtype = parse_input_specs(["1"], [dtype])[0].dtype  # a torch dtype name, checked once
     cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else None
-    return AppConfig(root=root.resolve(), cache_dir=cache_dir, model=args.model, input_shape=shape, trust=args.trust)
+    return AppConfig(root=root.resolve(), cache_dir=cache_dir, model=args.model, input_shape=shape, trust=args.trust,
+                     input_dtype=dtype)
 
 
 def parse_app_args(argv: list[str]) -> AppConfig:

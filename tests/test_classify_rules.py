@@ -86,7 +86,13 @@ def test_gpt2_style_mask_position_ids_and_rotary():
     ("name", "shape", "dtype", "siblings", "expected"),
     [
         ("blk.running_mean", (4,), "float32", {"running_mean"}, None),  # alone: not a norm layer's statistics
-        ("attn.bias", (1, 1, 6, 6), "float32", {"bias"}, None),  # a float 4-D bias is not GPT-2's mask
+        ("attn.bias", (1, 1, 6, 6), "float32", {"bias"}, Rule.CAUSAL_MASK),  # nanoGPT's float tril mask
+        ("attn.bias", (1, 1, 6, 5), "float32", {"bias"}, None),  # not square: no mask
+        ("proj.bias", (1, 1, 6, 6), "float32", {"bias"}, None),  # the table keys on the whole suffix attn.bias
+        ("final_logits_bias", (1, 50), "float32", {"final_logits_bias"}, Rule.FINAL_LOGITS_BIAS),
+        ("final_logits_bias", (50,), "float32", {"final_logits_bias"}, None),  # (1, V) only
+        ("bn.weight", (4,), "float32", {"weight", "bias", "running_mean", "running_var"}, Rule.FROZEN_BATCHNORM),
+        ("bn.weight", (4,), "float32", {"weight", "running_mean", "running_var", "num_batches_tracked"}, None),
         ("attn.bias", (1, 1, 6, 6), "uint8", {"bias"}, Rule.ATTENTION_MASK),
         ("h.attn.masked_bias", (), "float32", {"masked_bias"}, Rule.ATTENTION_MASK),
         ("emb.position_ids", (1, 8), "float32", {"position_ids"}, None),  # ids are integers

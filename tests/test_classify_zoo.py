@@ -102,7 +102,7 @@ def test_saved_files_classify_like_the_records(tmp_path, name):
     records = group_from_module(model, "model")
     classify_tensors([records], [optimizer_record(opt.state_dict())])
     with open_checkpoint(path) as ckpt:
-        assert classify(ckpt) is None
+        assert classify(ckpt).report is None
         [group] = ckpt.groups
         got = [(i.name, i.kind, i.trainable, i.source) for i in group.tensors]
     assert got == [(i.name, i.kind, i.trainable, i.source) for i in records.tensors]

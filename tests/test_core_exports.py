@@ -18,6 +18,8 @@ EXPECTED = {
     "SummaryReport",
     "load_stats", "StatsTables", "TableName", "health_table", "compare_checkpoints", "frozen_tensors", "run_summary",
     "size_tree", "training_memory", "count_flops", "estimate_flops", "load_model",
+    # what classify returns; a transformers model from its config.json; FLOPs of a training step
+    "Classification", "Verdict", "build_from_config", "count_training_step",
 }
 
 

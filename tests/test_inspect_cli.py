@@ -68,7 +68,8 @@ def test_json_contract_keys_and_types(capsys, lightning_ckpt):
     assert (code, err) == (0, "")
     data = json.loads(out)  # exactly one JSON object
     assert set(data) == {"path", "format", "step", "step_source", "metadata", "skipped_globals", "notes", "groups",
-                         "optimizers", "tensors", "totals"}
+                         "optimizers", "tensors", "totals", "model_source"}
+    assert data["model_source"] is None  # no --model, no config.json: the rules decided
     assert (data["format"], data["step"], data["step_source"]) == ("torch-zip", 40, "metadata:global_step")
     assert data["groups"] == [{"name": "state_dict", "stripped_prefix": "", "tensors": 11}]
     row = next(t for t in data["tensors"] if t["name"] == "model.backbone.1.running_var")

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.flops import FlopReport, count_flops, module_table, parse_input_specs
 from ckptboard.core.checkpoint_size import CheckpointSize, check_depth, load_checkpoint_size
+from ckptboard.core.flops import FlopReport, InputSpec, count_flops, module_table, parse_input_specs
+from ckptboard.core.train_flops import TrainingStepFlops, count_training_step
 from ckptboard.dashboard.text import format_count, format_si, format_table, module_label
 
 __all__ = ["add_parser", "run"]
@@ -35,14 +38,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "flops",
         help="FLOPs per module of a model's forward (multiply-add = 2 FLOP)",
         description="Count the FLOPs of a model's forward per module with torch's FlopCounterMode.\n"
-        "Needs --model (with --input-shape) or --checkpoint; --checkpoint alone prints a shape-based estimate.",
+        "Needs --model (with --input-shape) or --checkpoint; --checkpoint alone builds the model\n"
+        "from a Hugging Face folder's config.json, else prints a shape-based estimate.",
         epilog="examples:\n  ckptboard flops --model model.py:Net --input-shape 1,3,224,224\n"
         "  ckptboard flops --model model.py:Net --input-shape 1,3,224,224 --checkpoint last.ckpt\n"
+        "  ckptboard flops --checkpoint hf_model_folder/     # model and inputs from its config.json\n"
         "  ckptboard flops --checkpoint last.ckpt            # estimate from shapes, no model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", metavar="SPEC",
-                   help="file.py:factory or package.module:factory (required unless --checkpoint is given)")
+    p.add_argument("--model", metavar="SPEC", help="file.py:factory, package.module:factory or hf:CONFIG_DIR_OR_JSON "
+                   "(required unless --checkpoint is given)")
     p.add_argument(
         "--input-shape", action="append", default=[], metavar="SHAPE",
         help="shape of one positional input, e.g. 1,3,32,32; repeat for several inputs",
@@ -51,8 +56,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--input-dtype", action="append", default=[], metavar="DTYPE",
         help="dtype of each input in order (default float32; int64 for token ids, filled with zeros)",
     )
+    p.add_argument(
+        "--sequence-length", type=int, default=None, metavar="L",
+        help="tokens per input when the inputs come from a transformers config (default 128, at most the config's "
+        "maximum positions)",
+    )
+    p.add_argument("--training-step", action="store_true",
+                   help="also count one training step (forward + backward) and show the 6·N·D rule beside it")
     p.add_argument("--checkpoint", metavar="PATH", help="also show the checkpoint's sizes on the same module tree "
-                   "(required unless --model is given; alone: a shape-based estimate)")
+                   "(required unless --model is given); alone, a Hugging Face folder's config.json builds the model, "
+                   "else FLOPs are estimated from shapes")
     p.add_argument("--trust", action="store_true", help="allow unpickling code in --checkpoint")
     p.add_argument("--group", metavar="NAME", help="state_dict inside --checkpoint (default: the model's)")
     p.add_argument("--depth", type=int, default=None, metavar="N", help="show modules down to depth N (root: 0)")
@@ -63,28 +76,83 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     check_depth(args.depth)
-    if not args.model:
-        if not args.checkpoint:
-            raise UsageError("give --model SPEC (and --input-shape) to count FLOPs, or --checkpoint PATH to estimate")
-        return _run_estimate(args)
-    inputs = parse_input_specs(args.input_shape, args.input_dtype)  # validated before anything is built
-
-    from ckptboard.core.model_spec import load_model
-
-    model = load_model(args.model, device="meta")
+    if not args.model and not args.checkpoint:
+        raise UsageError("give --model SPEC (and --input-shape) to count FLOPs, or --checkpoint PATH to estimate")
+    given = parse_input_specs(args.input_shape, args.input_dtype) if args.input_shape else None  # before building
+    if args.input_dtype and not args.input_shape:
+        raise UsageError("--input-dtype needs its --input-shape (one --input-dtype per --input-shape)")
+    model, build_cpu_model, notes = _model(args)
+    if model is None:
+        return _run_estimate(args, notes)
+    inputs, how = _inputs(given, model, args)
     sizes = None
     if args.checkpoint:
         sizes = load_checkpoint_size(args.checkpoint, model=model, trust=args.trust, group=args.group)
-    report = count_flops(model, inputs, build_cpu_model=lambda: load_model(args.model, device="cpu"))
+    report = count_flops(model, inputs, build_cpu_model=build_cpu_model)
+    report.notes[:0] = notes + ([f"inputs from the config: {how}"] if how else [])
+    training = count_training_step(model, inputs, build_cpu_model=build_cpu_model) if args.training_step else None
     if args.json:
-        print(json.dumps(_to_json(report, sizes, args.depth), indent=2))
+        out = _to_json(report, sizes, args.depth)
+        if training is not None:
+            out["training_step"] = training.to_json()
+        print(json.dumps(out, indent=2))
     else:
-        print(_render(report, sizes, args.depth))
+        print(_render(report, sizes, args.depth) + (_render_training(training) if training else ""))
     return 0
 
 
-def _run_estimate(args: argparse.Namespace) -> int:
+def _model(args: argparse.Namespace) -> tuple[Any, Callable[[], Any] | None, list[str]]:
+    """``--model``, else the model of ``--checkpoint``'s config.json (transformers), else None (estimate only)."""
+    from ckptboard.core.model_spec import load_model
+
+    if args.model:
+        return load_model(args.model, device="meta"), lambda: load_model(args.model, device="cpu"), []
+    from ckptboard.core.errors import ModelSpecError
+    from ckptboard.core.hf_model import HF_EXTRA_HINT, build_from_config, find_config, transformers_installed
+
+    config, peft_base = find_config(Path(args.checkpoint))
+    if config is None or peft_base:
+        return None, None, []
+    if not transformers_installed():
+        return None, None, [f"{config} found; {HF_EXTRA_HINT} and count FLOPs"]
+    try:
+        model, arch = build_from_config(config, trust=args.trust)
+    except ModelSpecError as e:
+        return None, None, [f"config.json not used: {e}"]
+    return model, lambda: build_from_config(config, trust=args.trust, device="cpu")[0], [
+        f"model: {arch} built from {config}"
+    ]
+
+
+def _inputs(given: list[InputSpec] | None, model: Any, args: argparse.Namespace) -> tuple[list[InputSpec], str]:
+    """``--input-shape`` when given, else the inputs a transformers config implies."""
+    if given is not None:
+        return given, ""
+    from ckptboard.core.hf_inputs import default_inputs
+
+    defaults = default_inputs(model, args.sequence_length)
+    if defaults is None:
+        raise UsageError(
+            f"give the model's input shape with --input-shape, e.g. --input-shape 1,3,32,32 (and --input-dtype "
+            f"int64 for token ids): {type(model).__name__} has no transformers config to take it from"
+        )
+    return defaults.specs, defaults.description
+
+
+def _render_training(t: TrainingStepFlops) -> str:
+    lines = ["", f"training step ({t.device}): forward {t.forward_flops:,} + backward {t.backward_flops:,} = "
+             f"{t.total_flops:,} FLOP ({format_si(t.total_flops, 'FLOP')})"]
+    if t.six_n_d is not None:
+        lines.append(f"  6·N·D rule: 6 x {t.trainable_parameters:,} x {t.tokens:,} tokens = {t.six_n_d:,} FLOP "
+                     f"({format_si(t.six_n_d, 'FLOP')})")
+    else:
+        lines.append("  6·N·D rule: not given (the inputs are not token ids)")
+    return "\n".join(lines + ["  assumptions:", *(f"   - {a}" for a in t.assumptions)])
+
+
+def _run_estimate(args: argparse.Namespace, notes: list[str]) -> int:
     sizes = load_checkpoint_size(args.checkpoint, trust=args.trust, group=args.group)
+    sizes.estimate.caveats += notes
     if args.json:
         print(json.dumps({"path": sizes.path, "estimate": sizes.estimate.to_json()}, indent=2))
         return 0

@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model) if args.model is not None else None
     # open_checkpoint checks --device before it opens anything.
     with open_checkpoint(path, device=args.device, trust=args.trust) as ckpt:
-        report = classify(ckpt, model)
-        data = inspect_report(ckpt, report)
+        result = classify(ckpt, model, trust=args.trust)
+        data = inspect_report(ckpt, result.report, result.model_source)
     if args.json:
         print(json.dumps(data, default=str))
     else:
@@ -98,6 +98,7 @@ def _footer(data: dict[str, Any]) -> list[str]:
         + (f" (tied tensors counted once: {t['tied_tensors']})" if t["tied_tensors"] else ""),
         f"step: {data['step'] if data['step'] is not None else 'none'} (source: {data['step_source']})",
         f"format: {data['format']}",
+        f"classified by: {data.get('model_source') or 'the rules (no model; the source column names each rule)'}",
     ]
     if data["optimizers"]:
         for opt in data["optimizers"]:
@@ -134,6 +135,8 @@ def _model_report_lines(r: dict[str, Any]) -> list[str]:
          r["plain_tensor_attributes"]),
         ("other groups classified by the model", r["other_groups"]),
         ("requires_grad disagrees with the optimizer state", r["trainable_disagreements"]),
+        ("tied keys (saved once, under the other name)", r.get("tied_keys", [])),
+        ("keys the model does not save (_keys_to_ignore_on_save)", r.get("ignored_on_save", [])),
     )
     for title, items in sections:
         lines.append(f"  {title}: {len(items)}")

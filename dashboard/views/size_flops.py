@@ -1,14 +1,16 @@
 """Size & FLOPs: the size breakdown of a checkpoint (treemap or sunburst by module, bytes by dtype, parameters vs
-buffers) and, when a model SPEC and an input shape are given, the FLOP breakdown."""
+buffers) and the FLOP breakdown (chart, table per module, ops counted as 0) of a model SPEC on an input shape, or of
+the checkpoint's own config.json (transformers) on inputs the config implies."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ckptboard.core.errors import CkptboardError, UsageError
-from ckptboard.core.flops import count_flops
-from ckptboard.core.model_spec import load_model
-from ckptboard.dashboard.config import parse_input_shape, resolve_under_root
+from ckptboard.core.errors import CkptboardError, FlopCountError, UsageError
+from ckptboard.core.flops import InputSpec, count_flops, module_table, parse_input_specs
+from ckptboard.core.hf_model import HF_EXTRA_HINT, find_config, transformers_installed
+from ckptboard.core.model_spec import HF_PREFIX, load_model
+from ckptboard.dashboard.config import resolve_under_root
 from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._module_tree import checkpoint_tensors, module_tree_chart, size_tree
@@ -30,7 +32,7 @@ def render(ctx: ViewContext) -> None:
         kinds["tensors"] = frame.groupby("kind")["name"].size().to_numpy()
         st.dataframe(kinds, hide_index=True, key="size_kinds_table")
     st.subheader("FLOPs")
-    _flops(ctx)
+    _flops(ctx, checkpoint)
 
 
 def _dtype_bars(tables, checkpoint: str, group: str):
@@ -51,30 +53,74 @@ def checked_spec(root, spec: str) -> str:
 
 
 @st.cache_resource(show_spinner="Counting FLOPs…", max_entries=8)
-def _flop_report(spec: str, shape: tuple[int, ...]):
-    return count_flops(load_model(spec), shape, build_cpu_model=lambda: load_model(spec, device="cpu"))
+def _flop_report(spec: str, inputs: tuple[InputSpec, ...] | None):
+    """FLOPs of SPEC's model on ``inputs``; ``None`` inputs: those its transformers config implies."""
+    from ckptboard.core.hf_inputs import default_inputs
+
+    model = load_model(spec)
+    how = ""
+    if inputs is None:
+        defaults = default_inputs(model)
+        if defaults is None:
+            raise UsageError(f"{type(model).__name__}: its config implies no input; give an input shape")
+        inputs, how = tuple(defaults.specs), defaults.description
+    return count_flops(model, list(inputs), build_cpu_model=lambda: load_model(spec, device="cpu")), how
 
 
-def _flops(ctx: ViewContext) -> None:
+def _config_spec(ctx: ViewContext, checkpoint: str) -> tuple[str | None, str]:
+    """``hf:CONFIG`` for a checkpoint with a transformers config.json beside it, and a line saying why not."""
+    config, peft_base = find_config(ctx.config.root / checkpoint)
+    if config is None or peft_base:
+        return None, ""
+    if not transformers_installed():
+        return None, f"`{config.name}` found beside the checkpoint: {HF_EXTRA_HINT}."
+    return f"{HF_PREFIX}{config}", ""
+
+
+def _flops(ctx: ViewContext, checkpoint: str) -> None:
     config = ctx.config
     st.session_state.setdefault("flops_model", config.model or "")
     st.session_state.setdefault("flops_input_shape", ",".join(map(str, config.input_shape or ())))
-    left, right = st.columns([3, 1])
+    st.session_state.setdefault("flops_input_dtype", config.input_dtype or "")
+    left, middle, right = st.columns([3, 1, 1])
     with left:
         typed = st.text_input(
             "Model SPEC", key="flops_model", placeholder="path/under/ROOT/model.py:Net", persist_state="session",
         )  # fmt: skip
-    with right:
+    with middle:
         shape_text = st.text_input("Input shape", key="flops_input_shape", placeholder="1,3,32,32",
                                    persist_state="session")
-    if not typed or not shape_text:
-        st.info("Give a model SPEC (a `file.py:factory` under ROOT) and an input shape to see the FLOP breakdown.")
+    with right:
+        dtype_text = st.text_input("Input dtype", key="flops_input_dtype", placeholder="float32 (int64: token ids)",
+                                   persist_state="session")
+    config_spec, why_not = (None, "") if typed else _config_spec(ctx, checkpoint)
+    if not (typed and shape_text) and config_spec is None:
+        st.info("Give a model SPEC (a `file.py:factory` under ROOT) and an input shape to see the FLOP breakdown; "
+                "a Hugging Face checkpoint's own config.json needs neither. " + why_not)
         return
     try:
         # The command line's --model is trusted as given; what is typed here must stay under ROOT.
-        spec = typed if typed == config.model else checked_spec(config.root, typed)
-        report = _flop_report(spec, parse_input_shape(shape_text))
+        spec = config_spec or (typed if typed == config.model else checked_spec(config.root, typed))
+        inputs = tuple(parse_input_specs([shape_text], [dtype_text] if dtype_text else [])) if shape_text else None
+        report, how = _flop_report(spec, inputs)
+    except FlopCountError as e:
+        st.error(f"FlopCountError: {e}")
+        st.info("A language model takes int64 token ids: set the input dtype to int64 here, or start the app with "
+                "`ckptboard serve ROOT --input-shape 1,128 --input-dtype int64`.")
+        return
     except CkptboardError as e:
         st.error(f"{type(e).__name__}: {e}")
         return
+    if config_spec:
+        st.caption(f"Model {report.model} built from `{spec[len(HF_PREFIX):]}`" + (f"; inputs: {how}" if how else ""))
     st.plotly_chart(flops_treemap(report), key="flops_chart")
+    table = module_table(report=report).drop(columns=["params", "buffers", "bytes"])
+    st.dataframe(table, hide_index=True, key="flops_table")
+    if report.unsupported_ops:
+        st.caption("Ops with no FLOP formula, counted as 0 (pointwise ones by the counter's design; the others may "
+                   "hide real work):")
+        st.dataframe(
+            [{"op": op.op, "category": op.category, "calls": op.calls, "modules": ", ".join(op.modules)}
+             for op in report.unsupported_ops],
+            hide_index=True, key="flops_zero_ops",
+        )
