@@ -31,6 +31,7 @@ AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 
 # the sidebar instead, so every chip can be read whole.
 _CHIP_CSS = """<style>
 section[data-testid="stSidebar"] [data-baseweb="tag"] { max-width: 100%; height: auto; }
+section[data-testid="stSidebar"] .stMultiSelect [data-baseweb="select"] > div { max-height: none; }
 section[data-testid="stSidebar"] [data-baseweb="tag"] span {
   max-width: none; white-space: normal; overflow-wrap: anywhere; text-overflow: clip; line-height: 1.3;
 }

@@ -6,7 +6,8 @@ import pytest
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import StatsTables
 from ckptboard.core.health import error_cards
-from ckptboard.dashboard.figures.overview import byte_ticks, checkpoints_table, runs_overview_figure
+from ckptboard.dashboard.figures._common import byte_ticks
+from ckptboard.dashboard.figures.overview import checkpoints_table, runs_overview_figure
 from ckptboard.dashboard.figures.tensors import TENSOR_TABLE_COLUMNS, tensor_table
 from _fixtures_tables import STEP_EVERY, synthetic_tables
 

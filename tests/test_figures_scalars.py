@@ -65,7 +65,7 @@ def test_several_runs_colour_per_run_dash_per_tensor_and_a_legend_entry_each(tab
     assert dash["run0", "fc.bias"] == dash["run1", "fc.bias"] != dash["run0", "fc.weight"]
     legend = [(t.meta["legend"], t.name) for t in fig.data if t.meta and "legend" in t.meta]
     assert legend == [("run", "run0"), ("run", "run1"), ("series", "fc.bias"), ("series", "fc.weight")]
-    # 2 series + 2 runs + 2 group titles = 6 rows of 21 px + 140 < 460: the minimum height
+    # 2 series + 2 runs + 2 group titles = 6 rows of 24 px + 200 = 344 < 460: the minimum height
     assert fig.layout.height == 460
 
 
@@ -75,8 +75,8 @@ def test_legend_height_grows_with_twenty_runs():
     fig = scalar_figure(tables, "norm", tensors=["fc.weight"], runs=runs)
     assert {t.name for t in fig.data if t.meta and t.meta.get("legend") == "run"} == set(runs)
     # 20 runs and the fixture's one-checkpoint "single" run: 1 series + 21 runs + 2 titles = 24 entries,
-    # 24 * 21 + 140 = 644 px, so no legend entry scrolls away
-    assert len(runs) == 21 and fig.layout.height == 644
+    # 24 * 24 + 200 = 776 px, so no legend entry scrolls away
+    assert len(runs) == 21 and fig.layout.height == 776
 
 
 def test_one_tensor_one_name_across_formats(tables):

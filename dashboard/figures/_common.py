@@ -8,6 +8,7 @@ so Lightning's ``state_dict:conv1.weight`` and a safetensors ``conv1.weight`` ar
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -34,6 +35,7 @@ __all__ = [
     "display_labels",
     "shorten",
     "short_labels",
+    "byte_ticks",
 ]
 
 # Old steps dark, recent steps bright, like TensorBoard's histogram ramp.
@@ -194,3 +196,20 @@ def short_labels(labels: Sequence[str], width: int = 40) -> list[str]:
     for s in out:
         seen[s] = seen.get(s, 0) + 1
     return [s if seen[s] == 1 else full for s, full in zip(out, labels)]
+
+
+_STEPS_1_2_5 = (1.0, 2.0, 2.5, 5.0, 10.0)
+
+
+def byte_ticks(top: float, n: int = 5) -> tuple[list[float], list[str]]:
+    """About ``n`` round tick values from 0 to ``top`` bytes, labelled like the table ("184.0 KiB")."""
+    if not top or top <= 0 or top != top:
+        return [0.0], [format_bytes(0)]
+    unit = 1024 ** min(4, int(math.log(top, 1024))) if top >= 1 else 1
+    raw = top / unit / n
+    scale = 10 ** math.floor(math.log10(raw))
+    step = next(m * scale for m in _STEPS_1_2_5 if m * scale >= raw) * unit
+    values = [i * step for i in range(int(top // step) + 2)]
+    from ckptboard.dashboard.text import format_bytes
+
+    return values, [format_bytes(v) for v in values]

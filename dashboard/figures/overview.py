@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ckptboard.core.schema import StatsTables
-from ckptboard.dashboard.figures._common import empty_figure, series_color
+from ckptboard.dashboard.figures._common import byte_ticks, empty_figure, series_color
 from ckptboard.dashboard.text import format_bytes
 
-__all__ = ["checkpoints_table", "runs_overview_figure", "byte_ticks"]
+__all__ = ["checkpoints_table", "runs_overview_figure"]
 
 # One size column (human units; the exact bytes are in the export); metadata is shown under the table.
 _TABLE_COLUMNS = (
@@ -24,7 +22,7 @@ _TABLE_COLUMNS = (
 # shrinks with its index, so the lines beneath stay visible around the ones above.
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon")
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-_STEPS_1_2_5 = (1.0, 2.0, 2.5, 5.0, 10.0)
+
 
 
 def checkpoints_table(tables: StatsTables, run: str | None = None) -> pd.DataFrame:
@@ -38,18 +36,6 @@ def checkpoints_table(tables: StatsTables, run: str | None = None) -> pd.DataFra
         if column in df.columns:
             df[column] = df[column].map(format_bytes)
     return df.reindex(columns=[c for c in _TABLE_COLUMNS if c in df.columns or c == "size"]).reset_index(drop=True)
-
-
-def byte_ticks(top: float, n: int = 5) -> tuple[list[float], list[str]]:
-    """About ``n`` round tick values from 0 to ``top`` bytes, labelled like the table ("184.0 KiB")."""
-    if not top or top <= 0 or top != top:
-        return [0.0], [format_bytes(0)]
-    unit = 1024 ** min(4, int(math.log(top, 1024))) if top >= 1 else 1
-    raw = top / unit / n
-    scale = 10 ** math.floor(math.log10(raw))
-    step = next(m * scale for m in _STEPS_1_2_5 if m * scale >= raw) * unit
-    values = [i * step for i in range(int(top // step) + 2)]
-    return values, [format_bytes(v) for v in values]
 
 
 def _parameter_elements(tables: StatsTables) -> pd.Series:

@@ -253,11 +253,14 @@ def scalar_figure(
             ))
         entries += len(runs_drawn) + 2  # two group titles
     fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified",
-                      height=max(_MIN_HEIGHT, _LEGEND_ROW_PX * entries + 140), yaxis_type="log" if log_y else "linear",
-                      legend={"groupclick": "togglegroup", "tracegroupgap": 12})
+                      height=max(_MIN_HEIGHT, _LEGEND_ROW_PX * entries + _MARGINS_PX),
+                      yaxis_type="log" if log_y else "linear", legend={"groupclick": "togglegroup", "tracegroupgap": 4})
     return fig
 
 
 _MIN_HEIGHT = 460
-_LEGEND_ROW_PX = 21  # one legend entry: the figure grows so the legend never scrolls a run away
+# One legend entry (each run is its own legend group: a row plus the group gap), and the figure's title and axis
+# margins: the figure grows so that the legend never scrolls a run out of sight.
+_LEGEND_ROW_PX = 24
+_MARGINS_PX = 200
 _LEGEND_WIDTH = 44

@@ -11,7 +11,7 @@ from ckptboard.core.errors import UsageError
 from ckptboard.core.flops import FlopReport, module_table
 from ckptboard.core.records import StrEnum
 from ckptboard.core.size import SizeNode
-from ckptboard.dashboard.figures._common import empty_figure
+from ckptboard.dashboard.figures._common import byte_ticks, empty_figure
 from ckptboard.dashboard.text import format_bytes, format_count, format_si
 
 __all__ = ["SizeMetric", "ChartKind", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
@@ -78,7 +78,10 @@ def dtype_bars(tree: SizeNode) -> go.Figure:
         ys = [by_dtype.get(d, 0) for d in dtypes]
         text = [format_bytes(y) for y in ys]
         fig.add_trace(go.Bar(name=name, x=dtypes, y=ys, text=text, hovertemplate="%{x}: %{y:,} bytes"))
+    values, labels = byte_ticks(max(max(by.values(), default=0) for by in (tree.parameter_bytes_by_dtype,
+                                                                          tree.buffer_bytes_by_dtype)))
     fig.update_layout(barmode="group", title="bytes by dtype", xaxis_title="dtype", yaxis_title="bytes")
+    fig.update_yaxes(tickvals=values, ticktext=labels)
     return fig
 
 
