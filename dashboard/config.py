@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.flops import parse_input_specs
 
 __all__ = [
     "APP_PATH",
@@ -58,6 +57,8 @@ class AppConfig:
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``; :class:`UsageError` on anything else."""
+    from ckptboard.core.flops import parse_input_specs  # torch: seconds the app's first paint must not wait for
+
     return parse_input_specs([text])[0].shape
 
 
@@ -92,6 +93,8 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
     shape = parse_input_shape(args.input_shape) if args.input_shape else None
     dtype = getattr(args, "input_dtype", None)
     if dtype:
+        from ckptboard.core.flops import parse_input_specs  # torch, only when a dtype is given
+
         dtype = parse_input_specs(["1"], [dtype])[0].dtype  # a torch dtype name, checked once
     cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else None
     return AppConfig(root=root.resolve(), cache_dir=cache_dir, model=args.model, input_shape=shape, trust=args.trust,
