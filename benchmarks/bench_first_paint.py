@@ -24,7 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from test_serve_e2e import CHART_VIEWS, CHROMIUM, CHROMIUM_ARGS, _free_port, _wait_drawn  # noqa: E402
+
+from bench_app import start_server  # noqa: E402
 
 from ckptboard.dashboard.views import View  # noqa: E402
 
@@ -41,20 +44,8 @@ CHART = ".js-plotly-plot .main-svg"
 PROGRESS = '[data-testid="stExpander"], [data-testid="stStatusWidget"]'
 
 
-def _start(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
-    import urllib.request
-
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGTERM)
-    raise SystemExit(f"{command[:4]} did not come up within 90 s")
+def _serve_command(root: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "ckptboard.dashboard.cli", "serve", str(root), "--port", str(port)]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -80,16 +71,15 @@ def _open(browser, url: str, times: dict, prefix: str, extra: str | None = None)
 def one_round(browser, work: Path, samples: Path, bare: Path) -> dict[str, float]:
     times: dict[str, float] = {}
     port = _free_port()
-    proc, url = _start([sys.executable, "-m", "streamlit", "run", str(bare), "--server.address", "127.0.0.1",
-                        "--server.port", str(port), *FLAGS], port)  # fmt: skip
+    proc, url = start_server([sys.executable, "-m", "streamlit", "run", str(bare), "--server.address", "127.0.0.1",
+                              "--server.port", str(port), *FLAGS], port)  # fmt: skip
     try:
         _open(browser, url, times, "bare, fresh server").close()
         _open(browser, url, times, "bare, new tab").close()
     finally:
         _stop(proc)
     port = _free_port()
-    proc, url = _start([sys.executable, "-m", "ckptboard.dashboard.cli", "serve", str(samples), "--port", str(port)],
-                       port)  # fmt: skip
+    proc, url = start_server(_serve_command(samples, port), port)
     try:
         _open(browser, url, times, "ckptboard, fresh server").close()
         page = _open(browser, url, times, "ckptboard, new tab")
@@ -108,8 +98,7 @@ def one_round(browser, work: Path, samples: Path, bare: Path) -> dict[str, float
     empty = work / f"empty-{time.monotonic_ns()}"
     shutil.copytree(REPO / "sample_ckpts", empty, ignore=shutil.ignore_patterns(".ckptboard", "__pycache__"))
     port = _free_port()
-    proc, url = _start([sys.executable, "-m", "ckptboard.dashboard.cli", "serve", str(empty), "--port", str(port)],
-                       port)  # fmt: skip
+    proc, url = start_server(_serve_command(empty, port), port)
     try:
         _open(browser, url, times, "ckptboard, empty cache (48 files)", extra=PROGRESS).close()
     finally:

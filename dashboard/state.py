@@ -211,8 +211,9 @@ class _ReadProgress:
 
     def finish(self, report: SummaryReport) -> None:
         if self.status is not None:
-            label = f"Read {report.computed} new checkpoint(s): {report.line()}" if self.total else "No checkpoints to read"
-            self.status.update(label=label, state="complete", expanded=False)
+            label = f"Read {report.computed} new checkpoint(s): {report.line()}"
+            self.status.update(label=label if self.total else "No checkpoints to read", state="complete",
+                               expanded=False)
 
     def fail(self) -> None:
         if self.status is not None:

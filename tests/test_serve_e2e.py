@@ -128,6 +128,19 @@ def _wait_drawn(page, view: View) -> None:
     )
 
 
+def _visit(page, view: View, shots: Path) -> None:
+    """Click ``view``'s button in the switcher, as a user does; wait until it is drawn, keep a screenshot, and
+    fail on a Streamlit exception."""
+    page.locator(".st-key-view button", has_text=str(view)).first.click()
+    page.locator(".st-key-view button[aria-checked=true]", has_text=str(view)).wait_for()
+    _wait_drawn(page, view)
+    if view in CHART_VIEWS:
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=VIEW_RENDER_MS)
+    page.screenshot(path=str(shots / f"{view.name.lower()}.png"), full_page=True)
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, f"{view}: {exceptions.first.inner_text()}"
+
+
 def test_every_view_renders_in_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -139,15 +152,7 @@ def test_every_view_renders_in_chromium(server, tmp_path):
             page.goto(server)
             _wait_drawn(page, View.OVERVIEW)
             for view in View:
-                # Click the view's button in the switcher, as a user does.
-                page.locator(".st-key-view button", has_text=str(view)).first.click()
-                page.locator(".st-key-view button[aria-checked=true]", has_text=str(view)).wait_for()
-                _wait_drawn(page, view)
-                if view in CHART_VIEWS:
-                    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=VIEW_RENDER_MS)
-                page.screenshot(path=str(tmp_path / f"{view.name.lower()}.png"), full_page=True)
-                exceptions = page.locator('[data-testid="stException"]')
-                assert exceptions.count() == 0, f"{view}: {exceptions.first.inner_text()}"
+                _visit(page, view, tmp_path)
                 if view in CHART_VIEWS:
                     assert page.locator(".js-plotly-plot").count() >= 1, view
             # A view opened from the URL directly, as a shared link does.
@@ -201,14 +206,7 @@ def test_real_layouts_in_chromium(layouts_server, tmp_path):
             page.goto(url)
             _wait_drawn(page, View.OVERVIEW)
             for view in View:
-                page.locator(".st-key-view button", has_text=str(view)).first.click()
-                page.locator(".st-key-view button[aria-checked=true]", has_text=str(view)).wait_for()
-                _wait_drawn(page, view)
-                if view in CHART_VIEWS:
-                    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=VIEW_RENDER_MS)
-                page.screenshot(path=str(shots / f"{view.name.lower()}.png"), full_page=True)
-                exceptions = page.locator('[data-testid="stException"]')
-                assert exceptions.count() == 0, f"{view}: {exceptions.first.inner_text()}"
+                _visit(page, view, shots)
                 if view == View.OVERVIEW:
                     assert set(runs) <= set(_legend_texts(page, "overview_runs_chart")), view
                 if view == View.SCALARS:  # each run draws a line by default, and has its legend entry
