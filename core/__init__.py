@@ -11,6 +11,7 @@ import types
 
 from ckptboard.core.errors import (
     CacheError,
+    ChangedWhileReadError,
     CheckpointError,
     CkptboardError,
     CorruptCheckpointError,
@@ -70,6 +71,7 @@ __all__ = [
     "CorruptCheckpointError",
     "FlopCountError",
     "IncompleteCheckpointError",
+    "ChangedWhileReadError",
     "ModelSpecError",
     "NotACheckpointError",
     "OptimizerParam",

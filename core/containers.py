@@ -11,6 +11,10 @@ Metadata summary: numbers, strings, bools and None as they are (non-finite float
 mappings with str keys; lists and tuples of up to 32 items then ``"… N more"``; strings cut at 500 characters;
 0-d numeric tensors as their value; other tensors as ``"tensor float32[3, 4]"``; skipped objects as
 ``{"__skipped__": "argparse.Namespace", "state": …}``; nesting below 8 levels as ``"…"``.
+
+Budget: a pickle can reference one object many times (memo references), so that a few KB describe a tree of
+billions of nodes. Walking an object the first time is free (its size is paid by the file); walking it again costs
+its length, and more than 200,000 such units end the walk with :class:`WalkBudgetError`.
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ from typing import Any, Callable
 import torch
 
 from ckptboard.core.records import OptimizerParam, OptimizerState
-from ckptboard.core.formats.safe_unpickle import LazyTensor, Skipped, dtype_name
+from ckptboard.core.formats.safe_unpickle import LazyTensor, Skipped, dtype_name, short_repr
 
-__all__ = ["Contents", "split_contents", "is_tensor", "tensor_shape", "tensor_dtype", "display_prefix"]
+__all__ = [
+    "Contents", "split_contents", "is_tensor", "tensor_shape", "tensor_dtype", "display_prefix", "WalkBudgetError",
+]  # fmt: skip
 
 _LIGHTNING_METADATA_KEYS = frozenset({"callbacks", "loops", "lr_schedulers"})
 _DISPLAY_PREFIXES = ("module.", "_orig_mod.")
 _MAX_ITEMS, _MAX_TEXT, _MAX_DEPTH = 32, 500, 8
+_MAX_REPEATS = 200_000  # units of walking already-walked objects again (see the module docstring)
+
+
+class WalkBudgetError(ValueError):
+    """The object tree references the same objects so often that walking it would not end (a billion laughs)."""
 
 ScalarReader = Callable[[Any], "int | float | bool | None"]
 
@@ -108,10 +119,29 @@ def _is_optimizer(value: Mapping) -> bool:
 
 
 class _Walker:
-    def __init__(self, read_scalar: ScalarReader):
+    def __init__(self, read_scalar: ScalarReader, parent: _Walker | None = None):
         self.read_scalar = read_scalar
         self.out = Contents()
         self._active: set[int] = set()  # containers on the current path (pickles may hold cycles)
+        # containers and placeholders walked at least once, and the repeat units paid: shared with the parent
+        self._seen: set[int] = parent._seen if parent else set()
+        self._paid: list[int] = parent._paid if parent else [0]
+
+    def _visit(self, value: Any) -> bool:
+        """Record a visit of ``value``; True on its first. Repeat visits are paid for from the budget."""
+        if id(value) not in self._seen:
+            self._seen.add(id(value))
+            return True
+        self._pay(1 + (len(value) if isinstance(value, (Mapping, list, tuple)) else 0))
+        return False
+
+    def _pay(self, units: int) -> None:
+        self._paid[0] += units
+        if self._paid[0] > _MAX_REPEATS:
+            raise WalkBudgetError(
+                f"the pickle references the same objects more than {_MAX_REPEATS} times over (a billion-laughs "
+                "structure): not walked"
+            )
 
     def walk(self, value: Any, path: tuple[str, ...], find: bool, depth: int = 0) -> Any:
         if isinstance(value, torch.nn.Module) and find:
@@ -125,6 +155,7 @@ class _Walker:
         if isinstance(value, (Mapping, list, tuple)):
             if id(value) in self._active or depth >= _MAX_DEPTH:
                 return "…"
+            self._visit(value)
             self._active.add(id(value))
             try:
                 return self._container(value, path, find, depth)
@@ -135,7 +166,7 @@ class _Walker:
     def _container(self, value: Mapping | list | tuple, path: tuple[str, ...], find: bool, depth: int) -> Any:
         if isinstance(value, Mapping):
             if find and _is_optimizer(value):
-                self.out.optimizers.append(_optimizer_state("/".join(path), value, self.read_scalar))
+                self.out.optimizers.append(self._optimizer_state("/".join(path), value))
                 return _OMIT
             if find and _is_group_mapping(value):
                 self.out.groups.append(("/".join(path), {k: v for k, v in value.items() if is_tensor(v)}))
@@ -143,10 +174,10 @@ class _Walker:
             summary, omitted = {}, 0
             for key, item in value.items():
                 child_find = find and not (depth == 0 and key in _LIGHTNING_METADATA_KEYS)
-                child = self.walk(item, (*path, str(key)), child_find, depth + 1)
+                child = self.walk(item, (*path, _key_text(key)), child_find, depth + 1)
                 omitted += child is _OMIT
                 if child is not _OMIT and len(summary) < 4 * _MAX_ITEMS:
-                    summary[str(key)] = child
+                    summary[_key_text(key)] = child
             return _OMIT if depth and omitted == len(value) else summary
         if find and value and all(is_tensor(v) for v in value):
             self.out.groups.append(("/".join(path), {str(i): v for i, v in enumerate(value)}))
@@ -160,7 +191,7 @@ class _Walker:
         return items
 
     def _skipped(self, value: Skipped, depth: int) -> dict[str, Any]:
-        hidden = _count_tensors(value, set())
+        hidden = _count_tensors(value) if self._visit(value) else 0  # counted once however often referenced
         if hidden:
             self.out.hidden_tensors += hidden
             if value.qualname not in self.out.hidden_in:
@@ -180,6 +211,38 @@ class _Walker:
                 return _scalar_summary(number)
         return f"tensor {tensor_dtype(value)}{list(shape)}"
 
+    def _optimizer_state(self, key_path: str, value: Mapping) -> OptimizerState:
+        state = value["state"]
+        self._visit(state)
+        opt = OptimizerState(key_path=key_path)
+        entries_seen: set[int] = set()
+        for index, group in enumerate(value["param_groups"]):
+            self._visit(group["params"])  # shared lists cost their length again
+            for pid in group["params"]:
+                entry = state.get(pid, {}) if isinstance(pid, (int, str)) else {}
+                if isinstance(entry, Mapping) and id(entry) in entries_seen:
+                    self._pay(1 + len(entry))  # one state entry behind many ids
+                entries_seen.add(id(entry))
+                tensors = {k: v for k, v in entry.items() if is_tensor(v)} if isinstance(entry, Mapping) else {}
+                opt.params.append(
+                    OptimizerParam(
+                        param_id=pid if isinstance(pid, (int, str)) else short_repr(pid),
+                        group_index=index,
+                        state_shapes={_key_text(k): tensor_shape(v) for k, v in tensors.items()},
+                        state_dtypes={_key_text(k): tensor_dtype(v) for k, v in tensors.items()},
+                    )
+                )
+            hyper = _Walker(self.read_scalar, self).walk({k: v for k, v in group.items() if k != "params"}, (), False)
+            opt.hyperparams.append(hyper)
+        entries = {id(e): e for e in state.values() if isinstance(e, Mapping)}  # each entry's bytes once
+        opt.state_nbytes = sum(
+            t.nbytes if isinstance(t, LazyTensor) else t.numel() * t.element_size()
+            for entry in entries.values()
+            for t in entry.values()
+            if is_tensor(t)
+        )
+        return opt
+
 
 def _scalar_summary(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
@@ -195,45 +258,28 @@ def _scalar_summary(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def _count_tensors(value: Any, seen: set[int]) -> int:
-    if is_tensor(value):
-        return 1
-    if id(value) in seen:
-        return 0
-    seen.add(id(value))
-    if isinstance(value, Skipped):
-        children: Any = (value.args, value.kwargs, value.state, value.items, value.appended)
-    elif isinstance(value, Mapping):
-        children = value.values()
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        children = value
-    else:
-        return 0
-    return sum(_count_tensors(child, seen) for child in children)
+def _key_text(key: Any) -> str:
+    """A mapping key as metadata text: plain keys as ``str()``, anything else as a short repr (bounded)."""
+    if isinstance(key, str):
+        return key
+    return str(key) if key is None or isinstance(key, (bool, int, float)) else short_repr(key)
 
 
-def _optimizer_state(key_path: str, value: Mapping, read_scalar: ScalarReader) -> OptimizerState:
-    state = value["state"]
-    opt = OptimizerState(key_path=key_path)
-    for index, group in enumerate(value["param_groups"]):
-        for pid in group["params"]:
-            entry = state.get(pid, {}) if isinstance(pid, (int, str)) else {}
-            tensors = {k: v for k, v in entry.items() if is_tensor(v)} if isinstance(entry, Mapping) else {}
-            opt.params.append(
-                OptimizerParam(
-                    param_id=pid if isinstance(pid, (int, str)) else str(pid),
-                    group_index=index,
-                    state_shapes={str(k): tensor_shape(v) for k, v in tensors.items()},
-                    state_dtypes={str(k): tensor_dtype(v) for k, v in tensors.items()},
-                )
-            )
-        hyper = _Walker(read_scalar).walk({k: v for k, v in group.items() if k != "params"}, (), False)
-        opt.hyperparams.append(hyper)
-    opt.state_nbytes = sum(
-        t.nbytes if isinstance(t, LazyTensor) else t.numel() * t.element_size()
-        for entry in state.values()
-        if isinstance(entry, Mapping)
-        for t in entry.values()
-        if is_tensor(t)
-    )
-    return opt
+def _count_tensors(root: Any) -> int:
+    """Tensors reachable from ``root``, each object visited once; iterative, so any nesting depth is fine."""
+    count, seen, todo = 0, set(), [root]
+    while todo:
+        value = todo.pop()
+        if is_tensor(value):
+            count += 1
+            continue
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, Skipped):
+            todo.extend((value.args, value.kwargs, value.state, value.items, value.appended))
+        elif isinstance(value, Mapping):
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            todo.extend(value)
+    return count

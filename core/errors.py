@@ -7,6 +7,7 @@
     │   ├── UnsafeCheckpointError   needs code execution (pickled module, TorchScript, unknown
     │   │                           globals holding tensors): re-run with ``--trust``
     │   └── IncompleteCheckpointError  still being written by a running job: retry later
+    │       └── ChangedWhileReadError  truncated or rewritten in place while ckptboard read it
     ├── ModelSpecError              ``--model SPEC`` cannot be resolved or built
     ├── CacheError                  the stats cache cannot be read or written
     ├── FlopCountError              the model's forward fails on the given input shapes, on meta and on CPU
@@ -24,6 +25,7 @@ __all__ = [
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompleteCheckpointError",
+    "ChangedWhileReadError",
     "ModelSpecError",
     "CacheError",
     "FlopCountError",
@@ -58,6 +60,10 @@ class UnsafeCheckpointError(CheckpointError):
 
 class IncompleteCheckpointError(CheckpointError):
     """The file is still being written (size/mtime changing or zip directory missing)."""
+
+
+class ChangedWhileReadError(IncompleteCheckpointError):
+    """The file shrank or was rewritten in place during a read (``: > last.ckpt``): retry once it is written."""
 
 
 class ModelSpecError(CkptboardError):

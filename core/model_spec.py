@@ -1,7 +1,10 @@
 """Building a model from a ``--model SPEC``: ``path/to/file.py:factory``, ``package.module:factory`` or
 ``hf:CONFIG_DIR_OR_JSON`` (any transformers model from its ``config.json``, see :mod:`ckptboard.core.hf_model`).
 
-The factory is a class or a function called with no arguments. It runs under ``with torch.device(device):``
+The factory is a top-level name of that file or module (no dotted path after ``:``, so that a spec cannot reach
+into the modules a file imports, as in ``model.py:torch.os.getpid``): an ``nn.Module`` subclass or a Python
+function defined there (in the module or, for a package, one of its submodules), checked before anything is
+called, and its result must be an ``nn.Module``. It runs under ``with torch.device(device):``
 (``meta`` by default) so that building even a large model spends no memory. A file is imported under a fresh
 module name with its folder first on ``sys.path`` (sibling imports work); both are undone afterwards, together
 with any sibling modules it imported, so two specs in different folders never see each other's modules.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import inspect
 import itertools
 import sys
 from collections.abc import Callable, Iterator
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from ckptboard.core.errors import ModelSpecError, UsageError
+from ckptboard.core.formats.safe_unpickle import DANGEROUS_MODULES as _SYSTEM_MODULES
 
 __all__ = ["load_model", "resolve_model", "resolve_factory", "parse_spec"]
 
@@ -41,7 +46,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
     target, _, attr = spec.rpartition(":")  # rpartition: a Windows drive letter keeps its colon
     if not target or not attr:
         raise ModelSpecError(f"--model {spec!r}: both the file/module before ':' and the factory after it are needed")
-    if not all(part.isidentifier() for part in attr.split(".")):
+    if "." in attr and all(part.isidentifier() for part in attr.split(".")):
+        raise ModelSpecError(
+            f"--model {spec!r}: factory {attr!r} is a dotted path; name a top-level class or function of the file "
+            "(e.g. 'Net' or 'make_model'), defining a small function there if the model is built elsewhere"
+        )
+    if not attr.isidentifier():
         raise ModelSpecError(f"--model {spec!r}: factory {attr!r} is not a Python name (e.g. 'Net' or 'make_model')")
     return target, attr
 
@@ -105,6 +115,8 @@ def _is_file_target(target: str) -> bool:
 def _import_module(spec: str, name: str) -> Any:
     if not all(part.isidentifier() for part in name.split(".")):
         raise ModelSpecError(f"--model {spec}: {name!r} is neither a .py file nor a dotted module name")
+    if name.split(".")[0] in _SYSTEM_MODULES:
+        raise ModelSpecError(f"--model {spec}: {name!r} is a system module, not one that defines models")
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
@@ -158,15 +170,23 @@ def _drop_sibling_modules(before: set[str], folder: Path) -> None:
 
 
 def _factory(spec: str, module: Any, attr: str) -> Callable[[], Any]:
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            where = getattr(module, "__file__", None) or module.__name__
-            raise ModelSpecError(f"--model {spec}: {where} has no attribute {attr!r}; check the name after ':'")
-        obj = getattr(obj, part)
+    obj = getattr(module, attr, None)  # one name of the module itself (lazy modules resolve it in __getattr__)
+    where = getattr(module, "__file__", None) or module.__name__
+    if obj is None:
+        raise ModelSpecError(f"--model {spec}: {where} has no attribute {attr!r}; check the name after ':'")
     if not callable(obj):
         raise ModelSpecError(
             f"--model {spec}: {attr!r} is a {type(obj).__name__}, not a class or function that builds the model"
+        )
+    if isinstance(obj, type) and not issubclass(obj, nn.Module):
+        raise ModelSpecError(f"--model {spec}: class {attr!r} is not a torch.nn.Module subclass")
+    owner = getattr(obj, "__module__", None) or ""
+    if not (isinstance(obj, type) or inspect.isfunction(obj)) or not (
+        owner == module.__name__ or owner.startswith(module.__name__ + ".")
+    ):
+        raise ModelSpecError(
+            f"--model {spec}: {attr!r} is not a class or function defined in {where} (it comes from "
+            f"{owner or type(obj).__name__!s}); define the factory in that file"
         )
     return obj
 

@@ -1,8 +1,9 @@
 """Reading checkpoints: list every tensor without reading its data; materialise one tensor at a time.
 
 Formats are recognised by content: ``torch.save`` zip archives (``data.pkl`` read by
-:mod:`ckptboard.core.formats.safe_unpickle`, storages mmapped on demand), legacy ``torch.save`` files, ``.safetensors``,
-Hugging Face folders (index JSON + shards) and, with ``trust=True`` only, whole pickled modules and TorchScript.
+:mod:`ckptboard.core.formats.safe_unpickle`, storages read on demand with ``pread``), legacy ``torch.save`` files,
+``.safetensors``, Hugging Face folders (index JSON + shards) and, with ``trust=True`` only, whole pickled modules and
+TorchScript.
 Nothing in a pickle runs unless ``trust=True``; even then the safe path is tried first.
 """
 
@@ -20,7 +21,14 @@ from ckptboard.core.formats.legacy import LegacyReader
 from ckptboard.core.formats.safetensors_file import SafetensorsReader
 from ckptboard.core.formats.sniff import Signature, sniff
 from ckptboard.core.formats.torchzip import TorchZipReader
-from ckptboard.core.containers import Contents, display_prefix, split_contents, tensor_dtype, tensor_shape
+from ckptboard.core.containers import (
+    Contents,
+    WalkBudgetError,
+    display_prefix,
+    split_contents,
+    tensor_dtype,
+    tensor_shape,
+)
 from ckptboard.core.devices import resolve_device
 from ckptboard.core.errors import (
     CheckpointError,
@@ -73,7 +81,7 @@ class Checkpoint:
         return [info for group in self.groups for info in group.tensors]
 
     def load(self, info: TensorInfo) -> torch.Tensor:
-        """The tensor ``info`` describes, on :attr:`device` (on CPU a view of the mmapped file where possible)."""
+        """The tensor ``info`` describes, on :attr:`device`, in memory of its own (never a mapping of the file)."""
         if self._closed:
             raise UsageError(f"{self.path}: the checkpoint was closed; open it again to load {info.name}")
         try:
@@ -90,7 +98,7 @@ class Checkpoint:
             raise CorruptCheckpointError(self.path, f"tensor {info.name} cannot be read ({e})") from e
 
     def close(self) -> None:
-        """Release files and mmaps; tensors already loaded stay valid."""
+        """Release files and buffers; tensors already loaded stay valid."""
         for reader in self._readers:
             reader.close()
         self._readers.clear()
@@ -115,6 +123,10 @@ def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", trust:
         return _open_file(path, device, trust)
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
+    except WalkBudgetError as e:
+        raise CorruptCheckpointError(path, str(e)) from e
+    except RecursionError as e:  # a guard missed somewhere: still one line, never a traceback
+        raise CorruptCheckpointError(path, "objects nested too deeply to read") from e
 
 
 def _file_reader(path: Path, label: str = "") -> tuple[FileReader, CheckpointFormat]:

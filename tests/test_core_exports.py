@@ -9,7 +9,7 @@ import ckptboard.core as core
 EXPECTED = {
     # errors
     "CkptboardError", "CheckpointError", "NotACheckpointError", "CorruptCheckpointError", "UnsafeCheckpointError",
-    "IncompleteCheckpointError", "ModelSpecError", "CacheError", "FlopCountError", "UsageError",
+    "IncompleteCheckpointError", "ChangedWhileReadError", "ModelSpecError", "CacheError", "FlopCountError", "UsageError",
     # records
     "CheckpointFormat", "TensorKind", "Trainable", "StepSource", "TensorInfo", "TensorGroup", "OptimizerParam",
     "OptimizerState",

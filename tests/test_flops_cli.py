@@ -15,7 +15,15 @@ SAMPLE_MODEL = Path(__file__).resolve().parents[1] / "sample_ckpts" / "model.py"
 GPT_FILE = '''
 import sys
 sys.path.insert(0, {tests!r})
-from _fixtures_size import TinyGPT, NeedsItem
+import _fixtures_size
+
+
+class TinyGPT(_fixtures_size.TinyGPT):  # --model names a class defined in the spec file itself
+    pass
+
+
+class NeedsItem(_fixtures_size.NeedsItem):
+    pass
 '''
 
 

@@ -90,7 +90,7 @@ def test_package_module_spec():
     assert next(model.parameters()).is_meta
 
 
-def test_dotted_attribute_after_colon(tmp_path):
+def test_dotted_attribute_after_colon_is_refused(tmp_path):
     path = _write(tmp_path / "zoo.py", """
         from torch import nn
         class Zoo:
@@ -98,7 +98,54 @@ def test_dotted_attribute_after_colon(tmp_path):
             def tiny():
                 return nn.Linear(2, 2)
     """)
-    assert isinstance(load_model(f"{path}:Zoo.tiny"), nn.Linear)
+    with pytest.raises(ModelSpecError, match=r"factory 'Zoo\.tiny' is a dotted path; name a top-level class"):
+        load_model(f"{path}:Zoo.tiny")
+
+
+@pytest.fixture
+def marker_files(tmp_path):
+    """A model file importing a helper that leaves a marker when called, and a non-Module class that does too."""
+    marker = tmp_path / "called"
+    _write(tmp_path / "helpers.py", f"""
+        from pathlib import Path
+        def make_marker():
+            Path({str(marker)!r}).write_text("called")
+    """)
+    path = _write(tmp_path / "model.py", f"""
+        import os
+        import torch
+        import helpers
+        from helpers import make_marker
+        from pathlib import Path
+
+        class Marker:
+            def __init__(self):
+                Path({str(marker)!r}).write_text("called")
+    """)
+    return path, marker
+
+
+@pytest.mark.parametrize(
+    ("attr", "match"),
+    [
+        ("torch.os.getpid", r"is a dotted path"),
+        ("helpers.make_marker", r"is a dotted path"),
+        ("os", r"'os' is a module, not a class or function"),
+        ("make_marker", r"'make_marker' is not a class or function defined in .*model\.py \(it comes from helpers\)"),
+        ("Marker", r"class 'Marker' is not a torch\.nn\.Module subclass"),
+    ],
+)
+def test_factory_must_be_defined_in_the_file_and_is_refused_before_any_call(marker_files, attr, match):
+    path, marker = marker_files
+    with pytest.raises(ModelSpecError, match=match):
+        load_model(f"{path}:{attr}")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("spec", ["os:getpid", "posix:abort", "subprocess:run", "pdb:set_trace"])
+def test_system_module_specs_are_refused(spec):
+    with pytest.raises(ModelSpecError, match=r"is a system module, not one that defines models"):
+        load_model(spec)
 
 
 def test_resolve_factory_returns_the_callable_without_calling_it(model_file):

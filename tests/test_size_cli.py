@@ -17,7 +17,10 @@ from ckptboard.dashboard.cli import main
 TESTS = Path(__file__).resolve().parent
 MODULE_KEYS = ["module", "depth", "parameters", "trainable", "frozen", "unknown", "buffers", "bytes",
                "parameter_bytes", "buffer_bytes", "bytes_by_dtype", "tied"]
-SPEC_FILE = f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nfrom _fixtures_size import TiedLM\n"
+SPEC_FILE = (  # --model names a class defined in the spec file itself
+    f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nimport _fixtures_size\n\n\n"
+    "class TiedLM(_fixtures_size.TiedLM):\n    pass\n"
+)
 
 
 def _trained_tied_lm() -> tuple[TiedLM, torch.optim.Optimizer]:

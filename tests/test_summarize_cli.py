@@ -78,7 +78,8 @@ def test_export_refuses_an_unknown_format_before_summarising(tmp_path, capsys):
 def test_summarize_with_a_model_spec(tmp_path, capsys):
     root = _root(tmp_path)
     spec_file = tmp_path / "net.py"
-    spec_file.write_text("from _fixtures_runs import TinyNet\n")  # the model the runs were trained with
+    # the model the runs were trained with, as a class defined in the spec file (what --model accepts)
+    spec_file.write_text("import _fixtures_runs\n\n\nclass TinyNet(_fixtures_runs.TinyNet):\n    pass\n")
     assert main(["summarize", str(root), "--workers", "1", "--model", f"{spec_file}:TinyNet"]) == 0
     from ckptboard.core.load import load_stats
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ckptboard.core.containers import is_tensor
 from ckptboard.core.errors import CorruptCheckpointError, NotACheckpointError
+from ckptboard.core.formats.safetensors_file import flat_metadata
 
 __all__ = ["INDEX_NAMES", "hf_weight_files", "read_hf_folder"]
 
@@ -17,11 +18,17 @@ INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _read_json(path: Path, folder: Path) -> Any:
+def _read_json(path: Path, folder: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; anything else (a list, deep nesting, bad bytes) is one error naming ``folder``."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptCheckpointError(folder, f"{path.name} is not readable JSON ({e})") from e
+    except RecursionError as e:
+        raise CorruptCheckpointError(folder, f"{path.name} nests too deeply to parse") from e
+    if not isinstance(value, dict):
+        raise CorruptCheckpointError(folder, f"{path.name} is not a JSON object")
+    return value
 
 
 def hf_weight_files(folder: Path) -> list[Path] | None:
@@ -55,12 +62,12 @@ def read_hf_folder(folder: Path, open_shard: Callable[[Path, str], Any]) -> tupl
     expected: list[str] = []
     if files[0].name in INDEX_NAMES:
         index = _read_json(files[0], folder)
-        metadata.update(index["metadata"] if isinstance(index.get("metadata"), dict) else {})
+        metadata.update(flat_metadata(index.get("metadata")))
         expected, files = list(index["weight_map"]), files[1:]
     trainer_state = folder / "trainer_state.json"
     if trainer_state.is_file():
         state = _read_json(trainer_state, folder)
-        metadata.update({k: state[k] for k in ("global_step", "epoch") if isinstance(state, dict) and k in state})
+        metadata.update(flat_metadata({k: state[k] for k in ("global_step", "epoch") if k in state}))
     combined: OrderedDict = OrderedDict()
     readers = []
     try:

@@ -1,4 +1,7 @@
-"""``.safetensors`` files: the JSON header lists every tensor; ``safe_open`` reads one tensor at a time."""
+"""``.safetensors`` files: the JSON header lists every tensor; each tensor is one byte range, read with ``pread``.
+
+Not ``safe_open``: it maps the file, and a mapped file truncated while read kills the process (SIGBUS).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-
 from ckptboard.core.formats.filereader import FileReader
+from ckptboard.core.formats.guarded import GuardedFile
 from ckptboard.core.formats.sniff import _MAX_SAFETENSORS_HEADER
 from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
 from ckptboard.core.formats.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride
 
-__all__ = ["SafetensorsReader", "SAFETENSORS_DTYPES"]
+__all__ = ["SafetensorsReader", "SAFETENSORS_DTYPES", "flat_metadata"]
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -32,7 +34,8 @@ class SafetensorsReader(FileReader):
 
     def __init__(self, path: Path, label: str = ""):
         super().__init__(path, label)
-        self._handles: dict[str, Any] = {}
+        self._guarded: GuardedFile | None = None
+        self._begins: dict[str, int] = {}  # tensor name -> file offset of its bytes
 
     def read_root(self) -> OrderedDict[str, LazyTensor]:
         """Every tensor in file (data offset) order."""
@@ -40,23 +43,26 @@ class SafetensorsReader(FileReader):
         entries = []
         for name, entry in header.items():
             if name == "__metadata__":
-                self.metadata = entry if isinstance(entry, dict) else {}
+                self.metadata = flat_metadata(entry)
                 continue
             entries.append((*self._entry(name, entry, data_size), name))
+        data_start = self._size - data_size
+        self._begins = {name: data_start + begin for begin, _, name in entries}
         entries.sort(key=lambda item: item[0])
         return OrderedDict((name, lazy) for _, lazy, name in entries)
 
     def materialise(self, lazy: LazyTensor, device: torch.device) -> torch.Tensor:
-        """One tensor through ``safe_open`` (kept open per device)."""
-        try:
-            if str(device) not in self._handles:
-                self._handles[str(device)] = safe_open(str(self.path), framework="pt", device=str(device))
-            return self._handles[str(device)].get_tensor(lazy.storage.key)
-        except Exception as e:  # safetensors raises its own error types
-            raise CorruptCheckpointError(self.path, f"cannot read tensor {lazy.storage.key} ({e})") from e
+        """One tensor, read into memory of its own (little-endian, as safetensors stores it)."""
+        if self._guarded is None:
+            self._guarded = GuardedFile(self.path)
+        raw = self._guarded.read_at(self._begins[lazy.storage.key], lazy.nbytes)
+        tensor = raw.view(lazy.dtype).reshape(lazy.shape) if lazy.nbytes else torch.empty(lazy.shape, dtype=lazy.dtype)
+        return tensor if device.type == "cpu" else tensor.to(device)
 
     def close(self) -> None:
-        self._handles.clear()
+        if self._guarded is not None:
+            self._guarded.close()
+            self._guarded = None
 
     def _header(self) -> tuple[dict[str, Any], int]:
         with open(self.path, "rb") as f:
@@ -70,14 +76,19 @@ class SafetensorsReader(FileReader):
                 header = json.loads(f.read(n))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise CorruptCheckpointError(self.path, f"safetensors header is not valid JSON ({e})") from e
+            except RecursionError as e:
+                raise CorruptCheckpointError(self.path, "safetensors header nests too deeply to parse") from e
         if not isinstance(header, dict):
             raise CorruptCheckpointError(self.path, "safetensors header is not a JSON object")
+        self._size = size
         return header, size - 8 - n
 
     def _entry(self, name: str, entry: Any, data_size: int) -> tuple[int, LazyTensor]:
         """``(byte offset, record)`` of one header entry, checked against the file's size."""
         try:
             code, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            if not isinstance(code, str):
+                raise TypeError("dtype is not a string")
             if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
                 raise ValueError("negative or non-integer size")
         except (KeyError, TypeError, ValueError) as e:
@@ -91,3 +102,11 @@ class SafetensorsReader(FileReader):
             raise CorruptCheckpointError(self.path, f"tensor {name} {problem} (bytes {begin}..{end})")
         storage = LazyStorage(name, dtype, numel, "cpu", reader=self)
         return begin, LazyTensor(storage, 0, shape, contiguous_stride(shape), dtype)
+
+
+def flat_metadata(entry: Any) -> dict[str, Any]:
+    """A JSON metadata map with scalar values only (safetensors' is str to str); nested values become a tag."""
+    if not isinstance(entry, dict):
+        return {}
+    plain = (str, int, float, bool, type(None))
+    return {str(k): v if isinstance(v, plain) else f"<{type(v).__name__}>" for k, v in entry.items()}
