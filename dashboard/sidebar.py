@@ -30,10 +30,14 @@ AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 
 # Streamlit cuts a chosen option's chip at a fixed width (three runs read "checkpoints/check…"): run names wrap in
 # the sidebar instead, so every chip can be read whole.
 _CHIP_CSS = """<style>
-section[data-testid="stSidebar"] [data-baseweb="tag"] { max-width: 100%; height: auto; }
-section[data-testid="stSidebar"] .stMultiSelect [data-baseweb="select"] > div { max-height: none; }
-section[data-testid="stSidebar"] [data-baseweb="tag"] span {
-  max-width: none; white-space: normal; overflow-wrap: anywhere; text-overflow: clip; line-height: 1.3;
+section[data-testid="stSidebar"] .stMultiSelect [role="group"],
+section[data-testid="stSidebar"] [data-testid="stMultiSelectTagsContainer"] { max-height: none !important; }
+section[data-testid="stSidebar"] [data-testid="stMultiSelectTagsContainer"] [data-tag] {
+  height: auto !important; max-width: 100% !important;
+}
+section[data-testid="stSidebar"] [data-testid="stMultiSelectTagsContainer"] [data-tag] > span[title] {
+  white-space: normal !important; overflow-wrap: anywhere; text-overflow: clip !important;
+  width: auto !important; max-width: none !important; line-height: 1.3;
 }
 </style>"""
 

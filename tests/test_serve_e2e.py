@@ -100,7 +100,7 @@ def server(tmp_path, tmp_path_factory):
 
 
 EQUAL_RUNS = ("equal/a", "equal/b", "equal/c")
-HF_RUN = "hf_resnet"
+HF_RUN = "checkpoints/resnet-tiny-finetune-lr3e-4"  # a long run name: its sidebar chip must not be cut
 
 
 @pytest.fixture
@@ -185,10 +185,16 @@ def _overlapping_titles(page, chart_key: str) -> list[tuple[str, str]]:
     ]
 
 
-def _pick(page, key: str, text: str) -> None:
-    """Choose ``text`` in the selectbox ``key``, as a user does, and wait for the rerun."""
+def _pick(page, key: str, text: str, chart_key: str) -> None:
+    """Choose ``text`` in the selectbox ``key``, as a user does, and wait until the chart ``chart_key``'s title
+    names it (the rerun has drawn it)."""
     page.locator(f".st-key-{key}").get_by_role("combobox").first.click()
     page.get_by_role("option").filter(has_text=text).first.click()
+    page.wait_for_function(
+        "([chart, text]) => [...document.querySelectorAll(`.st-key-${chart} .gtitle`)]"
+        ".some(t => t.textContent.includes(text))",
+        arg=[chart_key, text],
+    )
 
 
 def test_real_layouts_in_chromium(layouts_server, tmp_path):
@@ -209,11 +215,16 @@ def test_real_layouts_in_chromium(layouts_server, tmp_path):
                 _visit(page, view, shots)
                 if view == View.OVERVIEW:
                     assert set(runs) <= set(_legend_texts(page, "overview_runs_chart")), view
+                    chips = page.locator(".st-key-sidebar_runs [data-tag] > span[title]")
+                    assert chips.count() == len(runs)
+                    cut = chips.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+                                             ".map(e => e.textContent)")
+                    assert cut == [], f"run chips cut in the sidebar: {cut}"
                 if view == View.SCALARS:  # each run draws a line by default, and has its legend entry
                     assert set(runs) <= set(_legend_texts(page, "scalars_chart")), view
                 if view == View.BATCHNORM:
                     # Hugging Face's 10 norm layers with 50-character paths: small multiples, titles apart
-                    _pick(page, "bn_run", HF_RUN)
+                    _pick(page, "bn_run", HF_RUN, "bn_layers_chart")
                     _wait_drawn(page, view)
                     page.wait_for_selector(".st-key-bn_layers_chart .infolayer g.annotation")
                     titles = page.locator(".st-key-bn_layers_chart .infolayer g.annotation").count()
@@ -222,7 +233,7 @@ def test_real_layouts_in_chromium(layouts_server, tmp_path):
                     page.screenshot(path=str(shots / "batchnorm_hf.png"), full_page=True)
                     assert page.locator('[data-testid="stException"]').count() == 0
                 if view == View.HISTOGRAMS:
-                    _pick(page, "hist_run", HF_RUN)
+                    _pick(page, "hist_run", HF_RUN, "hist_chart")
                     _wait_drawn(page, view)
                     page.screenshot(path=str(shots / "histograms_hf.png"), full_page=True)
                     assert page.locator('[data-testid="stException"]').count() == 0
