@@ -86,7 +86,7 @@ class TinyTask:
 
     n: int
 
-    def failed(self, problem: str) -> tuple[int, str]:
+    def failed(self, problem: str, error: str = "WorkerLost", record: bool = False) -> tuple[int, str]:
         return (self.n, problem)
 
 

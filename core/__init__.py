@@ -19,6 +19,7 @@ from ckptboard.core.errors import (
     IncompleteCheckpointError,
     ModelSpecError,
     NotACheckpointError,
+    ResourceLimitError,
     UnsafeCheckpointError,
     UsageError,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "FlopCountError",
     "IncompleteCheckpointError",
     "ChangedWhileReadError",
+    "ResourceLimitError",
     "ModelSpecError",
     "NotACheckpointError",
     "OptimizerParam",

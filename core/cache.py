@@ -46,6 +46,7 @@ def cache_key(file: CheckpointFile, prev: CheckpointFile | None, first: Checkpoi
     identity = file.identity()
     return {
         "relpath": file.relpath, "size": identity.size, "mtime_ns": identity.mtime_ns,
+        "ino": identity.ino, "ctime_ns": identity.ctime_ns,
         "prev": _neighbour(prev), "first": _neighbour(first),
         "model": model_fingerprint, "format_version": FORMAT_VERSION,
     }
@@ -55,7 +56,7 @@ def _neighbour(file: CheckpointFile | None) -> list | None:
     if file is None:
         return None
     identity = file.identity()
-    return [file.relpath, identity.size, identity.mtime_ns]
+    return [file.relpath, identity.size, identity.mtime_ns, identity.ino, identity.ctime_ns]
 
 
 class LookupStatus(StrEnum):

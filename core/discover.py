@@ -22,11 +22,20 @@ __all__ = ["discover", "Run", "CheckpointFile", "FileIdentity", "file_identity"]
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """What says a checkpoint changed: its size and mtime_ns; of a Hugging Face folder, its index and weight files
-    (sizes summed, the latest mtime). The cache keys fragments by it and a task checks it before and after reading."""
+    """What says a checkpoint changed: its size, mtime_ns, inode and ctime_ns; of a Hugging Face folder, its index and
+    weight files (sizes and inodes summed, the latest times). The cache keys fragments by it and a task checks it
+    before and after reading.
+
+    Size and mtime alone miss a different file put in place with its mtime restored (``touch -r``, ``rsync -t``):
+    that is a new inode (a copy renamed into place) or a new ctime (written in place), and no user can set a ctime.
+    Both come from the one ``stat`` already made, so the check reads no byte of the file; the price is that a copied
+    or restored folder (new inodes) is summarised again.
+    """
 
     size: int
     mtime_ns: int
+    ino: int = 0
+    ctime_ns: int = 0
 
 
 def file_identity(path: Path, *, missing_ok: bool = False) -> FileIdentity:
@@ -39,7 +48,8 @@ def file_identity(path: Path, *, missing_ok: bool = False) -> FileIdentity:
         except FileNotFoundError:
             if not missing_ok:
                 raise
-    return FileIdentity(sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0))
+    return FileIdentity(sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0),
+                        sum(s.st_ino for s in stats), max((s.st_ctime_ns for s in stats), default=0))
 
 
 @dataclass
@@ -51,10 +61,12 @@ class CheckpointFile:
     size: int  # bytes; for a Hugging Face folder, its index and weight files summed
     mtime_ns: int  # for a folder, the latest of those files
     step_hint: int | None  # from the file or folder name
+    ino: int = 0  # for a folder, its files' inodes summed
+    ctime_ns: int = 0  # for a folder, the latest of those files
 
     def identity(self) -> FileIdentity:
         """Its identity as listed (what the cache key and the task's change check compare)."""
-        return FileIdentity(self.size, self.mtime_ns)
+        return FileIdentity(self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
 
 @dataclass
@@ -107,6 +119,8 @@ def _entry(path: Path, root: Path) -> CheckpointFile:
         size=identity.size,
         mtime_ns=identity.mtime_ns,
         step_hint=step_from_name(path.name)[0],
+        ino=identity.ino,
+        ctime_ns=identity.ctime_ns,
     )
 
 

@@ -6,8 +6,9 @@
     │   ├── CorruptCheckpointError  truncated, bad header, inconsistent records
     │   ├── UnsafeCheckpointError   needs code execution (pickled module, TorchScript, unknown
     │   │                           globals holding tensors): re-run with ``--trust``
-    │   └── IncompleteCheckpointError  still being written by a running job: retry later
-    │       └── ChangedWhileReadError  truncated or rewritten in place while ckptboard read it
+    │   ├── IncompleteCheckpointError  still being written by a running job: retry later
+    │   │   └── ChangedWhileReadError  truncated or rewritten in place while ckptboard read it
+    │   └── ResourceLimitError      summarising it needs more memory or time than a worker may use
     ├── ModelSpecError              ``--model SPEC`` cannot be resolved or built
     ├── CacheError                  the stats cache cannot be read or written
     ├── FlopCountError              the model's forward fails on the given input shapes, on meta and on CPU
@@ -26,6 +27,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "IncompleteCheckpointError",
     "ChangedWhileReadError",
+    "ResourceLimitError",
     "ModelSpecError",
     "CacheError",
     "FlopCountError",
@@ -64,6 +66,10 @@ class IncompleteCheckpointError(CheckpointError):
 
 class ChangedWhileReadError(IncompleteCheckpointError):
     """The file shrank or was rewritten in place during a read (``: > last.ckpt``): retry once it is written."""
+
+
+class ResourceLimitError(CheckpointError):
+    """Summarising the file went past the worker's memory or time limit (``--max-memory``, ``--timeout``)."""
 
 
 class ModelSpecError(CkptboardError):

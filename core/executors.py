@@ -4,6 +4,10 @@ An :class:`Executor` maps a picklable function over picklable tasks and yields t
 they finish, in any order. A task function reports its own failures in its receipt; an executor only has to deal
 with tasks it *lost* (a worker process died): it retries each once, then yields ``task.failed(problem)``. The
 function writes its result (a cache fragment) itself, so nothing big ever travels back to the client.
+
+:class:`LocalExecutor` runs worker processes under :class:`~ckptboard.core.limits.WorkerLimits`
+(:mod:`ckptboard.core.worker_pool`): a task past its time is killed and recorded, a task that kills its worker twice is
+recorded, and neither takes the other tasks or the calling process with it.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.limits import WorkerLimits
+from ckptboard.core.worker_pool import run_supervised
 
 __all__ = ["FailableTask", "Executor", "LocalExecutor", "default_workers", "WORKER_MEMORY_BYTES"]
 
@@ -33,7 +37,7 @@ WORKER_MEMORY_BYTES = 1 << 30
 class FailableTask(Protocol):
     """A task an executor can turn into a failure receipt when it loses it."""
 
-    def failed(self, problem: str) -> Any: ...
+    def failed(self, problem: str, error: str = "WorkerLost", record: bool = False) -> Any: ...
 
 
 @runtime_checkable
@@ -44,56 +48,52 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs tasks in this process (``workers=1``) or in a pool of fresh ``spawn`` processes (``workers>1``)."""
+    """Runs tasks in this process (``workers=1``) or in ``workers`` worker processes under ``limits``.
 
-    def __init__(self, workers: int = 1, start_method: str | None = None):
+    ``isolate`` runs even a single worker in its own process (the dashboard, the CLI): a hostile file then ends as a
+    recorded failure, whatever its worker dies of. ``limits`` defaults to the environment's, else the defaults.
+    """
+
+    def __init__(self, workers: int = 1, start_method: str | None = None, *, limits: WorkerLimits | None = None,
+                 isolate: bool = False):
         if int(workers) < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         self.workers = int(workers)
         self.start_method = start_method  # None: chosen when the pool starts (see _start_method)
+        self.limits = limits
+        self.isolate = isolate
 
     def __repr__(self) -> str:
-        return f"LocalExecutor(workers={self.workers})"
+        return f"LocalExecutor(workers={self.workers}, isolate={self.isolate})"
 
     def map_unordered(self, fn: Callable[[Any], R], tasks: Iterable[FailableTask]) -> Iterator[R]:
         tasks = list(tasks)
-        if self.workers == 1 or len(tasks) <= 1:
+        if not tasks:
+            return
+        if not self.isolate and (self.workers == 1 or len(tasks) <= 1):
             for task in tasks:
                 yield fn(task)
             return
-        yield from self._pool_map(fn, tasks)
-
-    def _pool_map(self, fn: Callable[[Any], R], tasks: list[FailableTask]) -> Iterator[R]:
+        limits = self.limits if self.limits is not None else WorkerLimits.from_options()
         context = multiprocessing.get_context(self.start_method or _start_method())
-        lost: list[tuple[int, BaseException]] = []
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=context,
-                                 initializer=_one_thread_per_worker) as pool:
-            yield from _collect({pool.submit(fn, task): i for i, task in enumerate(tasks)}, tasks, lost)
-        # A dead worker breaks the whole pool, so every unfinished task is lost with it. Retry each lost task once
-        # in a pool of its own: only the task that kills its worker is lost again, and only it is reported.
-        for start in range(0, len(lost), self.workers):
-            batch = [i for i, _ in lost[start:start + self.workers]]
-            pools = [ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_one_thread_per_worker)
-                     for _ in batch]
-            try:
-                again: list[tuple[int, BaseException]] = []
-                yield from _collect({pool.submit(fn, tasks[i]): i for pool, i in zip(pools, batch)}, tasks, again)
-                for i, error in again:
-                    yield tasks[i].failed(f"worker process died twice ({error or 'BrokenProcessPool'})")
-            finally:
-                for pool in pools:
-                    pool.shutdown(wait=True, cancel_futures=True)
+        yield from run_supervised(fn, tasks, min(self.workers, len(tasks)), limits, context,
+                                  initializer=_one_thread_per_worker)
 
 
 def _start_method() -> str:
-    """``fork`` from a single-threaded process, else ``spawn``.
+    """``fork`` from a single-threaded process, else ``forkserver`` (``spawn`` where there is none).
 
     A spawned worker pays for importing torch and starting numba (2-3 s here: more than a few GB of statistics take);
     a forked one inherits them for free (1 vs 2 workers on 4 GB: 0.5x with spawn, 1.8x with fork). Forking is unsafe
-    only while other threads may hold locks (the Streamlit app, a Dask client), so then workers are spawned.
+    only while other threads may hold locks (the Streamlit app, a Dask client); then workers are forked from a fork
+    server, a single-threaded process started once that imports the task's modules (torch) once for all of them.
     """
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
         return "fork"
+    if "forkserver" in methods:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["ckptboard.core.task"])
+        return "forkserver"
     return "spawn"
 
 
@@ -104,23 +104,6 @@ def _one_thread_per_worker() -> None:
         os.environ["OMP_NUM_THREADS"] = "1"  # read when the task imports torch; importing it here costs seconds
     else:
         torch.set_num_threads(1)
-
-
-def _collect(futures: dict[Future, int], tasks: list[FailableTask], lost: list[tuple[int, BaseException]]):
-    """Yield receipts as ``futures`` finish; tasks lost with a dead worker go to ``lost``."""
-    remaining = set(futures)
-    while remaining:
-        done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-        for future in done:
-            try:
-                receipt = future.result()
-            except BrokenProcessPool as e:
-                lost.append((futures[future], e))
-                continue
-            except Exception as e:  # the function itself raised: a bug, or unpicklable data
-                yield tasks[futures[future]].failed(f"{type(e).__name__}: {e}")
-                continue
-            yield receipt
 
 
 def default_workers(memory_per_worker: int = WORKER_MEMORY_BYTES) -> int:

@@ -118,6 +118,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     cache.ensure()
     result = Plan(root=root, cache=cache)
     invalid: list[str] = []
+    listed_at = time.time()
     for run in discover(root):
         files = list(run.checkpoints)
         for i, cf in enumerate(files):
@@ -134,7 +135,8 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
             result.tasks.append(CheckpointTask(
                 root=str(root), relpath=cf.relpath, run=run.name, size=cf.size, mtime_ns=cf.mtime_ns,
                 prev=prev.relpath if prev else None, first=first.relpath if first else None, cache_dir=str(cache.dir),
-                key=key, device=device, trust=trust, model=model,
+                key=key, device=device, trust=trust, model=model, ino=cf.ino, ctime_ns=cf.ctime_ns,
+                listed_at=listed_at,
             ))
     warn_invalid(invalid, "were unreadable or of another format version and are recomputed")
     return result

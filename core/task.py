@@ -20,6 +20,7 @@ from ckptboard.core.fragment import Header
 from ckptboard.core.cache import StatsCache
 from ckptboard.core.discover import FileIdentity, file_identity
 from ckptboard.core.errors import CacheError, CheckpointError, CkptboardError, IncompleteCheckpointError
+from ckptboard.core.limits import bounded_memory
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.records import StrEnum
 from ckptboard.core.rows import RowSource, checkpoint_rows
@@ -68,10 +69,37 @@ class CheckpointTask:
     device: str = "cpu"
     trust: bool = False
     model: Any = None  # a --model SPEC string, an nn.Module, or None
+    ino: int = 0  # with size and mtime_ns: the checkpoint's FileIdentity as listed
+    ctime_ns: int = 0
+    listed_at: float = 0.0  # when it was listed (epoch seconds); 0: when the task runs
 
-    def failed(self, problem: str) -> Receipt:
-        """The receipt of a task the executor lost (its worker died)."""
-        return Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error="WorkerLost", message=problem)
+    @property
+    def listed(self) -> FileIdentity:
+        """The checkpoint's identity when it was listed: the task reads it only while it still has it."""
+        return FileIdentity(self.size, self.mtime_ns, self.ino, self.ctime_ns)
+
+    def failed(self, problem: str, error: str = "WorkerLost", record: bool = False) -> Receipt:
+        """The receipt of a task the executor lost. With ``record`` (its worker died on it twice, or was killed past
+        its time limit) the failure is the file's: its error row and fragment are written, so that a re-run does
+        not repeat it, unless the file changed meanwhile (a worker reading a file truncated under it dies of
+        SIGBUS): then it is skipped and read again next time."""
+        receipt = Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error=error, message=problem)
+        if not record:
+            return receipt
+        path = Path(self.root) / self.relpath
+        try:
+            changed = file_identity(path) != self.listed
+        except OSError:
+            changed = True
+        if changed:
+            receipt.status = ReceiptStatus.INCOMPLETE
+            receipt.message = f"changed while it was read ({problem}); read again next time"
+            return receipt
+        try:
+            _cache(self).write(self.relpath, _header(self, receipt), {TableName.ERRORS: [_error_row(self, receipt)]})
+        except CkptboardError:
+            pass  # the failure is reported all the same; it is just not remembered
+        return receipt
 
 
 def run_task(task: CheckpointTask) -> Receipt:
@@ -80,10 +108,11 @@ def run_task(task: CheckpointTask) -> Receipt:
     path = Path(task.root) / task.relpath
     receipt = Receipt(task.relpath, task.run, ReceiptStatus.OK)
     try:
-        listed = FileIdentity(task.size, task.mtime_ns)
+        listed = task.listed
         if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed since it was listed; still being written?")
-        rows, receipt.tensors = _summarise(task, path)
+        with bounded_memory(path, _files_bytes(task), task.device):
+            rows, receipt.tensors = _summarise(task, path)
         if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed while it was read; still being written?")
         _cache(task).write(task.relpath, _header(task, receipt), rows)
@@ -91,26 +120,29 @@ def run_task(task: CheckpointTask) -> Receipt:
     except IncompleteCheckpointError as e:
         _set_error(receipt, ReceiptStatus.INCOMPLETE, e)
     except CheckpointError as e:
-        if _recently_modified(path):
-            _set_error(receipt, ReceiptStatus.INCOMPLETE, e)
-        else:
-            # A broken file stays broken until it changes: cache the failure so the dashboard shows its error
-            # card without re-reading it.
-            _set_error(receipt, ReceiptStatus.FAILED, e)
-            try:
-                rows = {TableName.ERRORS: [_error_row(task, receipt)]}
-                _cache(task).write(task.relpath, _header(task, receipt), rows)
-            except CacheError:
-                pass  # the failure is reported all the same; it is just not remembered
+        _record_failure(task, receipt, path, e)
     except FileNotFoundError as e:
         _set_error(receipt, ReceiptStatus.INCOMPLETE, e)  # deleted (or renamed into place) since listing
     except CkptboardError as e:  # model spec, cache folder: not the file's fault, so nothing is cached
         _set_error(receipt, ReceiptStatus.FAILED, e)
-    except Exception as e:  # torch internals on a file we did not anticipate: reported, retried next run
-        _set_error(receipt, ReceiptStatus.FAILED, e)
-        receipt.message = f"unexpected {type(e).__name__}: {e}"
+    except Exception as e:  # an exception type the reader did not anticipate: the file's, recorded like the others
+        _record_failure(task, receipt, path, e)
     receipt.seconds = time.perf_counter() - start
     return receipt
+
+
+def _record_failure(task: CheckpointTask, receipt: Receipt, path: Path, error: BaseException) -> None:
+    """A file that fails to read: skipped if a writer may still be at it, else its error row and failure fragment,
+    so that the dashboard shows its error card and a re-run does not read it again until it changes."""
+    if _recently_modified(path, task.listed_at):
+        _set_error(receipt, ReceiptStatus.INCOMPLETE, error)
+        return
+    _set_error(receipt, ReceiptStatus.FAILED, error)
+    try:
+        rows = {TableName.ERRORS: [_error_row(task, receipt)]}
+        _cache(task).write(task.relpath, _header(task, receipt), rows)
+    except CacheError:
+        pass  # the failure is reported all the same; it is just not remembered
 
 
 def _set_error(receipt: Receipt, status: ReceiptStatus, error: BaseException) -> None:
@@ -119,9 +151,45 @@ def _set_error(receipt: Receipt, status: ReceiptStatus, error: BaseException) ->
     receipt.message = getattr(error, "problem", str(error))
 
 
-def _recently_modified(path: Path) -> bool:
+_WORKER_PREPARED = False
+
+
+def _prepare_worker() -> None:
+    """Load the readers' native libraries and the statistics' compiled kernels (numba, LLVM: ~100 MB of address
+    space) in a worker before its first task (``run_task.prepare_worker``: outside its limits), so that the limits
+    measure what a file costs, not what this process loads once."""
+    global _WORKER_PREPARED
+    if _WORKER_PREPARED:
+        return
+    import safetensors.torch  # noqa: F401  # its Rust library is mapped on first import
+    import torch
+
+    import ckptboard.core.classify  # noqa: F401
+    import ckptboard.core.reader  # noqa: F401
+    from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL, tensor_stats
+    from ckptboard.core.updates import update_stats
+
+    for dtype in (torch.float32, torch.bfloat16):  # the numba kernels are used past the exact-percentile size
+        tensor_stats(torch.ones(EXACT_PERCENTILE_NUMEL + 1, dtype=dtype))
+    update_stats(torch.zeros(2), torch.ones(2), torch.ones(2))
+    _WORKER_PREPARED = True
+
+
+run_task.prepare_worker = _prepare_worker  # type: ignore[attr-defined]  # see core.worker_pool
+
+
+def _files_bytes(task: CheckpointTask) -> int:
+    """Bytes of the files the task opens (the checkpoint, its previous and first): what may be mapped or read."""
+    total = task.size
+    for relpath in {task.prev, task.first} - {None}:
+        total += file_identity(Path(task.root) / relpath, missing_ok=True).size
+    return total
+
+
+def _recently_modified(path: Path, listed_at: float = 0.0) -> bool:
+    """Modified within ``RECENT_WRITE_S`` before it was listed (a worker may start reading it seconds later)."""
     try:
-        return time.time() - path.stat().st_mtime < RECENT_WRITE_S
+        return min(time.time(), listed_at or time.time()) - path.stat().st_mtime < RECENT_WRITE_S
     except OSError:
         return True  # vanished meanwhile: a writer replaced it
 

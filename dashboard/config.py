@@ -8,6 +8,7 @@ inputs that name files (a model SPEC typed in the app) go through :func:`resolve
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,9 @@ from ckptboard.core.errors import UsageError
 
 __all__ = [
     "APP_PATH",
+    "LOCAL_HOSTS",
     "AppConfig",
+    "allowed_hosts",
     "add_app_arguments",
     "config_from_args",
     "parse_app_args",
@@ -26,6 +29,8 @@ __all__ = [
 ]
 
 APP_PATH = Path(__file__).resolve().parent / "app.py"
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 @dataclass(frozen=True)
@@ -114,8 +119,21 @@ def parse_app_args(argv: list[str]) -> AppConfig:
     return config_from_args(args)
 
 
-def streamlit_command(config: AppConfig, *, host: str, port: int) -> list[str]:
-    """The ``python -m streamlit run`` command line serving the app on ``host:port``."""
+def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The names the server answers to (its Host allow-list): the localhost names, the bound address (on a wildcard
+    address, this machine's name) and ``extra`` (``--allow-host``, e.g. a reverse proxy's name).
+
+    Streamlit accepts any Host by default: a page on a foreign name that rebinds that name to 127.0.0.1 could then
+    open the app's websocket as a same-origin page and read every statistic (DNS rebinding)."""
+    names = list(LOCAL_HOSTS)
+    names += [socket.gethostname(), socket.getfqdn()] if host in _WILDCARDS else [host]
+    names += list(extra)
+    return list(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
+
+
+def streamlit_command(config: AppConfig, *, host: str, port: int, allow_hosts: tuple[str, ...] = ()) -> list[str]:
+    """The ``python -m streamlit run`` command line serving the app on ``host:port`` to the allowed Host names."""
+    hosts = [arg for name in allowed_hosts(host, allow_hosts) for arg in ("--server.allowedHosts", name)]
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.address", host,
@@ -125,6 +143,9 @@ def streamlit_command(config: AppConfig, *, host: str, port: int) -> list[str]:
         "--server.fileWatcherType", "none",
         "--client.toolbarMode", "minimal",
         "--logger.hideWelcomeMessage", "true",  # serve prints the one URL itself
+        "--server.enableCORS", "true",
+        "--server.enableXsrfProtection", "true",
+        *hosts,
         "--",
         *config.to_argv(),
     ]  # fmt: skip

@@ -167,14 +167,16 @@ def _summarize_missing(config: AppConfig, *, announce: bool = False) -> None:
     shown = _ReadProgress()
     if announce:
         shown.status = st.status(f"Looking for checkpoints under `{config.root}`…", expanded=True)
+    from ckptboard.core.executors import LocalExecutor
     from ckptboard.core.summarize import refresh
 
     root_state = _state_of(config)
     with root_state.lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
         try:
+            # In a worker process under limits: whatever a hostile file does to it, this server lives.
             report = refresh(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust,
-                             on_plan=shown.start, progress=shown.advance)
+                             executor=LocalExecutor(1, isolate=True), on_plan=shown.start, progress=shown.advance)
         except BaseException:
             shown.fail()
             raise

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.executors import Executor, LocalExecutor, default_workers
+from ckptboard.core.limits import DEFAULT_MAX_MEMORY, WorkerLimits
 
 if TYPE_CHECKING:  # core.summarize is imported when a command runs, not when the CLI builds its parser
     from ckptboard.core.summarize import Plan, SummaryReport
 
-__all__ = ["EXECUTORS", "POOL_MIN_BYTES", "add_summarize_options", "make_executor", "summarize_with_progress"]
+__all__ = ["EXECUTORS", "POOL_MIN_BYTES", "add_summarize_options", "make_executor", "summarize_with_progress",
+           "worker_limits"]
 
 
 # Below this many bytes to read, the default is to summarise in-process: starting worker processes (each imports
@@ -28,9 +30,11 @@ POOL_MIN_BYTES = 512 * 1000 * 1000
 
 
 def _local(args: argparse.Namespace, todo_bytes: int) -> Executor:
-    if args.workers is not None:
-        return LocalExecutor(args.workers)
-    return LocalExecutor(default_workers() if todo_bytes >= POOL_MIN_BYTES else 1)
+    # Always in worker processes (one, for small work): a hostile file ends as a recorded failure, never as this
+    # process killed or hung.
+    workers = args.workers if args.workers is not None else (
+        default_workers() if todo_bytes >= POOL_MIN_BYTES else 1)
+    return LocalExecutor(workers, limits=worker_limits(args), isolate=True)
 
 
 def _dask(args: argparse.Namespace, todo_bytes: int) -> Executor:
@@ -69,9 +73,21 @@ def add_summarize_options(parser: argparse.ArgumentParser) -> None:
                         help="file.py:factory or package.module:factory building the model, for classification")
     parser.add_argument("--trust", action="store_true",
                         help="allow files that need pickled code to run (only for files you trust)")
+    parser.add_argument("--max-memory", metavar="SIZE", default=None,
+                        help=f"memory a local worker may use per checkpoint beyond the files it reads, e.g. 4G "
+                             f"(default: env CKPTBOARD_MAX_MEMORY, else {DEFAULT_MAX_MEMORY >> 30}G; 0: no limit)")
+    parser.add_argument("--timeout", metavar="S", default=None,
+                        help="seconds a local worker may spend on one checkpoint (default: env CKPTBOARD_TIMEOUT, "
+                             "else 120 s + 1 s per 20 MB; 0: no limit)")
+
+
+def worker_limits(args: argparse.Namespace) -> WorkerLimits:
+    """The local workers' limits from ``--max-memory``/``--timeout``, the environment or the defaults."""
+    return WorkerLimits.from_options(args.max_memory, args.timeout)
 
 
 def _check_executor_options(args: argparse.Namespace) -> None:
+    worker_limits(args)  # a malformed --max-memory/--timeout is a UsageError before any file is opened
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")
     if args.executor not in EXECUTORS:

@@ -22,7 +22,7 @@ class _Job:
     die_times: int = 0
     seconds: float = 0.0
 
-    def failed(self, problem: str) -> tuple:
+    def failed(self, problem: str, error: str = "WorkerLost", record: bool = False) -> tuple:
         return ("failed", self.n, problem)
 
 

@@ -128,9 +128,10 @@ def test_cache_key_names_the_checkpoint_its_previous_and_first_and_the_model(tmp
     for step in (1, 2, 3):
         torch.save({"w": torch.zeros(step)}, run / f"step={step}.pt")
     files = discover(tmp_path)[0].checkpoints
-    ids = [[f.relpath, f.size, f.mtime_ns] for f in files]
+    ids = [[f.relpath, f.size, f.mtime_ns, f.ino, f.ctime_ns] for f in files]
     assert cache_key(files[0], None, None, None) == {
         "relpath": "run/step=1.pt", "size": files[0].size, "mtime_ns": files[0].mtime_ns,
+        "ino": files[0].ino, "ctime_ns": files[0].ctime_ns,
         "prev": None, "first": None, "model": None, "format_version": FORMAT_VERSION,
     }
     third = cache_key(files[2], files[1], files[0], "abc")

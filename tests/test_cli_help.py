@@ -69,6 +69,7 @@ def test_app_config_beside_the_app_has_serves_defaults():
     config = tomllib.loads(APP_CONFIG.read_text())
     assert config["server"]["address"] == "127.0.0.1"
     assert config["browser"]["gatherUsageStats"] is False
+    assert config["server"]["allowedHosts"] == ["localhost", "127.0.0.1", "::1"]
 
 
 def test_streamlit_run_from_elsewhere_binds_localhost(tmp_path):

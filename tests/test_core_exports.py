@@ -9,7 +9,8 @@ import ckptboard.core as core
 EXPECTED = {
     # errors
     "CkptboardError", "CheckpointError", "NotACheckpointError", "CorruptCheckpointError", "UnsafeCheckpointError",
-    "IncompleteCheckpointError", "ChangedWhileReadError", "ModelSpecError", "CacheError", "FlopCountError", "UsageError",
+    "IncompleteCheckpointError", "ChangedWhileReadError", "ResourceLimitError", "ModelSpecError", "CacheError",
+    "FlopCountError", "UsageError",
     # records
     "CheckpointFormat", "TensorKind", "Trainable", "StepSource", "TensorInfo", "TensorGroup", "OptimizerParam",
     "OptimizerState",

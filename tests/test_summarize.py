@@ -7,11 +7,9 @@ import os
 import pickle
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 import warnings
-import zipfile
 
 import pandas as pd
 import pytest
@@ -41,12 +39,14 @@ def root(tmp_path):
     return root
 
 
-def _keep_size_and_mtime(path, data: bytes) -> None:
-    """Replace ``path``'s bytes with ``data`` of the same length, keeping its mtime: its cache key is unchanged."""
-    st = path.stat()
-    assert len(data) == st.st_size
-    path.write_bytes(data)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+def _forbid_reads(monkeypatch) -> None:
+    """Make opening any checkpoint fail loudly: a run that reads one reports it as a failure."""
+    from ckptboard.core import reader
+
+    def no_read(path, **kwargs):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(reader, "open_checkpoint", no_read)
 
 
 def test_summarize_builds_every_table(root):
@@ -91,27 +91,10 @@ def test_summarize_builds_every_table(root):
         ["lightning", 3, 0, 4], ["safetensors", 3, 0, 4]]
 
 
-def _zero_tensor_data(path) -> None:
-    """Overwrite every tensor byte of a torch zip or safetensors file with zeros; size, mtime and layout stay."""
-    data = bytearray(path.read_bytes())
-    if path.suffix == ".safetensors":
-        start = 8 + int.from_bytes(data[:8], "little")  # after the JSON header
-        data[start:] = bytes(len(data) - start)
-    else:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if "/data/" in info.filename:  # torch.save stores each storage uncompressed as <archive>/data/<key>
-                    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
-                    start = info.header_offset + 30 + name_len + extra_len
-                    data[start:start + info.file_size] = bytes(info.file_size)
-    _keep_size_and_mtime(path, bytes(data))
-
-
-def test_second_summarize_reads_no_checkpoint(root):
+def test_second_summarize_reads_no_checkpoint(root, monkeypatch):
     summarize(root)
     before = load_stats(root)
-    for path in [*root.rglob("*.ckpt"), *root.rglob("*.safetensors")]:
-        _zero_tensor_data(path)  # were any read again, its statistics would be those of zeros
+    _forbid_reads(monkeypatch)
     report = summarize(root)
     assert (report.cached, report.computed, report.failures, report.checkpoints) == (6, 0, [], 6)
     pd.testing.assert_frame_equal(load_stats(root).tensors, before.tensors)
@@ -171,7 +154,7 @@ def _truncated_copy(good, path) -> None:
     path.write_bytes(data[: start + (len(data) - start) // 2])
 
 
-def test_old_truncated_checkpoint_is_a_cached_failure(root):
+def test_old_truncated_checkpoint_is_a_cached_failure(root, monkeypatch):
     broken = root / "safetensors" / "step_000006.safetensors"
     _truncated_copy(root / "safetensors" / "step_000004.safetensors", broken)
     age(broken, 60)
@@ -184,7 +167,7 @@ def test_old_truncated_checkpoint_is_a_cached_failure(root):
         ["safetensors", "safetensors/step_000006.safetensors", "CorruptCheckpointError"]]
     assert errors["message"][0].startswith("safetensors/step_000006.safetensors: ")
 
-    _keep_size_and_mtime(broken, broken.read_bytes()[:-4] + b"????")
+    _forbid_reads(monkeypatch)
     again = summarize(root)  # the failure comes from the cache: the file is not read again
     assert (again.computed, [f.relpath for f in again.failures]) == (0, ["safetensors/step_000006.safetensors"])
 

@@ -1,7 +1,8 @@
 """``ckptboard serve ROOT``: validate ROOT, print the URL and run the Streamlit app on it.
 
 The arguments are the app's own (:mod:`ckptboard.dashboard.config`), so that ``serve`` and the app parse them the
-same way.
+same way. Streamlit is told the names it answers to (``server.allowedHosts``: localhost, ``--host``, ``--allow-host``),
+so that a foreign name rebound to this machine cannot open the app's websocket.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def add_parser(subparsers) -> None:
     add_app_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8501, help="port to listen on (default: 8501)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="another Host name the server answers to, e.g. a reverse proxy's (repeatable; "
+                             "the localhost names and --host are always allowed)")
     parser.set_defaults(run=run)
 
 
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port {args.port}: expected 1..65535")
     shown_host = "localhost" if args.host in ("127.0.0.1", "localhost", "::1") else args.host
     print(f"ckptboard: serving {config.root} at http://{shown_host}:{args.port}", flush=True)
-    proc = subprocess.Popen(streamlit_command(config, host=args.host, port=args.port))
+    proc = subprocess.Popen(streamlit_command(config, host=args.host, port=args.port,
+                                              allow_hosts=tuple(args.allow_host)))
     # A supervisor's SIGTERM must reach Streamlit too, or the server outlives this process.
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
     try:
