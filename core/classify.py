@@ -12,6 +12,7 @@ from the optimizer state when it lines up with them (held: trainable, not held: 
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "buffer_rule",
     "quantized_rule",
     "is_floating_dtype",
+    "OPTIMIZER_STATE_NAMES",
 ]
 
 
@@ -156,10 +158,14 @@ def classify_tensors(
     optimizer_verdicts: dict[int, str] = {}
     for group in groups:
         _classify_by_rules(group)
-    for gi, verdicts in _align_optimizers(groups, optimizers, result.notes).items():
+    by_name = [opt for opt in optimizers if opt.by_name]
+    for gi, verdicts in _align_optimizers(groups, [o for o in optimizers if not o.by_name], result.notes).items():
         for info, rule in zip(_candidates(groups[gi]), verdicts):
             _set_optimizer_verdict(info, rule)
             optimizer_verdicts[id(info)] = rule
+    for info, rule in _match_by_name(groups, by_name, result.notes):
+        _set_optimizer_verdict(info, rule)
+        optimizer_verdicts[id(info)] = rule
     for group in groups:
         _copy_tied(group)
     if model is not None:
@@ -339,10 +345,20 @@ def _set(info: TensorInfo, kind: TensorKind, trainable: Trainable, rule: Rule) -
     info.kind, info.trainable, info.source = kind, trainable, rule
 
 
+def _is_layout_verdict(info: TensorInfo) -> bool:
+    """A verdict the checkpoint's layout states exactly (``peft:adapter``, ``deepspeed:…``): kept as it is."""
+    return bool(info.source) and info.source not in _RULE_VALUES
+
+
+_RULE_VALUES = frozenset(r.value for r in Rule)
+
+
 def _classify_by_rules(group: TensorGroup) -> None:
     leaves = _leaves_by_module(group)
     bnb4 = _bnb4_weights(group)
     for info in group.tensors:
+        if _is_layout_verdict(info):
+            continue
         module_leaves = leaves[info.module]
         quantized = quantized_rule(info, module_leaves, bnb4)
         rule = buffer_rule(info, module_leaves) if quantized is None else None
@@ -385,10 +401,36 @@ class _Slot:
     stateless_among_stateful: bool  # no state while others in its param group have some
 
 
+OPTIMIZER_STATE_NAMES = frozenset(_PARAM_SHAPED_STATES) | {"step"}
+
+
 def _candidates(group: TensorGroup) -> list[TensorInfo]:
     """The entries an optimizer may hold: floating-point, not a buffer by an exact rule, not a tied view, not a
-    quantized (frozen) weight."""
-    return [i for i in group.tensors if i.kind == TensorKind.PARAMETER and not i.tied_to and i.source not in _FROZEN_BY_RULE]
+    quantized (frozen) weight, not decided by the layout."""
+    return [i for i in group.tensors if i.kind == TensorKind.PARAMETER and not i.tied_to
+            and i.source not in _FROZEN_BY_RULE and not _is_layout_verdict(i)]
+
+
+def _match_by_name(
+    groups: Sequence[TensorGroup], optimizers: Sequence[OptimizerState], notes: list[str]
+) -> list[tuple[TensorInfo, Rule]]:
+    """Optimizers that name their parameters (DCP): held when named, else not held, in each group they name."""
+    held = {str(p.param_id) for opt in optimizers for p in opt.params if p.state_shapes}
+    if not held:
+        return []
+    out = []
+    matched = 0
+    for group in groups:
+        cands = _candidates(group)
+        names = {id(c) for c in cands if c.name in held or c.raw_name in held}
+        if not names:
+            continue
+        matched += len(names)
+        out += [(c, Rule.OPTIMIZER_HELD if id(c) in names else Rule.OPTIMIZER_NOT_HELD) for c in cands]
+    if matched < len(held):
+        notes.append(f"{len(held) - matched} parameters named by the optimizer state are in no group; trainable of "
+                     "the others follows the names found")
+    return out
 
 
 def _slots(optimizer: OptimizerState) -> list[list[_Slot]]:
@@ -437,34 +479,99 @@ def _embedding_bounds(slots: Sequence[_Slot], cands: Sequence[TensorInfo]) -> tu
 
 @dataclass
 class _Placement:
-    """Per candidate position: held for sure (and by which slot), or possibly held."""
+    """Per candidate position: held for sure (and by which slot), or possibly held.
+
+    ``possible`` is built from the slots' ranges in one sweep (a difference array for shapeless slots, merged
+    ranges per shape otherwise), so a placement costs O(n log n) even when every range spans most candidates.
+    """
 
     certain: dict[int, _Slot] = field(default_factory=dict)
     possible: set[int] = field(default_factory=set)
+    by_shape: bool = False  # placed by shape counts, not in order
 
     def add(self, slots: Sequence[_Slot], cands: Sequence[TensorInfo], bounds: tuple[list[int], list[int]]) -> None:
+        anywhere = [0] * (len(cands) + 1)
+        ranges: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
         for slot, lo, hi in zip(slots, *bounds):
             if lo == hi:
                 self.certain[lo] = slot
-            self.possible.update(j for j in range(lo, hi + 1) if _matches(slot, cands[j]))
+            if slot.shape is None:
+                anywhere[lo] += 1
+                anywhere[hi + 1] -= 1
+            else:
+                ranges[tuple(slot.shape)].append((lo, hi))
+        covered = 0
+        for j in range(len(cands)):
+            covered += anywhere[j]
+            if covered:
+                self.possible.add(j)
+        if not ranges:
+            return
+        positions: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for j, info in enumerate(cands):
+            positions[tuple(info.shape)].append(j)
+        for shape, spans in ranges.items():
+            where = positions.get(shape, [])
+            for lo, hi in _merged(spans):
+                self.possible.update(where[bisect.bisect_left(where, lo) : bisect.bisect_right(where, hi)])
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching ``[lo, hi]`` ranges joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _place(optimizer: OptimizerState, cands: Sequence[TensorInfo]) -> _Placement | None:
-    """Line the optimizer's parameters up with ``cands``: all groups in a row, else group by group."""
+    """Line the optimizer's parameters up with ``cands``: all groups in a row, else group by group, else (files that
+    sort their keys, such as safetensors, lose the model's order) by shape counts."""
     units = _slots(optimizer)
     placement = _Placement()
     bounds = _embedding_bounds([s for u in units for s in u], cands)
     if bounds is not None:
         placement.add([s for u in units for s in u], cands, bounds)
         return placement
-    if len(units) < 2:
+    if len(units) >= 2:
+        # Param groups split across the model (e.g. weight decay on weights, none on biases and norms).
+        for unit in units:
+            bounds = _embedding_bounds(unit, cands)
+            if bounds is None:
+                break
+            placement.add(unit, cands, bounds)
+        else:
+            return placement
+    return _place_by_shape([s for u in units for s in u], cands)
+
+
+def _place_by_shape(slots: Sequence[_Slot], cands: Sequence[TensorInfo]) -> _Placement | None:
+    """Order-free placement: a shape held as often as it occurs is held everywhere, one never held nowhere, any
+    other count is ambiguous; slots without a parameter-shaped state make every uncertain entry ambiguous."""
+    by_shape: dict[tuple[int, ...], list[_Slot]] = defaultdict(list)
+    wildcards = 0
+    for slot in slots:
+        if slot.shape is None:
+            wildcards += 1
+        else:
+            by_shape[tuple(slot.shape)].append(slot)
+    positions: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for j, info in enumerate(cands):
+        positions[tuple(info.shape)].append(j)
+    if any(len(held) > len(positions.get(shape, ())) for shape, held in by_shape.items()):
         return None
-    # Param groups split across the model (e.g. weight decay on weights, none on biases and norms).
-    for unit in units:
-        bounds = _embedding_bounds(unit, cands)
-        if bounds is None:
-            return None
-        placement.add(unit, cands, bounds)
+    if len(slots) > len(cands):
+        return None
+    placement = _Placement(by_shape=True)
+    for shape, where in positions.items():
+        held = by_shape.get(shape, [])
+        if held and len(held) == len(where):
+            placement.certain.update(zip(where, held))
+        elif held or wildcards:
+            placement.possible.update(where)
     return placement
 
 
@@ -489,9 +596,14 @@ def _align_optimizers(
                 "trainable left unknown"
             )
             continue
-        fits.sort(key=lambda f: (f[0], f[1]))  # a group it covers exactly first, then file order
+        # Its own group first (same first key-path component: a model-parallel rank's file), then in order, then
+        # exact cover, then file order.
+        home = opt.key_path.partition("/")[0]
+        fits.sort(key=lambda f: (groups[f[1]].name.partition("/")[0] != home, f[2].by_shape, f[0], f[1]))
         _, gi, placement = fits[0]
-        if len(fits) > 1:
+        if placement.by_shape:
+            notes.append(f"{label} placed by shape counts: the file's key order is not the optimizer's")
+        if len(fits) > 1 and groups[gi].name.partition("/")[0] != home:
             others = ", ".join(repr(groups[f[1]].name) for f in fits[1:])
             notes.append(f"{label} also lines up with group(s) {others}; used for group {groups[gi].name!r}")
         placements[gi].append(placement)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ckptboard.core.formats.filereader import FileReader
-from ckptboard.core.formats.hf_folder import read_hf_folder
+from ckptboard.core.formats.hf_folder import INDEX_NAMES
 from ckptboard.core.formats.legacy import LegacyReader
 from ckptboard.core.formats.safetensors_file import SafetensorsReader
 from ckptboard.core.formats.sniff import Signature, sniff
@@ -112,14 +112,15 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | Path, device: str | torch.device = "cpu", trust: bool = False) -> Checkpoint:
-    """Open a checkpoint file or Hugging Face folder and list its tensors without reading their data."""
+    """Open a checkpoint file or a checkpoint folder (Hugging Face, Trainer, DCP, …) and list its tensors without
+    reading their data."""
     device = resolve_device(device)
     path = Path(path)
     if not path.exists():
         raise NotACheckpointError(path, "no such file or folder")
     try:
         if path.is_dir():
-            return _open_folder(path, device)
+            return _open_folder(path, device, trust)
         return _open_file(path, device, trust)
     except OSError as e:
         raise CheckpointError(path, f"cannot be read ({e.strerror or e})") from e
@@ -137,12 +138,18 @@ def _file_reader(path: Path, label: str = "") -> tuple[FileReader, CheckpointFor
     return reader_class(path, label), fmt
 
 
-def _open_folder(path: Path, device: torch.device) -> Checkpoint:
-    root, readers, metadata = read_hf_folder(path, lambda shard, label: _file_reader(shard, label)[0])
-    ckpt = Checkpoint(path, CheckpointFormat.HF_SHARDED, device, _readers=readers)
-    for reader in readers:
-        ckpt.notes.extend(n for n in reader.notes if n not in ckpt.notes)
-    return _fill(ckpt, split_contents(root, _read_scalar), metadata)
+def _open_folder(path: Path, device: torch.device, trust: bool) -> Checkpoint:
+    """A checkpoint folder: whichever training-framework layout recognises it (:mod:`ckptboard.core.layouts`)."""
+    from ckptboard.core.layouts import detect
+
+    match = detect(path)
+    if match is None:
+        raise NotACheckpointError(
+            path,
+            f"a folder without {' or '.join(INDEX_NAMES)} and of no known training layout (README: Layouts): "
+            "pass one checkpoint file, or give the folder of runs to `ckptboard summarize` or `ckptboard serve`",
+        )
+    return match.layout.open(match, device, trust)
 
 
 def _open_file(path: Path, device: torch.device, trust: bool) -> Checkpoint:

@@ -36,6 +36,12 @@ class CheckpointFormat(StrEnum):
     TORCH_LEGACY = "torch-legacy"
     SAFETENSORS = "safetensors"
     HF_SHARDED = "hf-sharded"
+    HF_TRAINER = "hf-trainer"  # Trainer's checkpoint-N/: weights + optimizer.pt + trainer_state.json
+    ACCELERATE = "accelerate"  # Accelerator.save_state folder
+    PEFT = "peft"  # adapter_model.* + adapter_config.json
+    DCP = "dcp"  # torch.distributed.checkpoint: .metadata + *.distcp
+    DEEPSPEED = "deepspeed"  # engine.save_checkpoint: global_stepN/ with *_model_states.pt
+    MEGATRON = "megatron"  # legacy iter_NNNNNNN/mp_rank_XX[_YYY]/model_optim_rng.pt
     PICKLED_MODULE = "pickled-module"
     TORCHSCRIPT = "torchscript"
 
@@ -70,6 +76,7 @@ class StepSource(StrEnum):
     GLOBAL_STEP = "metadata:global_step"
     STEP = "metadata:step"
     ITERATION = "metadata:iteration"
+    ITER_NUM = "metadata:iter_num"  # nanoGPT
     EPOCH = "metadata:epoch"
     FILENAME = "filename"
     NONE = "none"
@@ -131,6 +138,7 @@ class OptimizerState:
     params: list[OptimizerParam] = field(default_factory=list)  # in param_groups order
     hyperparams: list[dict[str, Any]] = field(default_factory=list)  # per param group, JSON-safe
     state_nbytes: int = 0
+    by_name: bool = False  # ``param_id`` is the parameter's name (DCP's flattened keys), not its index
 
     @property
     def state_names(self) -> list[str]:

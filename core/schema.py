@@ -34,6 +34,7 @@ __all__ = [
     "BATCHNORM_COLUMNS",
     "EVENT_COLUMNS",
     "ERROR_COLUMNS",
+    "TRAINING_SCALAR_COLUMNS",
     "percentile_column",
     "EventKind",
     "RunningStat",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 # Bump when a table's columns or types change: cache fragments of another version are recomputed with a warning.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the training_scalars table
 
 
 class TableName(StrEnum):
@@ -56,6 +57,7 @@ class TableName(StrEnum):
     BATCHNORM = "batchnorm"
     EVENTS = "events"
     ERRORS = "errors"
+    TRAINING_SCALARS = "training_scalars"
 
 
 # TensorBoard's distribution basis points (its compressed-histogram bps), then the usual extras.
@@ -121,6 +123,11 @@ class EventKind(StrEnum):
 # One row per file that could not be summarised.
 ERROR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "error", "message")
 
+# Training scalars logged beside the checkpoints (Trainer's log_history, Lightning's metrics.csv): one row per logged
+# value; ``step`` is the step it was logged at, ``checkpoint`` the one whose fragment holds it (the first checkpoint
+# at or after that step), ``source`` the log file's name.
+TRAINING_SCALAR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "source", "name", "value")
+
 
 COLUMNS: dict[TableName, tuple[str, ...]] = {
     TableName.CHECKPOINTS: CHECKPOINT_COLUMNS,
@@ -130,13 +137,14 @@ COLUMNS: dict[TableName, tuple[str, ...]] = {
     TableName.BATCHNORM: BATCHNORM_COLUMNS,
     TableName.EVENTS: EVENT_COLUMNS,
     TableName.ERRORS: ERROR_COLUMNS,
+    TableName.TRAINING_SCALARS: TRAINING_SCALAR_COLUMNS,
 }
 
 # Column types; a column not named here is a string.
 _INT_COLUMNS = ("step", "prev_step", "numel", "nbytes", "zeros", "nans", "posinfs", "neginfs", "infs", "channel",
                 "size_bytes", "n_tensors", "n_parameters", "n_trainable", "n_frozen", "n_buffers", "parameter_bytes",
                 "buffer_bytes")
-_FLOAT_COLUMNS = ("mean", "std", "min", "max", "abs_mean", "norm", "update_norm", "update_ratio", "cosine",
+_FLOAT_COLUMNS = ("value", "mean", "std", "min", "max", "abs_mean", "norm", "update_norm", "update_ratio", "cosine",
                   "dist_from_first", "rel_dist_from_first", "running_mean", "running_var",
                   "mtime",  # seconds since the epoch, as os.stat gives
                   ) + PERCENTILE_COLUMNS
@@ -190,6 +198,7 @@ class StatsTables:
     batchnorm: pd.DataFrame
     events: pd.DataFrame
     errors: pd.DataFrame
+    training_scalars: pd.DataFrame
 
     @classmethod
     def empty(cls) -> "StatsTables":

@@ -1,6 +1,6 @@
 """The training step of a checkpoint: from its metadata, else from its file or folder name.
 
-Metadata keys, in order of preference: ``global_step``, ``step``, ``iteration``, ``epoch`` (a non-negative int,
+Metadata keys, in order of preference: ``global_step``, ``step``, ``iteration``, ``iter_num`` (nanoGPT), ``epoch`` (a non-negative int,
 a float with an integral value, or a string of digits; bools are not steps). Name patterns (case-insensitive, on the name without
 checkpoint extensions), in order: ``step=120``/``step_120``/``global_step120``; ``iter_120``/``iteration-120``;
 ``checkpoint-500``/``checkpoint_000120``/``ckpt12``; ``epoch=3``/``ep05``; a number after a final ``-``, ``_`` or
@@ -21,6 +21,7 @@ _METADATA_KEYS = (
     ("global_step", StepSource.GLOBAL_STEP),
     ("step", StepSource.STEP),
     ("iteration", StepSource.ITERATION),
+    ("iter_num", StepSource.ITER_NUM),
     ("epoch", StepSource.EPOCH),
 )
 _SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".tar", ".pkl", ".pickle", ".torch", ".model")
@@ -37,7 +38,8 @@ _NAME_PATTERNS = tuple(
 
 
 def step_from_metadata(metadata: Mapping[str, Any]) -> tuple[int | None, StepSource]:
-    """``(step, source)`` from the first usable key of ``global_step``, ``step``, ``iteration``, ``epoch``."""
+    """``(step, source)`` from the first usable key of ``global_step``, ``step``, ``iteration``, ``iter_num``,
+    ``epoch``."""
     for key, source in _METADATA_KEYS:
         value = metadata.get(key)
         if isinstance(value, bool):

@@ -52,6 +52,7 @@ class Plan:
     tasks: list[CheckpointTask] = field(default_factory=list)
     cached: list[Receipt] = field(default_factory=list)
     relpaths: list[str] = field(default_factory=list)  # every checkpoint discovered
+    aliases: dict[str, str] = field(default_factory=dict)  # a copy not summarised (last.ckpt) -> the one it copies
 
     @property
     def todo_bytes(self) -> int:
@@ -72,6 +73,7 @@ class SummaryReport:
     computed: int = 0  # checkpoints read by this call
     failures: list[Failure] = field(default_factory=list)
     skipped_incomplete: list[str] = field(default_factory=list)  # still being written: picked up next time
+    aliases: dict[str, str] = field(default_factory=dict)  # copies shown once (Plan.aliases)
 
     @property
     def ok(self) -> bool:
@@ -88,6 +90,8 @@ class SummaryReport:
                 f"{len(self.failures)} failed")
         if self.skipped_incomplete:
             text += f", {len(self.skipped_incomplete)} skipped (still being written)"
+        if self.aliases:
+            text += f", {len(self.aliases)} alias(es) shown once ({_alias_text(self.aliases)})"
         return text
 
     def add(self, receipt: Receipt) -> None:
@@ -120,6 +124,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
     invalid: list[str] = []
     listed_at = time.time()
     for run in discover(root):
+        result.aliases.update((a.relpath, a.alias_of) for a in run.aliases)
         files = list(run.checkpoints)
         for i, cf in enumerate(files):
             result.relpaths.append(cf.relpath)
@@ -146,7 +151,7 @@ def execute(work: Plan, executor: Executor | None = None,
             progress: Callable[[Receipt], None] | None = None) -> SummaryReport:
     """Run ``work``'s tasks on ``executor`` (in this process by default); ``progress(receipt)`` as each finishes."""
     start = time.perf_counter()
-    report = SummaryReport(root=work.root, cache_dir=work.cache.dir)
+    report = SummaryReport(root=work.root, cache_dir=work.cache.dir, aliases=dict(work.aliases))
     for receipt in work.cached:
         report.add(receipt)
     executor = executor if executor is not None else LocalExecutor(1)
@@ -224,3 +229,9 @@ def _model_fingerprint(model: Any) -> str | None:
     parts = [f"p {n} {tuple(p.shape)} {p.requires_grad}" for n, p in module.named_parameters()]
     parts += [f"b {n} {tuple(b.shape)}" for n, b in module.named_buffers()]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+def _alias_text(aliases: dict[str, str], shown: int = 3) -> str:
+    """``last.ckpt = epoch=0-step=4.ckpt; …`` for the first ``shown`` aliases."""
+    text = "; ".join(f"{a} = {o}" for a, o in list(aliases.items())[:shown])
+    return text + (f"; {len(aliases) - shown} more" if len(aliases) > shown else "")

@@ -223,7 +223,17 @@ def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[st
         prev = _open_neighbour(stack, task, task.prev, model)
         first = _open_neighbour(stack, task, task.first, model) if task.first != task.prev else prev
         source = RowSource(task.run, task.relpath, task.prev, task.size, task.mtime_ns)
-        return checkpoint_rows(source, ckpt, prev, first, device=task.device), len(ckpt.tensors)
+        rows = checkpoint_rows(source, ckpt, prev, first, device=task.device)
+        rows[TableName.TRAINING_SCALARS] = _training_rows(task, path, ckpt.step, None if prev is None else prev.step)
+        return rows, len(ckpt.tensors)
+
+
+def _training_rows(task: CheckpointTask, path: Path, step: int | None, prev_step: int | None) -> list[dict[str, Any]]:
+    """The training scalars logged since the previous checkpoint (:mod:`ckptboard.core.layouts.logs`)."""
+    from ckptboard.core.layouts.logs import log_scalars
+
+    return [{"run": task.run, "checkpoint": task.relpath, "step": r.step, "source": r.source, "name": r.name,
+             "value": r.value} for r in log_scalars(path, step, prev_step)]
 
 
 def _open_neighbour(stack: ExitStack, task: CheckpointTask, relpath: str | None, model: Any):

@@ -37,6 +37,7 @@ TABLE_FILES: dict[TableName, str] = {
     TableName.CHECKPOINTS: "checkpoints",
     TableName.ERRORS: "errors",
     TableName.HISTOGRAMS: "histograms",
+    TableName.TRAINING_SCALARS: "training_scalars",
 }
 
 Progress = Callable[[int, int, str], None]  # (done, total, what was just written)

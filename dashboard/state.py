@@ -37,6 +37,7 @@ __all__ = [
     "load_tables",
     "look_for_new_checkpoints",
     "skipped_files",
+    "aliases",
     "filter_tables",
     "view_context",
     "request_refresh",
@@ -141,6 +142,7 @@ class _RootState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     summarized_at: float = 0.0
     skipped: list[str] = field(default_factory=list)  # still being written at the last summarize
+    aliases: dict[str, str] = field(default_factory=dict)  # copies shown once (last.ckpt -> what it copies)
 
 
 @st.cache_resource(show_spinner=False)
@@ -155,6 +157,11 @@ def _state_of(config: AppConfig) -> _RootState:
 def skipped_files(config: AppConfig) -> list[str]:
     """Files the last summarize of ROOT skipped as still being written (read on a later refresh)."""
     return list(_state_of(config).skipped)
+
+
+def aliases(config: AppConfig) -> dict[str, str]:
+    """Copies the last summarize of ROOT showed once (Lightning's ``last.ckpt`` -> the checkpoint it copies)."""
+    return dict(_state_of(config).aliases)
 
 
 def _summarize_missing(config: AppConfig, *, announce: bool = False) -> None:
@@ -183,6 +190,7 @@ def _summarize_missing(config: AppConfig, *, announce: bool = False) -> None:
         shown.finish(report)
         root_state.summarized_at = time.time()
         root_state.skipped = list(report.skipped_incomplete)
+        root_state.aliases = dict(report.aliases)
     for warning in caught:
         if issubclass(warning.category, CacheWarning):
             st.warning(str(warning.message))

@@ -28,6 +28,7 @@ from ckptboard.core.schema import (
     BATCHNORM_COLUMNS,
     CHECKPOINT_COLUMNS,
     ERROR_COLUMNS,
+    TRAINING_SCALAR_COLUMNS,
     EVENT_COLUMNS,
     HISTOGRAM_COLUMNS,
     PERCENTILE_COLUMNS,
@@ -265,5 +266,13 @@ def synthetic_tables(n_checkpoints: int = 200, n_tensors: int = 500, runs: int =
     }], columns=list(ERROR_COLUMNS))
     return StatsTables(
         checkpoints=frames[0], tensors=frames[1], histograms=frames[2], updates=frames[3],
-        batchnorm=frames[4], events=frames[5], errors=errors,
+        batchnorm=frames[4], events=frames[5], errors=errors, training_scalars=_training_scalars(frames[0]),
     )
+
+
+def _training_scalars(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """A loss and a learning rate logged at every checkpoint's step (a Trainer's log_history, say)."""
+    rows = [{"run": r, "checkpoint": c, "step": s, "source": "trainer_state.json", "name": name, "value": value}
+            for r, c, s in zip(checkpoints["run"], checkpoints["checkpoint"], checkpoints["step"]) if pd.notna(s)
+            for name, value in (("loss", 2.0 / (1 + s)), ("learning_rate", 1e-3))]
+    return pd.DataFrame(rows, columns=list(TRAINING_SCALAR_COLUMNS))

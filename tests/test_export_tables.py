@@ -27,6 +27,7 @@ EXPECTED_HEADERS = {
                         "n_parameters", "n_trainable", "n_frozen", "n_buffers", "parameter_bytes", "buffer_bytes",
                         "optimizer", "metadata_json", "skipped_globals"],
     "errors.csv": ["run", "checkpoint", "error", "message"],
+    "training_scalars.csv": ["run", "checkpoint", "step", "source", "name", "value"],
 }
 
 
@@ -70,7 +71,7 @@ def test_parquet_export_adds_histograms(tmp_path):
     written = export_tables(tables, tmp_path, ["parquet"], progress=lambda done, total, what: progress.append(done))
     assert {p.name for p in written} == {n.replace(".csv", ".parquet") for n in EXPECTED_HEADERS} | {
         "histograms.parquet"}
-    assert progress == [1, 2, 3, 4, 5, 6, 7]  # one call per file, 7 tables
+    assert progress == [1, 2, 3, 4, 5, 6, 7, 8]  # one call per file, 8 tables
     histograms = pd.read_parquet(tmp_path / "histograms.parquet")
     assert list(histograms.columns) == ["run", "checkpoint", "step", "group", "name", "lo", "hi", "counts"]
     assert len(histograms) == len(tables.histograms)

@@ -169,3 +169,16 @@ def test_modules_never_mix_groups(tables):
     assert np.allclose(data[data["series"] == "fc"]["value"], data[data["series"] == "ema:fc"]["value"])
     only = scalar_series(two, "update_ratio", modules=["ema:fc"], runs=["run1"])
     assert set(only["series"]) == {"ema:fc"}
+
+
+def test_training_scalar_figure_draws_each_name_per_run():
+    from ckptboard.dashboard.figures.training import step_extent, training_names, training_scalar_figure
+
+    tables = synthetic_tables(n_checkpoints=5, n_tensors=4, runs=2, seed=3)
+    assert training_names(tables) == ["loss", "learning_rate"]  # loss-like names first
+    fig = training_scalar_figure(tables, ["loss"], runs=["run0", "run1"], smoothing=0.5)
+    smoothed = [t for t in _lines(fig) if not t.meta["raw"]]  # (the legend's run/name entries left out)
+    assert [t.name for t in smoothed] == ["loss · run0", "loss · run1"]
+    steps = tables.checkpoints[tables.checkpoints["run"] == "run0"]["step"].dropna().tolist()
+    assert list(smoothed[0].x) == sorted(steps)
+    assert step_extent(tables, ["run0"]) == (min(steps), max(steps))

@@ -24,6 +24,7 @@ from ckptboard.dashboard.figures._common import (
     shorten,
     tensor_label,
 )
+from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["BatchNormStat", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
            "num_batches_tracked_figure"]
@@ -45,6 +46,7 @@ def _check_stat(stat: str) -> None:
         raise UsageError(f"BatchNorm statistic must be one of {', '.join(BatchNormStat)}, got {stat!r}")
 
 
+@on_position_axis
 def batchnorm_layers_figure(
     tables: StatsTables,
     run: str,
@@ -122,6 +124,7 @@ def _translucent(color: str, alpha: float = 0.2) -> str:
     return f"rgba({r}, {g}, {b}, {alpha})"
 
 
+@on_position_axis
 def batchnorm_heatmap(tables: StatsTables, run: str, module: str, stat: str = "running_mean") -> go.Figure:
     """Channel × step heatmap of ``stat`` for one norm layer (``module`` or ``group:module``)."""
     _check_stat(stat)
@@ -141,6 +144,7 @@ def batchnorm_heatmap(tables: StatsTables, run: str, module: str, stat: str = "r
     return fig
 
 
+@on_position_axis
 def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
     """``num_batches_tracked`` over step: one line per norm layer, or one line for all when they agree."""
     t = tables.tensors

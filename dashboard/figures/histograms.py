@@ -18,6 +18,7 @@ from ckptboard.core.histogram import rebin
 from ckptboard.core.records import StrEnum
 from ckptboard.core.schema import StatsTables, percentile_column
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, step_ramp, tensor_label
+from ckptboard.dashboard.figures.stepless import POSITION_AXIS_TITLE, on_position_axis, stepless_runs
 
 __all__ = ["HistogramMode", "DISTRIBUTION_BANDS", "common_edges", "histogram_figure", "distribution_figure"]
 
@@ -58,6 +59,7 @@ def common_edges(lo_lists, hi_lists, bins: int) -> np.ndarray | None:
     return np.linspace(a, b, bins + 1)
 
 
+@on_position_axis
 def histogram_figure(
     tables: StatsTables,
     run: str,
@@ -82,17 +84,21 @@ def histogram_figure(
         return empty_figure(f"No finite values to histogram for {label} in {run}")
     rows = rows[rows["step"].isin(decimate_steps(rows["step"], max_steps))].drop_duplicates("step", keep="last")
     edges = common_edges(rows["lo"], rows["hi"], bins)
+    if edges is None:
+        return empty_figure(f"No finite values to histogram for {label} in {run}")
     centers = (edges[:-1] + edges[1:]) / 2
     steps = rows["step"].to_numpy()
+    stepless = run in stepless_runs(tables)
+    names = [str(c) if stepless else f"step {s:g}" for c, s in zip(rows["checkpoint"], steps)]
     counts = np.stack([rebin(lo, hi, c, edges) for lo, hi, c in zip(rows["lo"], rows["hi"], rows["counts"])])
     colors = step_ramp(len(steps))
     fig = go.Figure()
     if mode == "overlay":
-        for step, y, color in zip(steps, counts, colors):
+        for step, name, y, color in zip(steps, names, counts, colors):
             fig.add_trace(go.Scatter(
                 x=centers, y=y, mode="lines", line={"color": color, "width": 1.5, "shape": "hvh"},
-                name=f"step {step}", meta={"step": int(step)},
-                hovertemplate=f"step {step}<br>x %{{x:.4g}}<br>count %{{y:.4g}}<extra></extra>",
+                name=name, meta={"step": int(step)},
+                hovertemplate=f"{name}<br>x %{{x:.4g}}<br>count %{{y:.4g}}<extra></extra>",
             ))
         fig.update_layout(yaxis_title="count")
     else:
@@ -100,18 +106,23 @@ def histogram_figure(
         height = max(_RIDGE_HEIGHT * float(steps[-1] - steps[0]), spacing)
         scale = height / max(float(counts.max()), 1e-300)
         x = np.concatenate([[edges[0]], centers, [edges[-1]]])
-        for step, y, color in zip(steps, counts, colors):
+        for step, name, y, color in zip(steps, names, counts, colors):
             # y axis is reversed (oldest at the top, at the back); a ridge rises towards smaller y.
             ridge = step - scale * np.concatenate([[0.0], y, [0.0]])
             fig.add_trace(go.Scatter(
                 x=x, y=ridge, mode="lines", fill="toself", fillcolor=_blend_white(color, 0.75),
-                line={"color": color, "width": 1}, name=f"step {step}", meta={"step": int(step)},
+                line={"color": color, "width": 1}, name=name, meta={"step": int(step)},
                 customdata=np.concatenate([[0.0], y, [0.0]]),
-                hovertemplate=f"step {step}<br>x %{{x:.4g}}<br>count %{{customdata:.4g}}<extra></extra>",
+                hovertemplate=f"{name}<br>x %{{x:.4g}}<br>count %{{customdata:.4g}}<extra></extra>",
             ))
         # Ticks only at drawn steps: the space above the oldest baseline holds ridges, not steps.
-        fig.update_yaxes(autorange="reversed", tickvals=decimate_steps(steps, 8))
-        fig.update_layout(yaxis_title="step")
+        ticks = decimate_steps(steps, 8)
+        if stepless:
+            label_of = dict(zip(steps, names))
+            fig.update_yaxes(autorange="reversed", tickvals=ticks, ticktext=[label_of[t] for t in ticks])
+        else:
+            fig.update_yaxes(autorange="reversed", tickvals=ticks)
+        fig.update_layout(yaxis_title=POSITION_AXIS_TITLE if stepless else "step")
     fig.update_layout(title=f"{label} — histograms ({run})", xaxis_title="value", showlegend=False, height=460,
                       hovermode="closest")
     return fig
@@ -128,6 +139,7 @@ def _blend_white(color: str, amount: float) -> str:
     return f"rgb({r}, {g}, {b})"
 
 
+@on_position_axis
 def distribution_figure(tables: StatsTables, run: str, group: str, name: str, *, max_steps: int = 500) -> go.Figure:
     """Bands between TensorBoard's symmetric basis-point percentiles (min–max, 6.68–93.32, 15.87–84.13,
     30.85–69.15) and the median line over step: two traces per band (lower, then upper filled to it), median last."""
@@ -154,6 +166,7 @@ def distribution_figure(tables: StatsTables, run: str, group: str, name: str, *,
         line={"color": "rgb(191, 54, 12)", "width": 2}, name="median", meta={"q": 50.0},
         hovertemplate="step %{x}<br>median %{y:.4g}<extra></extra>",
     ))
-    fig.update_layout(title=f"{label} — distribution ({run})", xaxis_title="step", yaxis_title="value", height=420,
+    fig.update_layout(title=f"{label} — distribution ({run})",
+                      xaxis_title=POSITION_AXIS_TITLE if run in stepless_runs(tables) else "step", yaxis_title="value", height=420,
                       hovermode="x unified")
     return fig

@@ -26,11 +26,12 @@ _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
 def checkpoints_table(tables: StatsTables, run: str | None = None) -> pd.DataFrame:
-    """The checkpoints of one run (or all), sorted by run and step, with a human ``size`` column."""
+    """The checkpoints of one run (or all), sorted by run and step (stepless ones by modification time), with a
+    human ``size`` column."""
     df = tables.checkpoints
     if run is not None:
         df = df[df["run"] == run]
-    df = df.sort_values(["run", "step", "checkpoint"], kind="stable", na_position="last")
+    df = df.sort_values(["run", "step", "mtime", "checkpoint"], kind="stable", na_position="last")
     df = df.assign(size=df["size_bytes"].map(format_bytes))
     for column in ("parameter_bytes", "buffer_bytes"):
         if column in df.columns:
@@ -50,7 +51,7 @@ def runs_overview_figure(tables: StatsTables) -> go.Figure:
     ck = tables.checkpoints
     if ck.empty:
         return empty_figure("No checkpoints summarised yet")
-    ck = ck.sort_values(["run", "step", "checkpoint"], kind="stable")
+    ck = ck.sort_values(["run", "step", "mtime", "checkpoint"], kind="stable", na_position="last")
     elements = _parameter_elements(tables)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("checkpoint size", "parameters (elements)"))

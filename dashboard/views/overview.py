@@ -8,7 +8,7 @@ import streamlit as st
 
 from ckptboard.core.health import error_cards
 from ckptboard.dashboard.figures.overview import checkpoints_table, runs_overview_figure
-from ckptboard.dashboard.state import ViewContext, memo, pick_default, skipped_files
+from ckptboard.dashboard.state import ViewContext, aliases, memo, pick_default, skipped_files
 
 __all__ = ["render"]
 
@@ -23,6 +23,10 @@ def render(ctx: ViewContext) -> None:
     if skipped:
         shown = ", ".join(f"`{p}`" for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         st.info(f"{len(skipped)} file(s) still being written, read on the next refresh: {shown}", icon="⏳")
+    copies = aliases(ctx.config)
+    if copies:
+        shown = ", ".join(f"`{a}` = `{o}`" for a, o in list(copies.items())[:5])
+        st.caption(f"Shown once: {shown}{' …' if len(copies) > 5 else ''} (same step, same tensor bytes)")
     checkpoints = ctx.tables.checkpoints
     if checkpoints.empty:
         st.info("No readable checkpoints in the chosen runs and step range. Checkpoints the run writes later show "

@@ -1,10 +1,13 @@
-"""Scalars: a statistic over steps for chosen tensors or whole modules, runs overlaid, TensorBoard's smoothing."""
+"""Scalars: a statistic over steps for chosen tensors or whole modules, runs overlaid, TensorBoard's smoothing;
+below it the training scalars logged beside the checkpoints (loss, learning rate, …) on the same step axis."""
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
+from ckptboard.dashboard.figures.training import step_extent, training_names, training_scalar_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import LinesPer
 from ckptboard.dashboard.views._pickers import worth_seeing
@@ -56,7 +59,30 @@ def render(ctx: ViewContext) -> None:
         scalar_figure, ctx, stat, tensors=tensors, modules=modules, runs=ctx.runs, smoothing=smoothing,
         log_y=log_y, step_range=ctx.step_range,
     )  # fmt: skip
-    st.plotly_chart(fig, key="scalars_chart")
+    extent = memo(step_extent, ctx, ctx.runs)
+    st.plotly_chart(_on_steps(fig, extent), key="scalars_chart")
+    _training_scalars(ctx, smoothing, extent)
+
+
+def _training_scalars(ctx: ViewContext, smoothing: float, extent: tuple[float, float] | None) -> None:
+    """Loss, learning rate, … logged beside the checkpoints, below the weights on the same step axis."""
+    names = memo(training_names, ctx)
+    if not names:
+        return
+    pick_default("scalars_training", names, names[:1])
+    chosen = st.multiselect(
+        "Training scalars (logged by the trainer)", names, key="scalars_training", persist_state="session",
+        placeholder="loss, learning_rate, grad_norm, …",
+    )  # fmt: skip
+    if chosen:
+        fig = memo(training_scalar_figure, ctx, chosen, runs=ctx.runs, smoothing=smoothing,
+                   step_range=ctx.step_range)
+        st.plotly_chart(_on_steps(fig, extent), key="scalars_training_chart")
+
+
+def _on_steps(fig: go.Figure, extent: tuple[float, float] | None) -> go.Figure:
+    """A copy of the (shared, memoised) figure with its x axis set to ``extent``."""
+    return fig if extent is None else go.Figure(fig).update_xaxes(range=list(extent))
 
 
 def _largest_parameters(ctx: ViewContext, options: list[str]) -> list[str]:

@@ -1,0 +1,84 @@
+"""Open a layout's files as one checkpoint: weight files as named groups, optimizer files for ``trainable`` only."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ckptboard.core.containers import Contents, split_contents
+from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
+from ckptboard.core.formats.hf_folder import read_hf_folder
+from ckptboard.core.layouts import LayoutMatch
+from ckptboard.core.records import CheckpointFormat, OptimizerState
+
+__all__ = ["open_file_set", "open_hf_folder", "read_optimizers"]
+
+
+def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.device):
+    """A :class:`~ckptboard.core.reader.Checkpoint` over ``match.weights`` (each file a group) and its optimizers."""
+    from ckptboard.core.reader import Checkpoint, _fill, _file_reader, _read_scalar
+
+    if match.error is not None:
+        raise match.error
+    ckpt = Checkpoint(match.path, fmt, device)
+    contents = Contents()
+    try:
+        for group, file in match.weights:
+            reader = _file_reader(file, file.name)[0]
+            ckpt._readers.append(reader)
+            found = split_contents(reader.read_root(), _read_scalar)
+            for inner, tensors in found.groups:
+                if match.keep_groups and not re.match(match.keep_groups, inner):
+                    continue
+                contents.groups.append((f"{group}/{inner}" if group and inner else group or inner, tensors))
+            for opt in found.optimizers:  # an optimizer saved inside a weights file still counts, for its group
+                opt.key_path = f"{group}/{opt.key_path}" if group and opt.key_path else group or opt.key_path
+                contents.optimizers.append(opt)
+            for key, value in found.metadata.items():
+                contents.metadata.setdefault(key, value)
+            ckpt.skipped_globals += [g for g in reader.skipped_globals if g not in ckpt.skipped_globals]
+            ckpt.notes += [n for n in reader.notes if n not in ckpt.notes]
+        contents.optimizers += read_optimizers(match.optimizers, match.path)
+    except BaseException:
+        ckpt.close()
+        raise
+    ckpt.notes += match.notes
+    _fill(ckpt, contents, match.metadata)
+    if match.step is not None:
+        ckpt.step, ckpt.step_source = match.step, match.step_source
+    return ckpt
+
+
+def read_optimizers(files: list[Path], folder: Path) -> list[OptimizerState]:
+    """The optimizer states in ``files`` (shapes only; each file closed again), named by file."""
+    from ckptboard.core.reader import _file_reader, _read_scalar
+
+    out: list[OptimizerState] = []
+    for file in files:
+        try:
+            reader = _file_reader(file)[0]
+        except CheckpointError as e:
+            raise CorruptCheckpointError(folder, f"optimizer file {file.name}: {e.problem}") from e
+        try:
+            for opt in split_contents(reader.read_root(), _read_scalar).optimizers:
+                opt.key_path = f"{file.name}/{opt.key_path}" if opt.key_path else file.name
+                out.append(opt)
+        finally:
+            reader.close()
+    return out
+
+
+def open_hf_folder(match: LayoutMatch, fmt: CheckpointFormat, device: torch.device):
+    """The checkpoint of a Hugging Face folder: every shard's tensors in one group ``""``."""
+    from ckptboard.core.reader import Checkpoint, _fill, _file_reader, _read_scalar
+
+    if match.error is not None:
+        raise match.error
+    root, readers, metadata = read_hf_folder(match.path, lambda shard, label: _file_reader(shard, label)[0])
+    ckpt = Checkpoint(match.path, fmt, device, _readers=readers)
+    for reader in readers:
+        ckpt.notes.extend(n for n in reader.notes if n not in ckpt.notes)
+    ckpt.notes += match.notes
+    return _fill(ckpt, split_contents(root, _read_scalar), {**metadata, **match.metadata})

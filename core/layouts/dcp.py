@@ -1,0 +1,130 @@
+"""``torch.distributed.checkpoint`` folders: FSDP/FSDP2 ``dcp.save``, torchtitan ``step-N/``, Lightning's sharded
+``*.ckpt/`` folders, Megatron's ``torch_dist``.
+
+    run/step-100/   .metadata  __0_0.distcp  __1_0.distcp  (meta.pt: Lightning's non-tensor state: metadata and step)
+
+Keys are flattened state_dict paths. ``model.<name>`` tensors form group ``model``; other top-level tensors group
+``""``. Optimizer entries (``optim.state.<name>.exp_avg``, ``optimizer.…``, ``optimizer_0.…``, or a bare
+``state.<name>.exp_avg``) are never listed as tensors: they name the parameters they hold, which gives ``trainable``
+by name. Non-tensor values (hyperparameters, dataloader and scheduler state) are counted, not read. The step
+comes from Lightning's ``meta.pt`` (``global_step``) when there is one, else from the folder's name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ckptboard.core.classify import OPTIMIZER_STATE_NAMES
+from ckptboard.core.containers import Contents
+from ckptboard.core.formats.dcp import DcpReader
+from ckptboard.core.formats.dcp_metadata import METADATA_NAME, DcpItem
+from ckptboard.core.layouts import Layout, LayoutMatch, register
+from ckptboard.core.records import CheckpointFormat, OptimizerParam, OptimizerState
+
+__all__ = ["Dcp", "split_key"]
+
+_OPTIMIZER_ROOT = re.compile(r"optim(?:izer)?s?(?:_\d+)?")
+_MODEL_ROOT = "model"
+_LIGHTNING_META = "meta.pt"
+
+
+@register
+class Dcp(Layout):
+    name = "dcp"
+    format = CheckpointFormat.DCP
+
+    def detect(self, folder: Path) -> LayoutMatch | None:
+        metadata = folder / METADATA_NAME
+        if not metadata.is_file():
+            return None
+        shards = sorted(p for p in folder.iterdir() if p.suffix == ".distcp" and p.is_file())
+        if not shards:
+            with open(metadata, "rb") as f:
+                if f.read(1) != b"\x80":  # no pickle: some other tool's .metadata
+                    return None
+            # every shard missing: still this layout, so that opening says which file is missing
+        extra = [folder / _LIGHTNING_META] if (folder / _LIGHTNING_META).is_file() else []
+        return LayoutMatch(self, folder, files=[metadata, *shards, *extra])
+
+    def open(self, match: LayoutMatch, device: torch.device, trust: bool):
+        from ckptboard.core.reader import Checkpoint, _fill
+
+        if match.error is not None:
+            raise match.error
+        reader = DcpReader(match.path)
+        ckpt = Checkpoint(match.path, self.format, device, _readers=[reader])
+        contents = Contents()
+        groups: dict[str, dict] = {}
+        states: dict[str, dict[str, OptimizerParam]] = {}
+        values = 0
+        for fqn, item in reader.dcp.items.items():
+            if not item.is_tensor:
+                values += 1
+                continue
+            role, where, name = split_key(fqn)
+            if role == "model":
+                groups.setdefault(where, {})[name] = reader.lazy(item)
+            elif role == "optimizer" and name:
+                param, _, state = name.rpartition(".")
+                entry = states.setdefault(where, {}).setdefault(param, OptimizerParam(param, 0))
+                entry.state_shapes[state] = item.shape
+                entry.state_dtypes[state] = str(item.dtype).removeprefix("torch.")
+        contents.groups = list(groups.items())
+        for root, params in states.items():
+            opt = OptimizerState(root, list(params.values()), by_name=True)
+            opt.state_nbytes = sum(_nbytes(reader.dcp.items[f"{root}.state.{p}.{s}" if root else f"state.{p}.{s}"])
+                                   for p, e in params.items() for s in e.state_shapes)
+            contents.optimizers.append(opt)
+        metadata = {"dcp_version": reader.dcp.version, "dcp_files": len(match.files) - 1, "dcp_values": values}
+        metadata.update(_lightning_meta(match.path, ckpt))
+        return _fill(ckpt, contents, metadata)
+
+
+def split_key(fqn: str) -> tuple[str, str, str]:
+    """``(role, where, name)``: ``("model", group, name)``, ``("optimizer", root, "<param>.<state>")`` for state
+    entries, ``("optimizer", root, "")`` for other optimizer entries."""
+    root, _, rest = fqn.partition(".")
+    if _OPTIMIZER_ROOT.fullmatch(root):
+        head, _, tail = rest.partition(".")
+        return "optimizer", root, tail if head == "state" and "." in tail else ""
+    if root == "state" and rest.rpartition(".")[2] in OPTIMIZER_STATE_NAMES and "." in rest:
+        return "optimizer", "", rest  # torchtitan's flattened optimizer, beside the model keys
+    if root == _MODEL_ROOT and rest:
+        return "model", _MODEL_ROOT, rest
+    return "model", "", fqn
+
+
+def _lightning_meta(folder: Path, ckpt) -> dict:
+    """Lightning's sharded ``*.ckpt/`` folder keeps its non-tensor state (``global_step``, ``epoch``, …) in
+    ``meta.pt`` beside the DCP files: its metadata, read by the restricted unpickler (no tensor data)."""
+    from ckptboard.core.containers import split_contents
+    from ckptboard.core.errors import CheckpointError
+    from ckptboard.core.reader import _file_reader, _read_scalar
+
+    meta = folder / _LIGHTNING_META
+    if not meta.is_file():
+        return {}
+    try:
+        reader = _file_reader(meta)[0]
+    except CheckpointError as e:
+        ckpt.notes.append(f"{_LIGHTNING_META} is not read ({e.problem})")
+        return {}
+    try:
+        found = split_contents(reader.read_root(), _read_scalar)
+    except CheckpointError as e:
+        ckpt.notes.append(f"{_LIGHTNING_META} is not read ({e.problem})")
+        return {}
+    finally:
+        reader.close()
+    ckpt.skipped_globals += [g for g in reader.skipped_globals if g not in ckpt.skipped_globals]
+    return found.metadata
+
+
+def _nbytes(item: DcpItem) -> int:
+    numel = 1
+    for n in item.shape:
+        numel *= n
+    return numel * item.dtype.itemsize
