@@ -1,5 +1,6 @@
 """End to end in a real browser: ``ckptboard serve`` on a copy of sample_ckpts, and on a series of real layouts
-(Hugging Face ``save_pretrained`` folders with long module names, three runs with equal values, the samples);
+(Hugging Face ``save_pretrained`` folders with long module names, three runs with equal values, a run without
+steps, the samples);
 every view opened in headless Chromium, Plotly charts rendered, no Streamlit exception on the page, every run in
 the legends, no overlapping subplot titles; screenshots kept in ``tmp_path`` (their folder is printed)."""
 
@@ -100,6 +101,7 @@ def server(tmp_path, tmp_path_factory):
 
 
 EQUAL_RUNS = ("equal/a", "equal/b", "equal/c")
+STEPLESS_RUN = "stepless"
 HF_RUN = "checkpoints/resnet-tiny-finetune-lr3e-4"  # a long run name: its sidebar chip must not be cut
 
 
@@ -113,9 +115,12 @@ def layouts_server(tmp_path, tmp_path_factory):
     write_hf_resnet_run(root / HF_RUN, [10, 20, 30])
     for run in EQUAL_RUNS:  # the same seed: three runs whose every value is equal
         write_tiny_run(root / run, [0, 1, 2, 3], seed=0)
+    # A run without steps: names with no number, state_dicts with no metadata (drawn by position).
+    for path, name in zip(write_tiny_run(root / STEPLESS_RUN, [1, 2, 3], seed=1), ("init", "best", "final")):
+        path.rename(path.with_name(f"{name}.pt"))
     summarize(root)
     with _serving(root, tmp_path) as url:
-        yield url, sorted(["adamw_lr1e-2", "adamw_lr1e-3", "sgd_safetensors", HF_RUN, *EQUAL_RUNS])
+        yield url, sorted(["adamw_lr1e-2", "adamw_lr1e-3", "sgd_safetensors", HF_RUN, STEPLESS_RUN, *EQUAL_RUNS])
 
 
 def _wait_drawn(page, view: View) -> None:
