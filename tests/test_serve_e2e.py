@@ -133,6 +133,15 @@ def _wait_drawn(page, view: View) -> None:
     )
 
 
+def _open(browser, url: str):
+    """A new tab on ``url``, once its Overview is drawn."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1100})
+    page.set_default_timeout(VIEW_RENDER_MS)
+    page.goto(url)
+    _wait_drawn(page, View.OVERVIEW)
+    return page
+
+
 def _visit(page, view: View, shots: Path) -> None:
     """Click ``view``'s button in the switcher, as a user does; wait until it is drawn, keep a screenshot, and
     fail on a Streamlit exception."""
@@ -152,10 +161,7 @@ def test_every_view_renders_in_chromium(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1100})
-            page.set_default_timeout(VIEW_RENDER_MS)
-            page.goto(server)
-            _wait_drawn(page, View.OVERVIEW)
+            page = _open(browser, server)
             for view in View:
                 _visit(page, view, tmp_path)
                 if view in CHART_VIEWS:
@@ -212,10 +218,7 @@ def test_real_layouts_in_chromium(layouts_server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1100})
-            page.set_default_timeout(VIEW_RENDER_MS)
-            page.goto(url)
-            _wait_drawn(page, View.OVERVIEW)
+            page = _open(browser, url)
             for view in View:
                 _visit(page, view, shots)
                 if view == View.OVERVIEW:
