@@ -120,10 +120,13 @@ def _free_port() -> int:
 
 def _serve(root: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ckptboard.dashboard.cli", "serve", str(root), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    return start_server([sys.executable, "-m", "ckptboard.dashboard.cli", "serve", str(root), "--port", str(port)],
+                        port)  # fmt: skip
+
+
+def start_server(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
+    """Start a Streamlit server (``command``, listening on ``port``) and wait until it answers its health check."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -131,9 +134,9 @@ def _serve(root: Path) -> tuple[subprocess.Popen, str]:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
                 return proc, url
         except OSError:
-            time.sleep(0.2)
+            time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGTERM)
-    raise SystemExit("ckptboard serve did not come up within 90 s")
+    raise SystemExit(f"{' '.join(command[:5])} did not come up within 90 s")
 
 
 def browser_round(root: Path) -> dict[str, float]:

@@ -24,6 +24,7 @@ since the std of a difference is at least the difference of the stds).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -239,7 +240,11 @@ def bn_modules(tables: StatsTables, run: str) -> pd.DataFrame:
 
 CHANGE_COLUMNS: tuple[str, ...] = (
     "group", "name", "module", "kind", "shape", "numel", "norm_a", "norm_b", "abs_change", "rel_change", "method",
+    "counter",
 )
+# Integer and bool tensors (num_batches_tracked, step counters, position ids) count rather than learn: their
+# relative change (+1 batch per step) would top every ranking, so they are ranked after the floating tensors.
+_COUNTER_DTYPE = re.compile(r"^(u?int\d*|bool)$")
 _TENSOR_KEY = ["group", "name"]
 
 
@@ -320,6 +325,8 @@ def compare_checkpoints(tables: StatsTables, checkpoint_a: str, checkpoint_b: st
         "numel": ra["numel"].to_numpy(), "norm_a": norm_a, "norm_b": rb["norm"].to_numpy(dtype=float),
         "abs_change": dist, "rel_change": rel,
         "method": np.where(has_exact, ChangeMethod.EXACT.value, ChangeMethod.LOWER_BOUND.value),
+        "counter": ra["dtype"].astype(str).str.match(_COUNTER_DTYPE).to_numpy(dtype=bool),
     }, columns=list(CHANGE_COLUMNS))
     changes = changes.sort_values("rel_change", ascending=False, na_position="last", kind="stable")
+    changes = changes.sort_values("counter", kind="stable")  # floats first, each part largest first
     return CompareResult(checkpoint_a, checkpoint_b, added, removed, reshaped, changes.reset_index(drop=True))

@@ -13,12 +13,13 @@ from ckptboard.dashboard.views import VIEW_KEY, View, render
 st.set_page_config(page_title="ckptboard", page_icon=":bar_chart:", layout="wide")
 
 config = state.app_config()
-tables, fingerprint = state.load_tables(config)
+# The switcher first: it needs no data, so the page shows something while the cache is read.
 st.session_state.setdefault(VIEW_KEY, View.OVERVIEW)  # not default=: Health's links set this key too
 view = st.segmented_control(
     "View", list(View), key=VIEW_KEY, required=True,
     label_visibility="collapsed", bind="query-params", width="stretch",
 )  # fmt: skip
+tables, fingerprint = state.load_tables(config)
 ctx = sidebar.sidebar(config, tables, fingerprint)
 try:
     if not ctx.all_runs:

@@ -147,6 +147,7 @@ def streamlit_command(config: AppConfig, *, host: str, port: int, allow_hosts: t
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
         "--client.toolbarMode", "minimal",
+        "--logger.hideWelcomeMessage", "true",  # serve prints the one URL itself
         "--server.enableCORS", "true",
         "--server.enableXsrfProtection", "true",
         *hosts,

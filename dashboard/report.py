@@ -27,6 +27,8 @@ tables are HTML only. When kaleido cannot render, the PNGs are left out and ``Re
 
 from __future__ import annotations
 
+import base64
+import functools
 import html
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.io.json import to_json_plotly
 from plotly.offline import get_plotlyjs
 
 from ckptboard.core.atomic import atomic_write
@@ -71,6 +74,11 @@ REPORT_STATISTICS = ("norm", "std", "update_ratio", "rel_dist_from_first")
 TABLE_ROWS = 100
 SCALAR_MODULES = 10
 HISTOGRAM_TENSORS = 4
+# The report is read, not zoomed: fewer drawn points and single-precision numbers keep it small (Plotly's own
+# JavaScript, embedded once, is most of the file; see ``_compact``).
+HISTOGRAM_STEPS = 12  # ridges per offset histogram, first and last kept
+HISTOGRAM_BINS = 40
+SCALAR_POINTS = 200
 SPECTRAL_LAYERS = 8
 PNG_BATCH = 16  # figures per kaleido call: one browser start each, progress between calls
 _CONFIG = {"displaylogo": False, "responsive": True}
@@ -160,7 +168,7 @@ def _plan(tables: StatsTables, size_trees: Mapping[str, Any], flop_reports: Mapp
     cards = pd.DataFrame(error_cards(tables), columns=["run", "checkpoint", "error", "message"])
     overview.items.append(_Item("Files that could not be read", table=cards,
                                 note="" if len(cards) else "Every checkpoint file was read."))
-    overview.items.append(_Item("Checkpoints", table=_capped(checkpoints_table(tables).drop(columns="size_bytes"))))
+    overview.items.append(_Item("Checkpoints", table=_capped(checkpoints_table(tables))))
     sections = [overview, _Section("health", "Health", [_Item("Findings", table=_capped(health),
                                                               note="" if len(health) else "No findings.")])]
     runs = sorted(set(tables.checkpoints["run"].dropna().astype(str)))
@@ -176,17 +184,19 @@ def _run_sections(tables: StatsTables, run: str, anchor: str, health: pd.DataFra
     where = f" ({run})"
     out = []
 
-    rows = tensor_table(tables, last)
-    note = f"{last}: {len(rows)} tensors"
+    # Largest first: the weights a reader came for, not the 8-byte num_batches_tracked counters.
+    rows = tensor_table(tables, last).sort_values("nbytes", ascending=False, kind="stable")
+    note = f"{last}: {len(rows)} tensors, largest first"
     if len(rows) > TABLE_ROWS:
-        note += f", the {TABLE_ROWS} largest by bytes shown"
-        rows = rows.sort_values("nbytes", ascending=False, kind="stable").head(TABLE_ROWS)
+        note += f", the {TABLE_ROWS} largest shown"
+        rows = rows.head(TABLE_ROWS)
     out.append(_Section(f"{anchor}-tensors", f"Tensors{where}", [_Item(f"Tensors of {last}", table=rows, note=note)]))
 
     modules = _top_modules(t[t["checkpoint"] == last])
     scalars = [
         _Item(f"{STATISTICS[stat]}{where}", build=lambda stat=stat: scalar_figure(
-            tables, stat, modules=modules, runs=[run], smoothing=0.6 if stat == "update_ratio" else 0.0))
+            tables, stat, modules=modules, runs=[run], smoothing=0.6 if stat == "update_ratio" else 0.0,
+            max_points=SCALAR_POINTS))
         for stat in REPORT_STATISTICS
     ]
     out.append(_Section(f"{anchor}-scalars", f"Scalars{where}", scalars))
@@ -194,7 +204,8 @@ def _run_sections(tables: StatsTables, run: str, anchor: str, health: pd.DataFra
     hist = []
     for group, name in _histogram_tensors(tables, run, last, health):
         hist.append(_Item(f"{tensor_label(group, name)} histograms{where}",
-                          build=lambda g=group, n=name: histogram_figure(tables, run, g, n, mode="offset")))
+                          build=lambda g=group, n=name: histogram_figure(
+                              tables, run, g, n, mode="offset", bins=HISTOGRAM_BINS, max_steps=HISTOGRAM_STEPS)))
         hist.append(_Item(f"{tensor_label(group, name)} distribution{where}",
                           build=lambda g=group, n=name: distribution_figure(tables, run, g, n)))
     out.append(_Section(f"{anchor}-histograms", f"Histograms{where}", hist))
@@ -332,6 +343,7 @@ def _write_html(sections: list[_Section], path: Path) -> Path:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ckptboard report</title>",
         f"<style>{_CSS}</style>",
         f'<script type="text/javascript">{get_plotlyjs()}</script>',
+        f"<script>const {_TEMPLATE_VAR} = {_default_template_json()};</script>",
         f"</head><body><h1>ckptboard report</h1><nav>{nav}</nav>",
     ]
     n = 0
@@ -345,14 +357,53 @@ def _write_html(sections: list[_Section], path: Path) -> Path:
                 parts.append(f'<p class="note">{html.escape(item.note)}</p>')
             if item.build is not None:
                 n += 1
-                parts.append(item.build().to_html(full_html=False, include_plotlyjs=False, div_id=f"figure-{n}",
-                                                  config=_CONFIG))
+                parts.append(_figure_html(item.build(), f"figure-{n}"))
             elif item.table is not None and len(item.table):
                 parts.append(_table_html(item.table))
         parts.append("</section>")
     parts.append("</body></html>\n")
     atomic_write(path, lambda f: f.write("\n".join(parts).encode("utf-8")))  # a killed export leaves no half report
     return path
+
+
+_NUMERIC_ARRAYS = ("x", "y", "z", "customdata", "base")
+_TEMPLATE_VAR = "CKPTBOARD_TEMPLATE"
+_DEFAULT_HEIGHT_PX = 450  # Plotly's own default
+
+
+@functools.lru_cache(maxsize=1)
+def _default_template_json() -> str:
+    return to_json_plotly(go.Figure().to_plotly_json()["layout"].get("template", {}))
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    """One figure as a div and the script that draws it. Plotly's default template (6.5 kB of JSON) is written
+    once in the head and referenced here, instead of repeated in every figure as ``fig.to_html`` does."""
+    spec = fig.to_plotly_json()
+    layout = dict(spec["layout"])
+    template = layout.pop("template", None)
+    layout_js = to_json_plotly(layout)
+    if template is not None:
+        own = to_json_plotly(template)
+        layout_js = (f"Object.assign({layout_js}, {{template: {_TEMPLATE_VAR}}})"
+                     if own == _default_template_json() else f"Object.assign({layout_js}, {{template: {own}}})")
+    height = f"{int(layout['height'])}px" if layout.get("height") else f"{_DEFAULT_HEIGHT_PX}px"
+    return (f'<div id="{div_id}" class="plotly-graph-div" style="height:{height}; width:100%;"></div>\n'
+            f'<script>Plotly.newPlot("{div_id}", {to_json_plotly(_compact(spec["data"]))}, {layout_js}, '
+            f"{to_json_plotly(_CONFIG)});</script>")
+
+
+def _compact(traces: list[dict]) -> list[dict]:
+    """The traces' float64 arrays (Plotly's base64 typed-array specs) in single precision: 7 significant digits,
+    half the bytes, plenty for reading a chart whose hover shows 4. (On the JSON dicts: a figure's own
+    validators turn float32 back into float64.)"""
+    for trace in traces:
+        for attr in _NUMERIC_ARRAYS:
+            spec = trace.get(attr)
+            if isinstance(spec, dict) and spec.get("dtype") == "f8" and "bdata" in spec:
+                values = np.frombuffer(base64.b64decode(spec["bdata"]), dtype="<f8").astype("<f4")
+                trace[attr] = {**spec, "dtype": "f4", "bdata": base64.b64encode(values.tobytes()).decode("ascii")}
+    return traces
 
 
 def _table_html(df: pd.DataFrame) -> str:

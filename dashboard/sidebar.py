@@ -28,6 +28,20 @@ __all__ = ["AUTO_REFRESH_CHOICES", "sidebar"]
 
 AUTO_REFRESH_CHOICES: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
 
+# Streamlit cuts a chosen option's chip at a fixed width (three runs read "checkpoints/check…"): run names wrap in
+# the sidebar instead, so every chip can be read whole.
+_CHIP_CSS = """<style>
+section[data-testid="stSidebar"] .stMultiSelect [role="group"],
+section[data-testid="stSidebar"] [data-testid="stMultiSelectTagsContainer"] { max-height: none !important; }
+section[data-testid="stSidebar"] [data-testid="stMultiSelectTagsContainer"] [data-tag] {
+  height: auto !important; max-width: 100% !important;
+}
+section[data-testid="stSidebar"] [data-testid="stMultiSelectTagsContainer"] [data-tag] > span[title] {
+  white-space: normal !important; overflow-wrap: anywhere; text-overflow: clip !important;
+  width: auto !important; max-width: none !important; line-height: 1.3;
+}
+</style>"""
+
 
 def _valid_regex(text: str) -> str | None:
     if not text:
@@ -75,6 +89,7 @@ def sidebar(config: AppConfig, tables: StatsTables, fingerprint: str) -> ViewCon
     """Draw the sidebar (runs, filter, depth, step range, reload) and return the context the views draw from."""
     all_runs = sorted(set(tables.checkpoints["run"]) | set(tables.errors["run"]))
     with st.sidebar:
+        st.html(_CHIP_CSS)
         st.title("ckptboard")
         pick_default("sidebar_runs", all_runs, all_runs)
         runs = st.multiselect("Runs", all_runs, key="sidebar_runs", placeholder="choose runs")

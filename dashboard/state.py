@@ -206,18 +206,22 @@ def aliases(config: AppConfig) -> dict[str, str]:
     return dict(_state_of(config).aliases)
 
 
-def _summarize_missing(config: AppConfig) -> None:
+def _summarize_missing(config: AppConfig, *, announce: bool = False) -> None:
     """Read the checkpoints the cache does not hold yet, with a status box and a progress bar while it works.
 
-    Two sessions never summarize one ROOT at once (the second waits, then finds nothing new).
+    ``announce`` (an empty cache: nothing else to show) opens the status box at once, before the seconds that
+    importing torch and listing ROOT take, so the first paint already says what is happening. Two sessions never
+    summarize one ROOT at once (the second waits, then finds nothing new).
     """
+    shown = _ReadProgress()
+    if announce:
+        shown.status = st.status(f"Looking for checkpoints under `{config.root}`…", expanded=True)
     from ckptboard.core.executors import LocalExecutor
     from ckptboard.core.summarize import refresh
 
     root_state = _state_of(config)
     with root_state.lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CacheWarning)
-        shown = _ReadProgress()
         try:
             # In a worker process under limits: whatever a hostile file does to it, this server lives.
             report = refresh(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust,
@@ -246,7 +250,11 @@ class _ReadProgress:
     def start(self, work: Plan) -> None:
         self.total = len(work.tasks)
         if self.total:
-            self.status = st.status(f"Reading {self.total} new checkpoint(s)…", expanded=True)
+            label = f"Reading {self.total} new checkpoint(s)…"
+            if self.status is None:
+                self.status = st.status(label, expanded=True)
+            else:
+                self.status.update(label=label)
             self.bar = self.status.progress(0.0, text=f"0/{self.total}")
 
     def advance(self, receipt: Receipt) -> None:
@@ -255,7 +263,8 @@ class _ReadProgress:
 
     def finish(self, report: SummaryReport) -> None:
         if self.status is not None:
-            self.status.update(label=f"Read {report.computed} new checkpoint(s): {report.line()}", state="complete",
+            label = f"Read {report.computed} new checkpoint(s): {report.line()}"
+            self.status.update(label=label if self.total else "No checkpoints to read", state="complete",
                                expanded=False)
 
     def fail(self) -> None:
@@ -291,7 +300,7 @@ def load_tables(config: AppConfig) -> tuple[TableView, str]:
         fragments = cache.fragments()
         fingerprint = cache.fingerprint(fragments)
         if refresh or not fragments:
-            fingerprint = _summarize_into_slot(config)
+            fingerprint = _summarize_into_slot(config, announce=not fragments)
         elif time.time() - _state_of(config).summarized_at > RECHECK_AFTER_S:
             st.session_state[_CHECK_KEY] = True
         st.session_state[_FINGERPRINT_KEY] = fingerprint
@@ -311,12 +320,12 @@ def look_for_new_checkpoints(config: AppConfig) -> None:
         st.rerun()
 
 
-def _summarize_into_slot(config: AppConfig) -> str:
+def _summarize_into_slot(config: AppConfig, *, announce: bool = False) -> str:
     """Summarize what is missing, showing progress at the top of the page; the cache's new fingerprint."""
     slot = st.session_state.get(_STATUS_SLOT)
     try:
         with slot.container() if slot is not None else st.container():
-            _summarize_missing(config)
+            _summarize_missing(config, announce=announce)
     except CkptboardError as e:  # the cache itself is unusable: say so and show what is there
         st.error(f"{type(e).__name__}: {e}")
     st.session_state[_LOADED_AT_KEY] = time.time()

@@ -15,7 +15,8 @@ APP = REPO / "dashboard" / "app.py"
 SAMPLES = REPO / "sample_ckpts"
 RUN_TIMEOUT_S = 60  # the first run of a fresh copy summarizes its checkpoints
 
-__all__ = ["APP", "SAMPLES", "RUN_TIMEOUT_S", "copy_samples", "summarized_samples", "app_test", "write_tiny_run"]
+__all__ = ["APP", "SAMPLES", "RUN_TIMEOUT_S", "copy_samples", "summarized_samples", "app_test", "write_tiny_run",
+           "write_hf_resnet_run"]
 
 
 def copy_samples(dst: Path) -> Path:
@@ -68,5 +69,29 @@ def write_tiny_run(run_dir: Path, steps: list[int], seed: int = 0) -> list[Path]
             net.bn.num_batches_tracked.fill_(step)
         path = run_dir / f"step_{step}.pt"
         torch.save(net.state_dict(), path)
+        paths.append(path)
+    return paths
+
+
+def write_hf_resnet_run(run_dir: Path, steps: list[int], seed: int = 0) -> list[Path]:
+    """``checkpoint-<N>/`` folders written by transformers' ``save_pretrained`` (model.safetensors + config.json)
+    of a tiny ResNetForImageClassification trained by a few seeded SGD steps between saves: Hugging Face's long
+    module paths (``resnet.encoder.stages.1.layers.0.shortcut.normalization``, 10 BatchNorm layers)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[2, 2], layer_type="basic",
+                          num_labels=4)  # fmt: skip
+    model = ResNetForImageClassification(config).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    paths = []
+    for step in steps:
+        for _ in range(2):
+            loss = model(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.randint(0, 4, (4,))).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        path = run_dir / f"checkpoint-{step}"
+        model.save_pretrained(path)
         paths.append(path)
     return paths

@@ -40,6 +40,16 @@ def test_first_open_summarizes_with_progress_then_reads_the_cache(tiny_root):
     assert _metric(again, "Checkpoints") == "3"
 
 
+def test_empty_cache_opens_its_status_box_before_anything_is_read(tmp_path):
+    # An empty ROOT plans no work, so only the box opened up front (before torch is imported and ROOT listed,
+    # the seconds a first paint used to stay blank) can be there; it closes saying so.
+    root = tmp_path / "empty"
+    root.mkdir()
+    at = _run(app_test(str(root)))
+    assert [s.label for s in at.status] == ["No checkpoints to read"]
+    assert "No checkpoints under" in at.info[0].value
+
+
 def test_new_session_on_a_filled_cache_draws_then_reads_what_is_new(tiny_root, tmp_path):
     summarize(tiny_root)  # e.g. `ckptboard summarize` ran before the dashboard
     write_tiny_run(tmp_path / "later", [10, 20, 30, 40])

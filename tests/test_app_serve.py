@@ -84,3 +84,21 @@ def test_symlink_out_of_root_is_refused(tmp_path):
     (root / "link.py").symlink_to(tmp_path / "secret.py")
     with pytest.raises(UsageError, match="outside ROOT"):
         resolve_under_root(root, Path("link.py"))
+
+
+def test_the_apps_first_page_imports_no_torch(tmp_path):
+    # torch takes seconds to import: the app's own modules, its argv and the Overview must not need it, so that
+    # the first paint waits only for pandas (reading the cache) and plotly.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import ckptboard.dashboard.state, ckptboard.dashboard.sidebar, ckptboard.dashboard.views.overview\n"
+        "from ckptboard.dashboard.config import parse_app_args\n"
+        "from ckptboard.core.load import load_stats\n"
+        f"parse_app_args([{str(tmp_path)!r}])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

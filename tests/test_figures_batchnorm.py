@@ -1,6 +1,9 @@
 """BatchNorm: per-layer channel mean with a min–max band, small multiples, the heatmap, num_batches_tracked."""
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from ckptboard.core.errors import UsageError
@@ -66,3 +69,24 @@ def test_num_batches_tracked_collapses_identical_layers(tables):
 
 def test_bn_modules_in_model_order(tables):
     assert bn_modules(tables, "run0")["module"].tolist() == ["block0.bn", "block1.bn", "block2.bn"]
+
+
+def test_small_multiples_stay_readable_with_long_names(tables):
+    # Hugging Face ResNet-style module paths of 60+ characters, 9 layers: 3 rows of 4 panels.
+    long = "encoder.stages.{}.layers.0.layer.1.normalization.with_a_long_suffix"
+    bn = tables.batchnorm.copy()
+    modules = sorted(bn["module"].unique())
+    bn["module"] = bn["module"].map({m: long.format(i) for i, m in enumerate(modules)})
+    many = pd.concat([bn.assign(module=bn["module"] + f"_{k}") for k in range(3)], ignore_index=True)
+    fig = batchnorm_layers_figure(dataclasses.replace(tables, batchnorm=many), "run0", small_multiples=True)
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == 9 and all(len(t) <= 38 for t in titles) and len(set(titles)) == 9
+    # every panel's x axis runs to the last step, labelled; the panels' own y axes name the statistic
+    last = 4 * STEP_EVERY
+    xaxes = [fig.layout[f"xaxis{i or ''}"] for i in range(9)]
+    assert all(ax.range[1] > last and ax.showticklabels for ax in xaxes)
+    assert fig.layout.yaxis.title.text == "running_mean"
+    # a 64 px gap above each title row: 3 * 200 + 2 * 64 + 150 = 878 px
+    assert fig.layout.height == 878
+    mean_traces = [t for t in fig.data if t.hovertemplate]
+    assert all(t.hovertemplate.startswith("encoder.stages.") for t in mean_traces)  # the full name on hover

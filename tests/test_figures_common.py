@@ -67,3 +67,19 @@ def test_labels_and_formatting():
     assert format_shape((2, 5)) == "[2, 5]"
     assert format_shape("[]") == "[]"
     assert len(step_ramp(5)) == 5 and step_ramp(0) == []
+
+
+def test_short_labels_stay_distinct_and_fit():
+    from ckptboard.dashboard.figures._common import short_labels
+
+    hf = [f"resnet.encoder.stages.{a}.layers.{b}.layer.{c}.normalization" for a in (0, 1) for b in (0, 1)
+          for c in (0, 1)]  # fmt: skip
+    # the shared "resnet.encoder.stages." goes: "…0.layers.0.layer.0.normalization" is 33 characters
+    assert short_labels(hf, 38)[0] == "…0.layers.0.layer.0.normalization"
+    llama = [f"model.layers.{i}.self_attn.q_proj.weight" for i in range(3)] + ["lm_head.weight"]
+    # no shared prefix; "model" then "layers" then "self_attn" shrink until 27 <= 30 characters
+    assert short_labels(llama, 30) == ["mod.lay.0.sel.q_proj.weight", "mod.lay.1.sel.q_proj.weight",
+                                       "mod.lay.2.sel.q_proj.weight", "lm_head.weight"]  # fmt: skip
+    assert short_labels(["a.b", "c"], 40) == ["a.b", "c"]  # short labels untouched
+    same = ["x" * 50 + "1", "x" * 50 + "2"]
+    assert len(set(short_labels(same, 20))) == 2  # cut alike: kept apart (in full if need be)

@@ -32,8 +32,20 @@ def test_consecutive_pair_is_exact(tables):
     assert ch["method"] == "exact"
     assert ch["rel_change"] == pytest.approx(upd["update_norm"] / prev["norm"])
     assert res.added == res.removed == res.reshaped == []
-    rel = res.changes["rel_change"].to_numpy()
+    floats = res.changes[~res.changes["counter"]]
+    rel = floats["rel_change"].to_numpy()
     assert np.all(rel[:-1] >= rel[1:])  # largest first
+    # counters (the fixture's int64 num_batches_tracked) come after every floating tensor
+    assert res.changes["counter"].tolist() == sorted(res.changes["counter"].tolist())
+
+
+def test_counters_are_kept_out_of_the_ranking_chart(tables):
+    res = compare_checkpoints(tables, "run1/ckpt_00000.pt", "run1/ckpt_00005.pt")
+    counters = set(res.changes.loc[res.changes["counter"], "name"])
+    assert counters and all(n.endswith("num_batches_tracked") for n in counters)
+    fig = compare_figure(res, top=100)
+    drawn = {label for trace in fig.data for label in trace.text}
+    assert drawn and not drawn & counters
 
 
 def test_first_vs_later_is_exact_and_lists_added(tables):
@@ -58,10 +70,11 @@ def test_other_pairs_are_a_mean_std_lower_bound(tables):
 
 def test_nan_norm_sorts_last_and_figure_skips_it(tables):
     res = compare_checkpoints(tables, "run0/ckpt_00005.pt", "run0/ckpt_00001.pt")  # a holds fc.bias NaNs
-    assert res.changes["name"].iloc[-1] == "fc.bias" and math.isnan(res.changes["rel_change"].iloc[-1])
+    floats = res.changes[~res.changes["counter"]]  # counters are ranked after the floats, NaN or not
+    assert floats["name"].iloc[-1] == "fc.bias" and math.isnan(floats["rel_change"].iloc[-1])
     fig = compare_figure(res, top=100)
     labels = [y for t in fig.data for y in t.y]
-    assert "fc.bias" not in labels and len(labels) == len(res.changes) - 1
+    assert "fc.bias" not in labels and len(labels) == len(floats) - 1
 
 
 def test_figure_top_bars_largest_first(tables):

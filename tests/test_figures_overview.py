@@ -6,6 +6,7 @@ import pytest
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import StatsTables
 from ckptboard.core.health import error_cards
+from ckptboard.dashboard.figures._common import byte_ticks
 from ckptboard.dashboard.figures.overview import checkpoints_table, runs_overview_figure
 from ckptboard.dashboard.figures.tensors import TENSOR_TABLE_COLUMNS, tensor_table
 from _fixtures_tables import STEP_EVERY, synthetic_tables
@@ -44,11 +45,30 @@ def test_runs_overview_empty():
     assert "No checkpoints" in fig.layout.annotations[0].text
 
 
+def test_byte_ticks_read_like_the_table():
+    # top 184 KiB = 188416 bytes: unit KiB, 184 / 5 = 36.8 -> step 50 KiB; ticks 0..200 KiB (the last above top)
+    values, labels = byte_ticks(188416)
+    assert values == [0, 51200, 102400, 153600, 204800]
+    assert labels == ["0 B", "50.0 KiB", "100.0 KiB", "150.0 KiB", "200.0 KiB"]
+
+
+def test_equal_runs_stay_visible(tables):
+    # three runs with the same sizes would hide each other: each gets its own marker, dash and width
+    fig = runs_overview_figure(tables)
+    size_traces = fig.data[0::2]
+    assert len({t.marker.symbol for t in size_traces}) == len({t.line.dash for t in size_traces}) == 3
+    widths = [t.line.width for t in size_traces]
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+
+
 def test_checkpoints_table_sorted_with_size(tables):
     df = checkpoints_table(tables, "run1")
     assert df["step"].tolist() == [0, 100, 200, 300]
     assert df["size"].iloc[0].endswith("KiB")
     assert len(checkpoints_table(tables)) == 9  # 4 + 4 + 1
+    # one size column, and the metadata (shown under the table) not squeezed into it
+    assert "size_bytes" not in df.columns and "metadata_json" not in df.columns
+    assert df["parameter_bytes"].iloc[0].endswith("iB")
 
 
 def test_error_cards(tables):

@@ -43,16 +43,56 @@ def test_smooth_constant_zero_weight_and_bounds():
 
 def test_tensor_series_two_runs_overlaid(tables):
     fig = scalar_figure(tables, "norm", tensors=["fc.weight"], runs=["run0", "run1"])
-    assert [t.name for t in fig.data] == ["fc.weight · run0", "fc.weight · run1"]
+    lines = _lines(fig)
+    assert [t.name for t in lines] == ["fc.weight · run0", "fc.weight · run1"]
     expected = _rows(tables, "run1", "fc.weight")["norm"].to_numpy()
-    assert np.allclose(fig.data[1].y, expected)
-    assert list(fig.data[0].x) == [i * STEP_EVERY for i in range(6)]
+    assert np.allclose(lines[1].y, expected)
+    assert list(lines[0].x) == [i * STEP_EVERY for i in range(6)]
     assert fig.layout.yaxis.title.text == STATISTICS["norm"]
+
+
+def _lines(fig):
+    return [t for t in fig.data if t.meta and "raw" in t.meta]
+
+
+def test_several_runs_colour_per_run_dash_per_tensor_and_a_legend_entry_each(tables):
+    fig = scalar_figure(tables, "norm", tensors=["fc.weight", "fc.bias"], runs=["run0", "run1"])
+    lines = _lines(fig)
+    assert len(lines) == 4 and not any(t.showlegend for t in lines)  # the legend names runs and tensors instead
+    colour = {(t.meta["run"], t.meta["series"]): t.line.color for t in lines}
+    dash = {(t.meta["run"], t.meta["series"]): t.line.dash for t in lines}
+    assert colour["run0", "fc.bias"] == colour["run0", "fc.weight"] != colour["run1", "fc.weight"]
+    assert dash["run0", "fc.bias"] == dash["run1", "fc.bias"] != dash["run0", "fc.weight"]
+    legend = [(t.meta["legend"], t.name) for t in fig.data if t.meta and "legend" in t.meta]
+    assert legend == [("run", "run0"), ("run", "run1"), ("series", "fc.bias"), ("series", "fc.weight")]
+    # 2 series + 2 runs + 2 group titles = 6 rows of 24 px + 200 = 344 < 460: the minimum height
+    assert fig.layout.height == 460
+
+
+def test_legend_height_grows_with_twenty_runs():
+    tables = synthetic_tables(n_checkpoints=3, n_tensors=4, runs=20)
+    runs = sorted(tables.checkpoints["run"].unique())
+    fig = scalar_figure(tables, "norm", tensors=["fc.weight"], runs=runs)
+    assert {t.name for t in fig.data if t.meta and t.meta.get("legend") == "run"} == set(runs)
+    # 20 runs and the fixture's one-checkpoint "single" run: 1 series + 21 runs + 2 titles = 24 entries,
+    # 24 * 24 + 200 = 776 px, so no legend entry scrolls away
+    assert len(runs) == 21 and fig.layout.height == 776
+
+
+def test_one_tensor_one_name_across_formats(tables):
+    # A Lightning run holds its weights under group "state_dict", a safetensors run under ""; with one group per
+    # checkpoint the group is not part of the line's name, so both runs draw "fc.weight".
+    t = tables.tensors
+    lightning = t.assign(group=np.where(t["run"] == "run0", "state_dict", t["group"]))
+    tables2 = dataclasses.replace(tables, tensors=lightning)
+    series = scalar_series(tables2, "norm", tensors=["fc.weight"], runs=["run0", "run1"])
+    assert sorted(series["series"].unique()) == ["fc.weight"]
+    assert sorted(series["run"].unique()) == ["run0", "run1"]
 
 
 def test_smoothing_adds_faint_raw_trace(tables):
     fig = scalar_figure(tables, "norm", tensors=["fc.weight"], runs=["run0"], smoothing=0.6, log_y=True)
-    raw, smoothed = fig.data
+    raw, smoothed = _lines(fig)
     assert raw.meta["raw"] and not smoothed.meta["raw"] and raw.opacity == 0.25
     assert np.allclose(smoothed.y, smooth(raw.y, 0.6))
     assert fig.layout.yaxis.type == "log"
@@ -137,7 +177,7 @@ def test_training_scalar_figure_draws_each_name_per_run():
     tables = synthetic_tables(n_checkpoints=5, n_tensors=4, runs=2, seed=3)
     assert training_names(tables) == ["loss", "learning_rate"]  # loss-like names first
     fig = training_scalar_figure(tables, ["loss"], runs=["run0", "run1"], smoothing=0.5)
-    smoothed = [t for t in fig.data if not t.meta["raw"]]
+    smoothed = [t for t in _lines(fig) if not t.meta["raw"]]  # (the legend's run/name entries left out)
     assert [t.name for t in smoothed] == ["loss · run0", "loss · run1"]
     steps = tables.checkpoints[tables.checkpoints["run"] == "run0"]["step"].dropna().tolist()
     assert list(smoothed[0].x) == sorted(steps)

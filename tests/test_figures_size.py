@@ -27,6 +27,17 @@ def test_size_treemap_by_bytes(tree):
     # wte 40*4 = 160; block.0 20*4 = 80; block.1 params 8*4 + buffers 40 = 72; lm_head tied: 0
     assert list(trace.values) == [312, 160, 152, 80, 72, 0]
     assert "tied tensor" in trace.hovertext[-1]
+    # every box carries its value: 312 B under (model), 160 B under wte, ...
+    assert list(trace.text) == ["312 B", "160 B", "152 B", "80 B", "72 B", "0 B"]
+    assert trace.texttemplate == "%{label}<br>%{text}" and fig.layout.uniformtext.mode == "hide"
+
+
+def test_size_treemap_honours_the_depth(tree):
+    fig = size_treemap(tree, "parameters", max_depth=1)
+    (trace,) = fig.data
+    assert list(trace.ids) == ["(model)", "wte", "block", "lm_head"]  # block.0 / block.1 are depth 2
+    assert list(trace.text) == ["68", "40", "28", "0"]  # wte 40; block 20 + 8; lm_head tied
+    assert "depth 1" in fig.layout.title.text
 
 
 @pytest.mark.parametrize(("metric", "root"), [("parameters", 68), ("elements", 68 + 9), ("numel", 77), ("nbytes", 312)])

@@ -53,6 +53,33 @@ def test_html_holds_every_view_per_run(written):
     assert result.n_figures in (1 + 3 * per_run, 1 + 3 * (per_run + 2))
 
 
+def test_figures_carry_little_data(written):
+    # Plotly's template is written once and referenced by every figure; numbers are single precision.
+    out, result, _ = written
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert text.count("const CKPTBOARD_TEMPLATE = ") == 1
+    assert text.count("{template: CKPTBOARD_TEMPLATE}") == result.n_figures
+    assert '"y":{"dtype":"f8"' not in text and '"y":{"dtype":"f4"' in text  # (layout tick values stay f8)
+
+
+def test_report_histograms_are_decimated(tables):
+    from ckptboard.dashboard.figures.histograms import histogram_figure
+    from ckptboard.dashboard.report import HISTOGRAM_BINS, HISTOGRAM_STEPS
+
+    many = synthetic_tables(n_checkpoints=50, n_tensors=16, runs=1)
+    fig = histogram_figure(many, "run0", "", "fc.weight", bins=HISTOGRAM_BINS, max_steps=HISTOGRAM_STEPS)
+    steps = [t.meta["step"] for t in fig.data]
+    assert len(steps) == HISTOGRAM_STEPS and steps[0] == 0 and steps[-1] == 49 * 100  # first and last kept
+
+
+def test_tensor_table_starts_with_the_largest(written):
+    out, _, _ = written
+    text = (out / "index.html").read_text(encoding="utf-8")
+    tensors = text[text.index("<h3>Tensors of run1/"):]
+    first_row = tensors[tensors.index("<tbody>"):tensors.index("</tr>", tensors.index("<tbody>"))]
+    assert "num_batches_tracked" not in first_row and "largest first" in tensors[:300]
+
+
 def test_unknown_format_is_refused(tables, tmp_path):
     with pytest.raises(UsageError, match="report format.*svg.*unknown; choose from html, png"):
         write_report(tables, tmp_path, ["html", "svg"])

@@ -38,9 +38,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "flops",
         help="FLOPs per module of a model's forward (multiply-add = 2 FLOP)",
-        description="Count the FLOPs of a model's forward per module with torch's FlopCounterMode.",
+        description="Count the FLOPs of a model's forward per module with torch's FlopCounterMode.\n"
+        "Needs --model (with --input-shape) or --checkpoint; --checkpoint alone builds the model\n"
+        "from a Hugging Face folder's config.json, else prints a shape-based estimate.",
+        epilog="examples:\n  ckptboard flops --model model.py:Net --input-shape 1,3,224,224\n"
+        "  ckptboard flops --model model.py:Net --input-shape 1,3,224,224 --checkpoint last.ckpt\n"
+        "  ckptboard flops --checkpoint hf_model_folder/     # model and inputs from its config.json\n"
+        "  ckptboard flops --checkpoint last.ckpt            # estimate from shapes, no model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", metavar="SPEC", help="file.py:factory, package.module:factory or hf:CONFIG_DIR_OR_JSON")
+    p.add_argument("--model", metavar="SPEC", help="file.py:factory, package.module:factory or hf:CONFIG_DIR_OR_JSON "
+                   "(required unless --checkpoint is given)")
     p.add_argument(
         "--input-shape", action="append", default=[], metavar="SHAPE",
         help="shape of one positional input, e.g. 1,3,32,32; repeat for several inputs",
@@ -56,8 +64,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--training-step", action="store_true",
                    help="also count one training step (forward + backward) and show the 6·N·D rule beside it")
-    p.add_argument("--checkpoint", metavar="PATH", help="also show the checkpoint's sizes on the same module tree; "
-                   "alone, a Hugging Face folder's config.json builds the model, else FLOPs are estimated from shapes")
+    p.add_argument("--checkpoint", metavar="PATH", help="also show the checkpoint's sizes on the same module tree "
+                   "(required unless --model is given); alone, a Hugging Face folder's config.json builds the model, "
+                   "else FLOPs are estimated from shapes")
     p.add_argument("--trust", action="store_true", help="allow unpickling code in --checkpoint")
     p.add_argument("--group", metavar="NAME", help="state_dict inside --checkpoint (default: the model's)")
     p.add_argument("--depth", type=int, default=None, metavar="N", help="show modules down to depth N (root: 0)")

@@ -18,7 +18,13 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("serve", help="open the dashboard over ROOT in a browser (Streamlit)")
+    parser = subparsers.add_parser(
+        "serve", help="open the dashboard over ROOT in a browser (Streamlit)",
+        description="Serve the dashboard over ROOT: every folder holding checkpoints is a run. An empty stats cache "
+        "is filled first (with progress in the page); checkpoints written later show up on Refresh. Binds to "
+        "127.0.0.1 unless --host says otherwise; no usage statistics are sent.",
+        epilog="example: ckptboard serve runs/ --model runs/model.py:Net --input-shape 1,3,32,32",
+    )  # fmt: skip
     add_app_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument("--port", type=int, default=8501, help="port to listen on (default: 8501)")

@@ -15,7 +15,15 @@ from plotly.subplots import make_subplots
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import RunningStat, StatsTables
-from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
+from ckptboard.dashboard.figures._common import (
+    decimate_steps,
+    display_labels,
+    empty_figure,
+    series_color,
+    short_labels,
+    shorten,
+    tensor_label,
+)
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["BatchNormStat", "SMALL_MULTIPLES_OVER", "batchnorm_layers_figure", "batchnorm_heatmap",
@@ -27,15 +35,15 @@ BatchNormStat = RunningStat
 SMALL_MULTIPLES_OVER = 6
 _COLS = 4
 _MAX_STEPS = 300
+# Small multiples in pixels: a panel, the gap above it (its title) and the room a title has (characters).
+_PANEL_PX, _GAP_PX, _MARGIN_PX = 200, 64, 150
+_TITLE_CHARS = 38
+_LEGEND_CHARS = 48
 
 
 def _check_stat(stat: str) -> None:
     if stat not in list(BatchNormStat):
         raise UsageError(f"BatchNorm statistic must be one of {', '.join(BatchNormStat)}, got {stat!r}")
-
-
-def _layer_label(group: str, module: str) -> str:
-    return tensor_label(group, module)
 
 
 @on_position_axis
@@ -61,15 +69,22 @@ def batchnorm_layers_figure(
     agg = bn.groupby(["group", "module", "step"], sort=False)[stat].agg(["mean", "min", "max"]).reset_index()
     layers = [(key, df.sort_values("step", kind="stable")) for key, df in agg.groupby(["group", "module"], sort=False)]
     multiples = len(layers) > SMALL_MULTIPLES_OVER if small_multiples is None else bool(small_multiples)
+    several_groups = bn["group"].nunique() > 1  # the group is named only where it tells layers apart
+    labels = [tensor_label(g, m) if several_groups else m for (g, m), _ in layers]
+    rows = math.ceil(len(layers) / _COLS)
+    height = rows * _PANEL_PX + (rows - 1) * _GAP_PX + _MARGIN_PX if multiples else 440
     if multiples:
-        rows = math.ceil(len(layers) / _COLS)
-        titles = [_layer_label(g, m) for (g, m), _ in layers]
-        fig = make_subplots(rows=rows, cols=_COLS, subplot_titles=titles, shared_xaxes=True,
-                            vertical_spacing=min(0.08, 0.5 / rows), horizontal_spacing=0.06)
+        # Titles cut to a panel's width (full name on hover), a fixed pixel gap so that no title runs into the
+        # tick labels above it, and no shared axes: every panel shows its own steps up to the last.
+        titles = short_labels(labels, _TITLE_CHARS)
+        fig = make_subplots(rows=rows, cols=_COLS, subplot_titles=titles, shared_xaxes=False,
+                            vertical_spacing=_GAP_PX / (height - _MARGIN_PX) if rows > 1 else 0.0,
+                            horizontal_spacing=0.05)
+        fig.update_annotations(font_size=12)
     else:
         fig = go.Figure()
     for i, ((group, module), df) in enumerate(layers):
-        label, color = _layer_label(group, module), series_color(i)
+        label, color = labels[i], series_color(i)
         pos = {"row": i // _COLS + 1, "col": i % _COLS + 1} if multiples else {}
         x = df["step"].to_numpy()
         common = {"legendgroup": label, "meta": {"module": label}}
@@ -79,17 +94,27 @@ def batchnorm_layers_figure(
                                  fillcolor=_translucent(color), showlegend=False, hoverinfo="skip",
                                  name=f"{label} max", **common), **pos)
         fig.add_trace(go.Scatter(
-            x=x, y=df["mean"].to_numpy(), mode="lines", line={"color": color, "width": 1.5}, name=label,
+            x=x, y=df["mean"].to_numpy(), mode="lines", line={"color": color, "width": 1.5},
+            name=shorten(label, _LEGEND_CHARS),
             showlegend=not multiples, customdata=df[["min", "max"]].to_numpy(),
             hovertemplate=f"{label}<br>step %{{x}}<br>channel mean %{{y:.4g}}"
                           "<br>min %{customdata[0]:.4g} · max %{customdata[1]:.4g}<extra></extra>",
             **common,
         ), **pos)
-    height = 220 * math.ceil(len(layers) / _COLS) + 80 if multiples else 440
     fig.update_layout(title=f"BatchNorm {stat} per layer ({run}): channel mean, band = channel min–max",
                       height=height, hovermode="closest")
     if not multiples:
         fig.update_layout(xaxis_title="step", yaxis_title=stat)
+        return fig
+    steps = agg["step"].to_numpy(dtype=float)
+    pad = max(1.0, 0.02 * (steps.max() - steps.min()))
+    fig.update_xaxes(range=[steps.min() - pad, steps.max() + pad], showticklabels=True, nticks=6)
+    for i in range(len(layers)):
+        row, col = i // _COLS + 1, i % _COLS + 1
+        last_in_column = i + _COLS >= len(layers)
+        fig.update_xaxes(title_text="step" if last_in_column else None, title_standoff=2, row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title_text=stat, row=row, col=col)
     return fig
 
 
@@ -127,7 +152,7 @@ def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
     if rows.empty:
         return empty_figure(f"No num_batches_tracked buffers in {run}")
     # A one-element tensor: its max is its value (mean is NaN-free too, but max keeps integers exact).
-    rows = rows.assign(label=[tensor_label(g, n) for g, n in zip(rows["group"], rows["name"])])
+    rows = rows.assign(label=display_labels(rows))
     wide = rows.pivot_table(index="step", columns="label", values="max", aggfunc="first", dropna=False).sort_index()
     wide = wide.loc[wide.index.isin(decimate_steps(wide.index, _MAX_STEPS))]
     fig = go.Figure()
@@ -137,7 +162,8 @@ def num_batches_tracked_figure(tables: StatsTables, run: str) -> go.Figure:
     else:
         series = [(str(name), wide[name].to_numpy(dtype=float)) for name in wide.columns]
     for i, (name, y) in enumerate(series):
-        fig.add_trace(go.Scatter(x=wide.index.to_numpy(), y=y, mode="lines+markers", name=name,
-                                 line={"color": series_color(i)}, meta={"name": name}))
+        fig.add_trace(go.Scatter(x=wide.index.to_numpy(), y=y, mode="lines+markers", name=shorten(name, _LEGEND_CHARS),
+                                 line={"color": series_color(i)}, meta={"name": name},
+                                 hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:,}} batches<extra></extra>"))
     fig.update_layout(title=f"num_batches_tracked ({run})", xaxis_title="step", yaxis_title="batches", height=360)
     return fig

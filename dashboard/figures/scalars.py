@@ -19,14 +19,19 @@ from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import PERCENTILE_COLUMNS, UPDATE_COLUMNS, StatsTables
 from ckptboard.dashboard.figures._common import (
     decimate_steps,
+    display_labels,
     empty_figure,
     module_prefix,
     series_color,
+    series_dash,
+    short_labels,
+    shorten,
     tensor_label,
 )
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
-__all__ = ["STATISTICS", "smooth", "draw_lines", "add_smoothed_line", "scalar_figure", "scalar_series"]
+__all__ = ["STATISTICS", "smooth", "draw_lines", "legend_height", "add_smoothed_line", "scalar_figure",
+           "scalar_series"]
 
 # column -> label, for the statistic picker; tensor-table columns first, then update-table columns.
 STATISTICS: dict[str, str] = {
@@ -173,8 +178,9 @@ def scalar_series(
     parts = []
     if tensors:
         wanted = set(tensors)
-        labels = np.array([tensor_label(g, n) for g, n in zip(values["group"], values["name"])], dtype=object)
-        hit = values["name"].isin(wanted).to_numpy() | np.isin(labels, list(wanted))
+        labels = display_labels(values)
+        qualified = np.array([tensor_label(g, n) for g, n in zip(values["group"], values["name"])], dtype=object)
+        hit = values["name"].isin(wanted).to_numpy() | np.isin(qualified, list(wanted))
         parts.append(values[hit][["run", "step", "value"]].assign(series=labels[hit]))
     if modules or not tensors:
         params = values[values["kind"] == "parameter"]
@@ -188,30 +194,65 @@ def scalar_series(
     return out.sort_values(["run", "series", "step"], kind="stable").reset_index(drop=True)
 
 
-def draw_lines(fig: go.Figure, data: pd.DataFrame, by: str, *, smoothing: float, max_points: int, label: str) -> None:
+def draw_lines(fig: go.Figure, data: pd.DataFrame, by: str, *, smoothing: float, max_points: int, label: str) -> int:
     """One smoothed line per (run, ``by``) of ``data`` (columns ``run``, ``by``, ``step``, ``value``, sorted by
-    step), at most ``max_points`` steps each, named ``by · run`` when there are several runs."""
-    n_runs = data["run"].nunique()
-    for i, ((run, series), df) in enumerate(data.groupby(["run", by], sort=True)):
+    step), at most ``max_points`` steps each; returns the number of legend rows (for :func:`legend_height`).
+
+    Several runs: colour per run, dash per ``by`` value, lines named ``by · run`` on hover, and the legend holds one
+    entry per run (a click hides or shows the run's lines) and one per ``by`` value. One run: colour per line,
+    one entry each. Long names are shortened in the legend, never into two equal ones."""
+    runs_drawn = sorted(data["run"].unique())
+    series_drawn = sorted(data[by].unique())
+    several_runs = len(runs_drawn) > 1
+    short = dict(zip(series_drawn, short_labels([str(x) for x in series_drawn], _LEGEND_WIDTH)))
+    for (run, series), df in data.groupby(["run", by], sort=True):
         keep = df["step"].isin(decimate_steps(df["step"], max_points)).to_numpy()
         x, raw = df["step"].to_numpy()[keep], df["value"].to_numpy(dtype=float)
-        name = f"{series} · {run}" if n_runs > 1 else str(series)
-        add_smoothed_line(fig, x, raw, keep, name=name, color=series_color(i), smoothing=smoothing,
-                          meta={"run": run, by: series}, label=label)
+        s_i, r_i = series_drawn.index(series), runs_drawn.index(run)
+        name = f"{series} · {run}" if several_runs else str(series)
+        add_smoothed_line(
+            fig, x, raw, keep, name=name, color=series_color(r_i if several_runs else s_i), smoothing=smoothing,
+            meta={"run": run, by: series}, label=label, dash=series_dash(s_i) if several_runs else "solid",
+            group=str(run) if several_runs else name, legend_name=None if several_runs else short[series],
+        )  # fmt: skip
+    if not several_runs:
+        return len(series_drawn)
+    for r_i, run in enumerate(runs_drawn):  # legend only: a click hides or shows the run's lines
+        fig.add_trace(go.Scatter(
+            x=[None], y=[None], mode="lines", name=shorten(run, _LEGEND_WIDTH), legendgroup=str(run),
+            line={"color": series_color(r_i), "width": 3}, meta={"legend": "run", "run": run},
+            legendgrouptitle_text="runs" if r_i == 0 else None,
+        ))
+    for s_i, series in enumerate(series_drawn):
+        fig.add_trace(go.Scatter(
+            x=[None], y=[None], mode="lines", name=short[series], legendgroup=f"~{series}",
+            line={"color": "#555", "dash": series_dash(s_i), "width": 2}, meta={"legend": "series"},
+            legendgrouptitle_text="tensors / modules" if s_i == 0 else None,
+        ))
+    return len(series_drawn) + len(runs_drawn) + 2  # two group titles
+
+
+def legend_height(entries: int, minimum: int = 460) -> int:
+    """A figure height (at least ``minimum``) at which a legend of ``entries`` rows shows every row."""
+    return max(minimum, _LEGEND_ROW_PX * entries + _MARGINS_PX)
 
 
 def add_smoothed_line(fig: go.Figure, x: np.ndarray, raw: np.ndarray, keep: np.ndarray, *, name: str, color: str,
-                      smoothing: float, meta: dict, label: str) -> None:
+                      smoothing: float, meta: dict, label: str, dash: str = "solid", group: str | None = None,
+                      legend_name: str | None = None) -> None:
     """One series as TensorBoard draws it: the smoothed line over ``x`` (the kept points of ``raw``), and with
-    smoothing the raw line faint behind it; ``meta`` gains ``raw`` True/False."""
+    smoothing the raw line faint behind it; ``meta`` gains ``raw`` True/False. With ``legend_name`` the line has
+    its own legend entry; without it, its ``group``'s entry (drawn by the caller) stands for it."""
+    line = {"color": color, "dash": dash}
+    group = group or name
     if smoothing > 0:
         fig.add_trace(go.Scatter(
-            x=x, y=raw[keep], mode="lines", line={"color": color, "width": 1}, opacity=0.25,
-            legendgroup=name, showlegend=False, hoverinfo="skip", name=name, meta={**meta, "raw": True},
+            x=x, y=raw[keep], mode="lines", line={**line, "width": 1}, opacity=0.25,
+            legendgroup=group, showlegend=False, hoverinfo="skip", name=name, meta={**meta, "raw": True},
         ))
     fig.add_trace(go.Scatter(
-        x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={"color": color, "width": 2}, name=name,
-        legendgroup=name, meta={**meta, "raw": False},
+        x=x, y=smooth(raw, smoothing)[keep], mode="lines", line={**line, "width": 2}, name=legend_name or name,
+        legendgroup=group, showlegend=legend_name is not None, meta={**meta, "raw": False},
         hovertemplate=f"{name}<br>step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>",
     ))
 
@@ -237,7 +278,15 @@ def scalar_figure(
     if data.empty:
         return empty_figure(f"No {label} values for this selection")
     fig = go.Figure()
-    draw_lines(fig, data, "series", smoothing=smoothing, max_points=max_points, label=label)
-    fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified", height=420,
-                      yaxis_type="log" if log_y else "linear")
+    entries = draw_lines(fig, data, "series", smoothing=smoothing, max_points=max_points, label=label)
+    fig.update_layout(title=label, xaxis_title="step", yaxis_title=label, hovermode="x unified",
+                      height=legend_height(entries), yaxis_type="log" if log_y else "linear",
+                      legend={"groupclick": "togglegroup", "tracegroupgap": 4})
     return fig
+
+
+# One legend entry (each run is its own legend group: a row plus the group gap), and the figure's title and axis
+# margins: the figure grows so that the legend never scrolls a run out of sight.
+_LEGEND_ROW_PX = 24
+_MARGINS_PX = 200
+_LEGEND_WIDTH = 44

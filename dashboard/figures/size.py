@@ -11,13 +11,16 @@ from ckptboard.core.errors import UsageError
 from ckptboard.core.flops import FlopReport, module_table
 from ckptboard.core.records import StrEnum
 from ckptboard.core.size import SizeNode
-from ckptboard.dashboard.figures._common import empty_figure
-from ckptboard.dashboard.text import format_bytes
+from ckptboard.dashboard.figures._common import byte_ticks, empty_figure
+from ckptboard.dashboard.text import format_bytes, format_count, format_si
 
 __all__ = ["SizeMetric", "ChartKind", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
 
 _ROOT_ID = "(model)"
 _MARGIN = {"t": 40, "l": 0, "r": 0, "b": 0}
+# A label too small to read is hidden (its value stays on hover) rather than shrunk to a speck.
+_UNIFORM_TEXT = {"minsize": 11, "mode": "hide"}
+_HEIGHT = 520
 
 
 class SizeMetric(StrEnum):
@@ -56,9 +59,12 @@ def size_treemap(
         + (f"<br>{n.tied} tied tensor(s), counted once elsewhere" if n.tied else "")
         for n in nodes
     ]
-    trace = _hierarchy(chart_kind, [n.module for n in nodes], values, hover, branchvalues="total")
+    text = [_value_text(kind, v) for v in values]
+    trace = _hierarchy(chart_kind, [n.module for n in nodes], values, hover, branchvalues="total", text=text)
     fig = go.Figure(trace)
-    fig.update_layout(title=f"{kind} by module (total {_metric_text(kind, values[0])})", margin=_MARGIN)
+    depth = "" if max_depth is None else f", modules to depth {max_depth}"
+    fig.update_layout(title=f"{kind} by module (total {_metric_text(kind, values[0])}{depth})", margin=_MARGIN,
+                      uniformtext=_UNIFORM_TEXT, height=_HEIGHT)
     return fig
 
 
@@ -72,7 +78,10 @@ def dtype_bars(tree: SizeNode) -> go.Figure:
         ys = [by_dtype.get(d, 0) for d in dtypes]
         text = [format_bytes(y) for y in ys]
         fig.add_trace(go.Bar(name=name, x=dtypes, y=ys, text=text, hovertemplate="%{x}: %{y:,} bytes"))
+    values, labels = byte_ticks(max(max(by.values(), default=0) for by in (tree.parameter_bytes_by_dtype,
+                                                                          tree.buffer_bytes_by_dtype)))
     fig.update_layout(barmode="group", title="bytes by dtype", xaxis_title="dtype", yaxis_title="bytes")
+    fig.update_yaxes(tickvals=values, ticktext=labels)
     return fig
 
 
@@ -93,23 +102,25 @@ def flops_treemap(report: FlopReport, *, chart: str = "treemap", max_depth: int 
     # Each box holds the FLOPs run in the module itself; its children's boxes add up to the rest.
     own = [max(0, flops[m.module] - children_sum.get(m.module, 0)) for m in modules]
     hover = [f"{m.module or _ROOT_ID}<br>{m.flops:,} FLOP<br>{m.macs:,} MAC" for m in modules]
-    trace = _hierarchy(chart_kind, [m.module for m in modules], own, hover, branchvalues="remainder")
+    text = [f"{format_si(m.flops, 'FLOP')}" for m in modules]
+    trace = _hierarchy(chart_kind, [m.module for m in modules], own, hover, branchvalues="remainder", text=text)
     fig = go.Figure(trace)
     fig.update_layout(
         title=f"FLOPs of {report.model} by module: {report.total_flops:,} FLOP on {report.device}{unsupported}",
-        margin=_MARGIN,
+        margin=_MARGIN, uniformtext=_UNIFORM_TEXT, height=_HEIGHT,
     )
     return fig
 
 
-def _hierarchy(chart: ChartKind, paths: list[str], values: list[int], hover: list[str], *, branchvalues: str):
+def _hierarchy(chart: ChartKind, paths: list[str], values: list[int], hover: list[str], *, branchvalues: str,
+               text: list[str]):
     ids = [p or _ROOT_ID for p in paths]
     parents = ["" if not p else (p.rpartition(".")[0] or _ROOT_ID) for p in paths]
     labels = [p.rpartition(".")[2] if p else _ROOT_ID for p in paths]
     cls = go.Treemap if chart == ChartKind.TREEMAP else go.Sunburst
     return cls(
         ids=ids, labels=labels, parents=parents, values=values, branchvalues=branchvalues,
-        hovertext=hover, hoverinfo="text",
+        hovertext=hover, hoverinfo="text", text=text, texttemplate="%{label}<br>%{text}",
     )
 
 
@@ -126,6 +137,11 @@ def _chart(chart: str) -> ChartKind:
         return ChartKind(str(chart))
     except ValueError:
         raise UsageError(f"chart {chart!r} is not one of treemap, sunburst") from None
+
+
+def _value_text(kind: SizeMetric, value: int) -> str:
+    """The number written on a box: bytes as 1.5 MiB, counts as 1.2M."""
+    return format_bytes(value) if kind == SizeMetric.BYTES else format_count(value)
 
 
 def _metric_text(kind: SizeMetric, value: int) -> str:

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.figures._common import empty_figure
-from ckptboard.dashboard.figures.scalars import draw_lines, smooth
+from ckptboard.dashboard.figures.scalars import draw_lines, legend_height, smooth
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
 __all__ = ["training_names", "step_extent", "training_scalar_figure"]
@@ -56,7 +56,8 @@ def training_scalar_figure(
     rows = rows.sort_values(["run", "name", "step"], kind="stable")
     rows = rows.drop_duplicates(["run", "name", "step"], keep="last")
     fig = go.Figure()
-    draw_lines(fig, rows, "name", smoothing=smoothing, max_points=max_points, label="value")
+    entries = draw_lines(fig, rows, "name", smoothing=smoothing, max_points=max_points, label="value")
     fig.update_layout(title="training scalars", xaxis_title="step", yaxis_title="value", hovermode="x unified",
-                      height=360, yaxis_type="log" if log_y else "linear")
+                      height=legend_height(entries, minimum=360), yaxis_type="log" if log_y else "linear",
+                      legend={"groupclick": "togglegroup", "tracegroupgap": 4})
     return fig

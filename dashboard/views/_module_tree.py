@@ -26,8 +26,8 @@ def size_tree(tables, checkpoint: str, group: str):
     return size_tree_from_frame(tables.tensors[tables.tensors["checkpoint"] == checkpoint], group=group)
 
 
-def _size_chart(tables, checkpoint: str, group: str, metric: str, chart: str):
-    return size_treemap(size_tree(tables, checkpoint, group), metric, chart=chart)
+def _size_chart(tables, checkpoint: str, group: str, metric: str, chart: str, depth: int | None = None):
+    return size_treemap(size_tree(tables, checkpoint, group), metric, chart=chart, max_depth=depth)
 
 
 def _groups(ctx: ViewContext, checkpoint: str) -> list[str]:
@@ -58,6 +58,8 @@ def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> 
         pick_default(f"{key_prefix}_chart", list(ChartKind), ChartKind.TREEMAP)
         chart = st.segmented_control("Chart", list(ChartKind), key=f"{key_prefix}_chart", required=True,
                                      persist_state="session")
+    # The sidebar's module depth decides how deep the boxes go (click a box to zoom into it).
     shown = ctx.narrow(checkpoints=[checkpoint])
-    st.plotly_chart(memo(_size_chart, shown, checkpoint, group, metric, chart), key=f"{key_prefix}_tree_chart")
+    st.plotly_chart(memo(_size_chart, shown, checkpoint, group, metric, chart, ctx.depth),
+                    key=f"{key_prefix}_tree_chart")
     return group

@@ -10,6 +10,7 @@ from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
 from ckptboard.dashboard.figures.training import step_extent, training_names, training_scalar_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import LinesPer
+from ckptboard.dashboard.views._pickers import worth_seeing, worth_seeing_tables
 
 __all__ = ["render"]
 
@@ -91,8 +92,22 @@ def _on_steps(fig: go.Figure, extent: tuple[float, float] | None) -> go.Figure:
 
 
 def _largest_parameters(ctx: ViewContext, options: list[str]) -> list[str]:
-    """The first lines a user sees: the largest parameters (buffers such as step counters would dwarf them)."""
+    """The first lines a user sees: each run's tensor worth seeing (so that every run draws a line), then the
+    largest parameters (buffers such as step counters would dwarf them), _DEFAULT_LINES in all when runs allow."""
     frame = ctx.tensor_index()
+    chosen: list[str] = []
+    for run in ctx.runs:
+        names = frame.loc[frame["run"] == run, ["group", "name"]].drop_duplicates()
+        offered = [key for key in names.itertuples(index=False, name=None) if key[1] in options]
+        if offered:
+            name = worth_seeing(worth_seeing_tables(ctx, run), run, offered)[1]
+            if name not in chosen:
+                chosen.append(name)
     params = frame[(frame["kind"] == "parameter") & frame["name"].isin(options)]
     largest = params.groupby("name")["numel"].max().sort_values(ascending=False, kind="stable")
-    return largest.index[:_DEFAULT_LINES].tolist() or options[:_DEFAULT_LINES]
+    for name in largest.index:
+        if len(chosen) >= _DEFAULT_LINES:
+            break
+        if name not in chosen:
+            chosen.append(name)
+    return chosen or options[:_DEFAULT_LINES]

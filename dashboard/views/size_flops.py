@@ -13,6 +13,7 @@ from ckptboard.core.model_spec import HF_PREFIX, load_model
 from ckptboard.dashboard.config import resolve_under_root
 from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
+from ckptboard.dashboard.text import format_bytes
 from ckptboard.dashboard.views._module_tree import checkpoint_tensors, module_tree_chart, size_tree
 from ckptboard.dashboard.views._pickers import checkpoint_picker
 
@@ -31,6 +32,7 @@ def render(ctx: ViewContext) -> None:
     with right:
         kinds = frame.groupby("kind", as_index=False)[["numel", "nbytes"]].sum()
         kinds["tensors"] = frame.groupby("kind")["name"].size().to_numpy()
+        kinds["nbytes"] = kinds["nbytes"].map(format_bytes)  # the units of the charts above
         st.dataframe(kinds, hide_index=True, key="size_kinds_table")
     st.subheader("FLOPs")
     _flops(ctx, checkpoint)
