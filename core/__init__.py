@@ -62,6 +62,9 @@ _LAZY: dict[str, str] = {
     "count_training_step": "train_flops",
     "estimate_flops": "flop_estimate",
     "load_model": "model_spec",
+    "diff_checkpoints": "diff",
+    "spectral_stats": "spectral",
+    "gradient_rows": "gradients",
 }
 
 __all__ = [

@@ -39,7 +39,7 @@ from ckptboard.core.schema import FORMAT_VERSION
 if TYPE_CHECKING:
     from ckptboard.core.discover import CheckpointFile
 
-__all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "LookupStatus", "cache_key", "warn_invalid"]
+__all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "LookupStatus", "cache_key", "key_covers", "warn_invalid"]
 
 CACHE_DIRNAME = ".ckptboard"
 _SUFFIX = ".parquet"
@@ -52,16 +52,30 @@ class CacheWarning(UserWarning):
 
 
 def cache_key(file: CheckpointFile, prev: CheckpointFile | None, first: CheckpointFile | None,
-              model_fingerprint: str | None) -> dict[str, Any]:
+              model_fingerprint: str | None, spectral: str = "off") -> dict[str, Any]:
     """The key of ``file``'s fragment: its identity, that of its run's previous and first checkpoints (None for a
-    run's first checkpoint), the ``--model`` fingerprint and the format version. Equal keys mean equal rows."""
+    run's first checkpoint), the ``--model`` fingerprint, the ``--spectral`` mode and the format version. Equal keys
+    mean equal rows; a fragment made with more spectral work also serves a request for less (:func:`key_covers`)."""
     identity = file.identity()
     return {
         "relpath": file.relpath, "size": identity.size, "mtime_ns": identity.mtime_ns,
         "ino": identity.ino, "ctime_ns": identity.ctime_ns,
         "prev": _neighbour(prev), "first": _neighbour(first),
-        "model": model_fingerprint, "format_version": FORMAT_VERSION,
+        "model": model_fingerprint, "spectral": spectral, "format_version": FORMAT_VERSION,
     }
+
+
+_SPECTRAL_LEVEL = {"off": 0, "default": 1, "full": 2}
+
+
+def key_covers(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """The stored fragment answers ``wanted``: equal keys, or equal but for a richer ``spectral`` mode (a cache
+    summarised with ``--spectral full`` is not recomputed when the app opens it without the option)."""
+    if stored == wanted:
+        return True
+    rest = {k: v for k, v in stored.items() if k != "spectral"}
+    return (rest == {k: v for k, v in wanted.items() if k != "spectral"}
+            and _SPECTRAL_LEVEL.get(stored.get("spectral"), -1) >= _SPECTRAL_LEVEL.get(wanted.get("spectral"), 99))
 
 
 def _neighbour(file: CheckpointFile | None) -> list | None:
@@ -139,7 +153,7 @@ class StatsCache:
             stored = read_header(path)
         except FragmentReadError as e:
             return Lookup(LookupStatus.INVALID, problem=f"{path.name}: {e}")
-        return Lookup(LookupStatus.HIT if stored.key == key else LookupStatus.STALE, header=stored)
+        return Lookup(LookupStatus.HIT if key_covers(stored.key, key) else LookupStatus.STALE, header=stored)
 
     def write(self, relpath: str, header: Header, rows: dict[str, list[dict[str, Any]]]) -> Path:
         """Write ``relpath``'s fragment atomically (temp file, fsync, rename) and return its path."""

@@ -230,6 +230,8 @@ class _Walker:
                         group_index=index,
                         state_shapes={_key_text(k): tensor_shape(v) for k, v in tensors.items()},
                         state_dtypes={_key_text(k): tensor_dtype(v) for k, v in tensors.items()},
+                        state_refs={_key_text(k): v for k, v in tensors.items()},
+                        state_scalars=_numbers(entry),
                     )
                 )
             hyper = _Walker(self.read_scalar, self).walk({k: v for k, v in group.items() if k != "params"}, (), False)
@@ -283,3 +285,16 @@ def _count_tensors(root: Any) -> int:
         elif isinstance(value, (list, tuple, set, frozenset)):
             todo.extend(value)
     return count
+
+
+def _numbers(entry: Any) -> dict[str, float]:
+    """The plain numbers of an optimizer state entry (``step`` is an int in old torch, a 0-d tensor since 1.12)."""
+    if not isinstance(entry, Mapping):
+        return {}
+    out = {}
+    for key, value in entry.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value) if abs(value) < 2**1000 else math.inf  # an int too large for a float
+            if math.isfinite(number):
+                out[_key_text(key)] = number
+    return out

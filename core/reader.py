@@ -37,7 +37,14 @@ from ckptboard.core.errors import (
     UnsafeCheckpointError,
     UsageError,
 )
-from ckptboard.core.records import CheckpointFormat, OptimizerState, StepSource, TensorGroup, TensorInfo
+from ckptboard.core.records import (
+    CheckpointFormat,
+    OptimizerParam,
+    OptimizerState,
+    StepSource,
+    TensorGroup,
+    TensorInfo,
+)
 from ckptboard.core.formats.safe_unpickle import LazyTensor
 from ckptboard.core.steps import step_from_metadata, step_from_name
 from ckptboard.core.validate import existing_path
@@ -89,6 +96,20 @@ class Checkpoint:
             ref = self._refs[(info.group, info.raw_name)]
         except KeyError:
             raise UsageError(f"{self.path}: no tensor {info.raw_name!r} in group {info.group!r}") from None
+        return self._materialise(ref, f"tensor {info.name}")
+
+    def load_state(self, optimizer: OptimizerState, param: OptimizerParam, name: str) -> torch.Tensor:
+        """One optimizer state tensor (``exp_avg``, ``momentum_buffer``, ``step``, ...) of ``param``, on :attr:`device`."""
+        if self._closed:
+            raise UsageError(f"{self.path}: the checkpoint was closed; open it again to load optimizer state")
+        try:
+            ref = param.state_refs[name]
+        except KeyError:
+            raise UsageError(f"{self.path}: optimizer {optimizer.key_path!r} has no state {name!r} for parameter "
+                             f"{param.param_id!r}") from None
+        return self._materialise(ref, f"optimizer state {name} of parameter {param.param_id!r}")
+
+    def _materialise(self, ref: Any, what: str) -> torch.Tensor:
         if isinstance(ref, torch.Tensor):
             return ref.detach().to(self.device)
         try:
@@ -96,7 +117,7 @@ class Checkpoint:
         except CheckpointError:
             raise
         except (RuntimeError, ValueError, OSError) as e:
-            raise CorruptCheckpointError(self.path, f"tensor {info.name} cannot be read ({e})") from e
+            raise CorruptCheckpointError(self.path, f"{what} cannot be read ({e})") from e
 
     def close(self) -> None:
         """Release files and buffers; tensors already loaded stay valid."""

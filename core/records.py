@@ -129,6 +129,10 @@ class OptimizerParam:
     group_index: int
     state_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     state_dtypes: dict[str, str] = field(default_factory=dict)
+    # The state's tensors as read (lazy records: no data) and its plain numbers (an old torch's int ``step``), for
+    # ``Checkpoint.load_state``; not part of the record's identity.
+    state_refs: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    state_scalars: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass

@@ -16,6 +16,8 @@ import torch
 from ckptboard.core.errors import CheckpointError
 from ckptboard.core.records import TensorInfo, TensorKind, Trainable
 from ckptboard.core.schema import EventKind, RunningStat, TableName
+from ckptboard.core.gradients import gradient_rows
+from ckptboard.core.spectral import SpectralMode, alpha_band, spectral_stats
 from ckptboard.core.stats import tensor_stats
 from ckptboard.core.updates import norm_running_stats, update_stats
 
@@ -34,11 +36,12 @@ class RowSource:
     mtime_ns: int
 
 
-def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *,
-                    device: str = "cpu") -> dict[TableName, list[dict[str, Any]]]:
+def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *, device: str = "cpu",
+                    spectral: str = "off") -> dict[TableName, list[dict[str, Any]]]:
     """The rows of every table for the opened, classified ``ckpt``; ``prev``/``first`` (opened, or None) give the
-    update statistics and the added/removed/reshaped events."""
-    rows = _Rows(source, ckpt, prev, first, device)
+    update statistics and the added/removed/reshaped events; ``spectral`` (a :class:`SpectralMode`) the spectral
+    rows of its parameters; its optimizer state (if any) the gradients rows."""
+    rows = _Rows(source, ckpt, prev, first, device, SpectralMode(spectral))
     rows.collect()
     return rows.tables
 
@@ -46,8 +49,9 @@ def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *,
 class _Rows:
     """Builds the table rows of one checkpoint, loading one tensor (and its previous/first) at a time."""
 
-    def __init__(self, source: RowSource, ckpt, prev, first, device: str):
+    def __init__(self, source: RowSource, ckpt, prev, first, device: str, spectral: SpectralMode):
         self.source, self.ckpt, self.prev, self.first, self.device = source, ckpt, prev, first, device
+        self.spectral = spectral
         self.base = {"run": source.run, "checkpoint": source.relpath, "step": ckpt.step}
         self.tables: dict[TableName, list[dict[str, Any]]] = {
             name: [] for name in TableName if name != TableName.ERRORS
@@ -71,6 +75,7 @@ class _Rows:
                 hist = _histogram_row(result.histogram)
                 update = self._update(info, tensor, prev_index.get(ident), first_index.get(ident))
                 self._keep_running_stat(info, tensor)
+                self._spectral(info, tensor)
                 del tensor
                 done[ident] = (stats, hist, update)
             self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats})
@@ -80,6 +85,7 @@ class _Rows:
                                                "module": info.module, "kind": str(info.kind), **update})
         self._batchnorm_rows()
         self._event_rows(prev_index)
+        self._gradient_rows()
         self.tables[TableName.CHECKPOINTS] = [self._checkpoint_row()]
 
     def _update(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
@@ -94,6 +100,25 @@ class _Rows:
         if first_info is not None and tuple(first_info.shape) == tuple(info.shape):
             first_tensor = prev_tensor if self.first is self.prev else _load_or_none(self.first, first_info)
         return update_stats(prev_tensor, tensor, first_tensor, device=self.device).as_row()
+
+    def _spectral(self, info: TensorInfo, tensor) -> None:
+        if self.spectral is SpectralMode.OFF or info.kind != TensorKind.PARAMETER:
+            return
+        stats = spectral_stats(tensor, self.spectral, device=self.device)
+        if stats is not None:
+            self.tables[TableName.SPECTRAL].append({
+                **self.base, "group": info.group, "name": info.name, "module": info.module, **stats.as_row(),
+                "alpha_band": str(alpha_band(stats.alpha)),
+            })
+
+    def _gradient_rows(self) -> None:
+        if not self.ckpt.optimizers:
+            return
+        try:
+            rows, _ = gradient_rows(self.ckpt, device=self.device)
+        except CheckpointError:
+            return  # a damaged optimizer state costs the gradient rows, not the model tensors' statistics
+        self.tables[TableName.GRADIENTS] = [{**self.base, **row} for row in rows]
 
     def _update_base(self) -> dict[str, Any]:
         return {**self.base, "prev_checkpoint": self.source.prev_relpath, "prev_step": self.prev.step}

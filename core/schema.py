@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from ckptboard.core.records import StrEnum
@@ -35,6 +35,8 @@ __all__ = [
     "EVENT_COLUMNS",
     "ERROR_COLUMNS",
     "TRAINING_SCALAR_COLUMNS",
+    "SPECTRAL_COLUMNS",
+    "GRADIENT_COLUMNS",
     "percentile_column",
     "EventKind",
     "RunningStat",
@@ -44,8 +46,9 @@ __all__ = [
 ]
 
 # Bump when a table's columns or types change, or the cache layout: caches of another version are recomputed with a
-# warning. 2: the training_scalars table; 3: one flat Parquet file per table per checkpoint (1 and 2: one file).
-FORMAT_VERSION = 3
+# warning. 2: the training_scalars table; 3: one flat Parquet file per table per checkpoint (1 and 2: one file);
+# 4: the spectral and gradients tables.
+FORMAT_VERSION = 4
 
 
 class TableName(StrEnum):
@@ -59,6 +62,8 @@ class TableName(StrEnum):
     EVENTS = "events"
     ERRORS = "errors"
     TRAINING_SCALARS = "training_scalars"
+    SPECTRAL = "spectral"
+    GRADIENTS = "gradients"
 
 
 # TensorBoard's distribution basis points (its compressed-histogram bps), then the usual extras.
@@ -130,6 +135,24 @@ ERROR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "error", "message")
 TRAINING_SCALAR_COLUMNS: tuple[str, ...] = ("run", "checkpoint", "step", "source", "name", "value")
 
 
+# Spectral health of each 2-D (or convolution) parameter per checkpoint, when summarised with --spectral
+# (ckptboard.core.spectral): method "power" (sigma_max by power/Lanczos iteration) or "full" (the whole ESD, alpha);
+# alpha_band is WeightWatcher's published label of alpha ("" without alpha).
+SPECTRAL_COLUMNS: tuple[str, ...] = (
+    "run", "checkpoint", "step", "group", "name", "module", "method", "n_matrices", "rows", "cols",
+    "sigma_max", "stable_rank", "iterations", "n_evals", "alpha", "alpha_xmin", "alpha_ks", "alpha_sigma", "alpha_n",
+    "alpha_band",
+)
+
+# Gradient statistics read back from the optimizer state in the checkpoint (ckptboard.core.gradients), one row per
+# parameter with Adam (moments "adam") or SGD-momentum ("sgd-momentum") state; lo/hi/counts: histogram of sqrt(v_hat).
+GRADIENT_COLUMNS: tuple[str, ...] = (
+    "run", "checkpoint", "step", "optimizer", "param_id", "param_group", "group", "name", "module", "moments",
+    "opt_step", "lr", "numel", "grad_rms", "grad_rms_max", "m_norm", "update_norm", "update_rms", "weight_norm",
+    "update_ratio", "lo", "hi", "counts",
+)
+
+
 COLUMNS: dict[TableName, tuple[str, ...]] = {
     TableName.CHECKPOINTS: CHECKPOINT_COLUMNS,
     TableName.TENSORS: TENSOR_COLUMNS,
@@ -139,15 +162,19 @@ COLUMNS: dict[TableName, tuple[str, ...]] = {
     TableName.EVENTS: EVENT_COLUMNS,
     TableName.ERRORS: ERROR_COLUMNS,
     TableName.TRAINING_SCALARS: TRAINING_SCALAR_COLUMNS,
+    TableName.SPECTRAL: SPECTRAL_COLUMNS,
+    TableName.GRADIENTS: GRADIENT_COLUMNS,
 }
 
 # Column types; a column not named here is a string.
 _INT_COLUMNS = ("step", "prev_step", "numel", "nbytes", "zeros", "nans", "posinfs", "neginfs", "infs", "channel",
                 "size_bytes", "n_tensors", "n_parameters", "n_trainable", "n_frozen", "n_buffers", "parameter_bytes",
-                "buffer_bytes")
+                "buffer_bytes", "n_matrices", "rows", "cols", "iterations", "n_evals", "alpha_n", "param_group")
 _FLOAT_COLUMNS = ("value", "mean", "std", "min", "max", "abs_mean", "norm", "update_norm", "update_ratio", "cosine",
                   "dist_from_first", "rel_dist_from_first", "running_mean", "running_var",
                   "mtime",  # seconds since the epoch, as os.stat gives
+                  "sigma_max", "stable_rank", "alpha", "alpha_xmin", "alpha_ks", "alpha_sigma",
+                  "opt_step", "lr", "grad_rms", "grad_rms_max", "m_norm", "update_rms", "weight_norm",
                   ) + PERCENTILE_COLUMNS
 _FLOAT_LIST_COLUMNS = ("lo", "hi")
 _INT_LIST_COLUMNS = ("counts",)
@@ -200,9 +227,18 @@ class StatsTables:
     events: pd.DataFrame
     errors: pd.DataFrame
     training_scalars: pd.DataFrame
+    spectral: pd.DataFrame = field(default_factory=lambda: _empty_frame(TableName.SPECTRAL))
+    gradients: pd.DataFrame = field(default_factory=lambda: _empty_frame(TableName.GRADIENTS))
 
     @classmethod
     def empty(cls) -> "StatsTables":
         import pandas as pd
 
         return cls(**{f.name: pd.DataFrame(columns=list(COLUMNS[TableName(f.name)])) for f in fields(cls)})
+
+
+def _empty_frame(table: TableName) -> pd.DataFrame:
+    """An empty table with its columns (the default of a table added after the first seven)."""
+    import pandas as pd
+
+    return pd.DataFrame(columns=list(COLUMNS[table]))

@@ -59,6 +59,7 @@ __all__ = [
     "EXACT_PERCENTILE_NUMEL",
     "DEFAULT_RESOLUTION",
     "STAT_COLUMNS",
+    "add_finite_codes",
 ]
 
 CHUNK_BYTES = 16 << 20
@@ -413,3 +414,11 @@ def _finish(acc: _Acc, hist: Histogram, pct: np.ndarray, exact: bool, resolution
         percentiles=dict(zip(PERCENTILE_COLUMNS, pct.tolist())),
         histogram=hist, percentiles_exact=bool(exact) if n else False,
     )
+
+
+def add_finite_codes(x: torch.Tensor, counts: torch.Tensor) -> None:
+    """Add the bf16 codes of the finite values of ``x`` (any float dtype) to ``counts`` (65,536 int64, on x's device):
+    the histogram of a derived quantity (a difference, √v̂) streamed chunk by chunk."""
+    finite = torch.isfinite(x)
+    bits = x.clamp(-_F32_MAX, _F32_MAX).float().view(torch.int32)
+    counts += torch.bincount(((bits >> 16) & 0xFFFF)[finite].long(), minlength=N_CODES)

@@ -112,8 +112,11 @@ class SummaryReport:
 
 
 def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", model: Any = None,
-         trust: bool = False) -> Plan:
-    """Discover ROOT's checkpoints and decide which need summarising; reads fragment footers, no checkpoint."""
+         trust: bool = False, spectral: str = "off") -> Plan:
+    """Discover ROOT's checkpoints and decide which need summarising; reads fragment footers, no checkpoint.
+
+    ``spectral``: ``off``, ``default`` or ``full`` (:class:`ckptboard.core.spectral.SpectralMode`)."""
+    spectral = _spectral_mode(spectral)
     root = Path(root).absolute()  # tasks may run in other processes, with another working directory
     if not root.is_dir():
         raise UsageError(f"{root}: not a folder; pass the folder that holds the training run's checkpoints")
@@ -130,7 +133,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
             result.relpaths.append(cf.relpath)
             prev = files[i - 1] if i else None
             first = files[0] if i else None
-            key = cache_key(cf, prev, first, fingerprint or _config_fingerprint(root / cf.relpath))
+            key = cache_key(cf, prev, first, fingerprint or _config_fingerprint(root / cf.relpath), spectral)
             lookup = cache.lookup(cf.relpath, key)
             if lookup.status == LookupStatus.INVALID:
                 invalid.append(lookup.problem)
@@ -141,7 +144,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
                 root=str(root), relpath=cf.relpath, run=run.name, size=cf.size, mtime_ns=cf.mtime_ns,
                 prev=prev.relpath if prev else None, first=first.relpath if first else None, cache_dir=str(cache.dir),
                 key=key, device=device, trust=trust, model=model, ino=cf.ino, ctime_ns=cf.ctime_ns,
-                listed_at=listed_at,
+                listed_at=listed_at, spectral=spectral,
             ))
     warn_invalid(invalid, "were unreadable or of another format version and are recomputed")
     return result
@@ -167,13 +170,14 @@ def execute(work: Plan, executor: Executor | None = None,
 
 def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_dir: str | Path | None = None,
               executor: Executor | None = None, progress: Callable[[Receipt], None] | None = None,
-              model: Any = None, trust: bool = False) -> SummaryReport:
+              model: Any = None, trust: bool = False, spectral: str = "off") -> SummaryReport:
     """Summarise every checkpoint under ``root`` not already in the cache; return what happened."""
     start = time.perf_counter()
     device = str(resolve_device(device))
+    work = plan(root, cache_dir=cache_dir, device=device, model=model, trust=trust, spectral=spectral)
     if executor is None:
         executor = LocalExecutor(workers)
-    report = execute(plan(root, cache_dir=cache_dir, device=device, model=model, trust=trust), executor, progress)
+    report = execute(work, executor, progress)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -181,14 +185,15 @@ def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_
 def refresh(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", workers: int = 1,
             executor: Executor | Callable[[Plan], Executor] | None = None, model: Any = None, trust: bool = False,
             progress: Callable[[Receipt], None] | None = None,
-            on_plan: Callable[[Plan], None] | None = None) -> SummaryReport:
+            on_plan: Callable[[Plan], None] | None = None, spectral: str = "off") -> SummaryReport:
     """Plan and execute as one call: the verb the CLI and the app use to bring ROOT's cache up to date.
 
     ``on_plan(plan)`` runs before any checkpoint is opened (to size a progress bar); ``executor`` may be a function
     of the plan, to size a pool by the work (default: ``LocalExecutor(workers)``). ``seconds`` covers both steps.
     """
     start = time.perf_counter()
-    work = plan(root, cache_dir=cache_dir, device=str(resolve_device(device)), model=model, trust=trust)
+    work = plan(root, cache_dir=cache_dir, device=str(resolve_device(device)), model=model, trust=trust,
+                spectral=spectral)
     if on_plan is not None:
         on_plan(work)
     if executor is None:
@@ -198,6 +203,16 @@ def refresh(root: str | Path, *, cache_dir: str | Path | None = None, device: st
     report = execute(work, executor, progress)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _spectral_mode(spectral: str) -> str:
+    from ckptboard.core.spectral import SpectralMode
+
+    try:
+        return str(SpectralMode(spectral))
+    except ValueError:
+        choices = ", ".join(m.value for m in SpectralMode)
+        raise UsageError(f"--spectral {spectral}: unknown; choose from {choices}") from None
 
 
 def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:

@@ -72,6 +72,7 @@ class CheckpointTask:
     ino: int = 0  # with size and mtime_ns: the checkpoint's FileIdentity as listed
     ctime_ns: int = 0
     listed_at: float = 0.0  # when it was listed (epoch seconds); 0: when the task runs
+    spectral: str = "off"  # ckptboard.core.spectral.SpectralMode
 
     @property
     def listed(self) -> FileIdentity:
@@ -223,7 +224,7 @@ def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[st
         prev = _open_neighbour(stack, task, task.prev, model)
         first = _open_neighbour(stack, task, task.first, model) if task.first != task.prev else prev
         source = RowSource(task.run, task.relpath, task.prev, task.size, task.mtime_ns)
-        rows = checkpoint_rows(source, ckpt, prev, first, device=task.device)
+        rows = checkpoint_rows(source, ckpt, prev, first, device=task.device, spectral=task.spectral)
         rows[TableName.TRAINING_SCALARS] = _training_rows(task, path, ckpt.step, None if prev is None else prev.step)
         return rows, len(ckpt.tensors)
 

@@ -15,7 +15,7 @@ from ckptboard.core.errors import CkptboardError
 
 __all__ = ["main", "build_parser"]
 
-_COMMANDS = ("inspect", "size", "flops", "summarize", "export", "serve")
+_COMMANDS = ("inspect", "size", "flops", "diff", "summarize", "export", "serve")
 _EXAMPLES = """examples:
   ckptboard serve runs/                                # the dashboard over every run under runs/
   ckptboard inspect runs/a/epoch=3-step=120.ckpt       # every tensor of one checkpoint, classified
@@ -23,6 +23,7 @@ _EXAMPLES = """examples:
   ckptboard flops --model model.py:Net --input-shape 1,3,224,224
   ckptboard summarize runs/ --workers 2                # fill the stats cache ahead of serve
   ckptboard export runs/ --out report/ --format html,csv
+  ckptboard diff base/ finetuned/                     # any two checkpoints, keys aligned across prefixes
 
 `ckptboard COMMAND --help` lists a command's options."""
 

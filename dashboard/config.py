@@ -43,6 +43,7 @@ class AppConfig:
     input_shape: tuple[int, ...] | None = None
     trust: bool = False
     input_dtype: str | None = None  # of the FLOP input: int64 for token ids (default float32)
+    spectral: str = "off"  # --spectral for checkpoints the app summarises (ckptboard.core.spectral.SpectralMode)
 
     def to_argv(self) -> list[str]:
         """The argv the app parses back into an equal config."""
@@ -57,6 +58,8 @@ class AppConfig:
             argv += ["--input-dtype", self.input_dtype]
         if self.trust:
             argv.append("--trust")
+        if self.spectral != "off":
+            argv += ["--spectral", self.spectral]
         return argv
 
 
@@ -86,6 +89,8 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype of that input (default float32; int64 for token ids, which language models take)")
     parser.add_argument("--cache-dir", metavar="DIR", help="where the stats cache lives (default: the cache's own)")
     parser.add_argument("--trust", action="store_true", help="allow checkpoints that execute pickled code")
+    parser.add_argument("--spectral", default="off", choices=("off", "default", "full"),
+                        help="spectral health of the checkpoints the app summarises (see ckptboard summarize)")
 
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:
@@ -103,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         dtype = parse_input_specs(["1"], [dtype])[0].dtype  # a torch dtype name, checked once
     cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else None
     return AppConfig(root=root.resolve(), cache_dir=cache_dir, model=args.model, input_shape=shape, trust=args.trust,
-                     input_dtype=dtype)
+                     input_dtype=dtype, spectral=args.spectral)
 
 
 def parse_app_args(argv: list[str]) -> AppConfig:

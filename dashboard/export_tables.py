@@ -1,9 +1,10 @@
 """Writing the statistics tables to files, one writer per format, looked up in one registry.
 
 ``csv`` writes ``stats.csv`` (the tensors table), ``updates.csv``, ``batchnorm.csv``, ``events.csv``,
-``checkpoints.csv`` and ``errors.csv``, columns exactly as in :mod:`ckptboard.core.schema`; ``parquet`` writes the
-same tables plus ``histograms.parquet``. ``html`` and ``png`` go through :func:`ckptboard.dashboard.report.
-write_report`.
+``checkpoints.csv``, ``errors.csv``, ``spectral.csv`` and ``gradients.csv`` (without its √v̂ histogram lists), columns
+exactly as in :mod:`ckptboard.core.schema`; ``parquet`` writes the same tables (lists included) plus
+``histograms.parquet``. ``html`` and ``png`` go through :func:`ckptboard.dashboard.report.
+write_report`; ``tensorboard`` through :func:`ckptboard.dashboard.export_tensorboard.write_tensorboard`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class ExportFormat(StrEnum):
     PARQUET = "parquet"
     HTML = "html"
     PNG = "png"
+    TENSORBOARD = "tensorboard"
 
 
 # table -> file stem; histograms are lists per row, so only the parquet writer carries them.
@@ -38,7 +40,10 @@ TABLE_FILES: dict[TableName, str] = {
     TableName.ERRORS: "errors",
     TableName.HISTOGRAMS: "histograms",
     TableName.TRAINING_SCALARS: "training_scalars",
+    TableName.SPECTRAL: "spectral",
+    TableName.GRADIENTS: "gradients",
 }
+_LIST_COLUMNS = ("lo", "hi", "counts")  # per-row histograms: Parquet only
 
 Progress = Callable[[int, int, str], None]  # (done, total, what was just written)
 Writer = Callable[[StatsTables, Path, Sequence[ExportFormat], "Progress | None"], list[Path]]
@@ -63,7 +68,7 @@ def parse_formats(text: str | Sequence[str]) -> tuple[ExportFormat, ...]:
     items = text.split(",") if isinstance(text, str) else list(text)
     names = [item.strip().lower() for item in items if item.strip()]
     if not names:
-        raise UsageError("--format: give at least one of csv, parquet, html, png (comma-separated)")
+        raise UsageError(f"--format: give at least one of {', '.join(f.value for f in ExportFormat)} (comma-separated)")
     formats: list[ExportFormat] = []
     for name in names:
         try:
@@ -111,13 +116,21 @@ def _write_report(tables: StatsTables, out: Path, formats, progress: Progress | 
     return list(result.files)
 
 
+@_writer(ExportFormat.TENSORBOARD)
+def _write_tensorboard(tables: StatsTables, out: Path, formats, progress: Progress | None) -> list[Path]:
+    from ckptboard.dashboard.export_tensorboard import write_tensorboard  # torch's SummaryWriter only when asked
+
+    return write_tensorboard(tables, out, progress=progress)
+
+
 def _write_each(tables: StatsTables, out: Path, suffix: str, write: Callable[[pd.DataFrame, Path], None],
                 progress: Progress | None) -> list[Path]:
     names = [n for n in TABLE_FILES if suffix == "parquet" or n != TableName.HISTOGRAMS]
     written = []
     for i, name in enumerate(names, 1):
         path = out / f"{TABLE_FILES[name]}.{suffix}"
-        frame = getattr(tables, name).reindex(columns=list(COLUMNS[name]))
+        columns = [c for c in COLUMNS[name] if suffix == "parquet" or c not in _LIST_COLUMNS]
+        frame = getattr(tables, name).reindex(columns=columns)
         write(frame, path)
         written.append(path)
         if progress is not None:

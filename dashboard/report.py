@@ -15,6 +15,10 @@ What goes in, per run (sections in this order, after the global Overview and Hea
 - Size: treemap of bytes by module and bytes by dtype of the last checkpoint (or the ``size_trees[run]`` given),
   the FLOP treemap when ``flop_reports[run]`` is given.
 - Compare: first vs last checkpoint: added/removed/reshaped tensors and the largest relative changes.
+- Spectral (when summarised with ``--spectral``): alpha (with WeightWatcher's published bands), stable rank and
+  sigma_max over step for the ``SPECTRAL_LAYERS`` largest matrices.
+- Gradients (when the checkpoints hold Adam or SGD-momentum state): gradient RMS and update/weight ratio per
+  top-level module, the approximation stated on each figure.
 
 ``png`` writes each figure to ``png/NNN-<slug>.png`` with kaleido (Chromium found on PATH, or ``BROWSER_PATH``),
 1000 px wide and as tall as the figure's layout;
@@ -40,6 +44,7 @@ from plotly.offline import get_plotlyjs
 
 from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import CkptboardError, UsageError
+from ckptboard.core.gradients import APPROXIMATION
 from ckptboard.core.health import bn_modules, compare_checkpoints, error_cards, health_table
 from ckptboard.core.schema import StatsTables
 from ckptboard.core.size import size_tree_from_frame
@@ -50,15 +55,17 @@ from ckptboard.dashboard.figures.batchnorm import (
     num_batches_tracked_figure,
 )
 from ckptboard.dashboard.figures.compare import compare_figure
+from ckptboard.dashboard.figures.gradients import GRADIENT_METRICS, gradient_figure
 from ckptboard.dashboard.figures.histograms import distribution_figure, histogram_figure
 from ckptboard.dashboard.figures.overview import checkpoints_table, runs_overview_figure
 from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
 from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap, size_treemap
+from ckptboard.dashboard.figures.spectral import SPECTRAL_METRICS, spectral_figure, spectral_layers
 from ckptboard.dashboard.figures.tensors import tensor_table
 from ckptboard.dashboard.text import format_bytes
 
 __all__ = [
-    "REPORT_FORMATS", "REPORT_STATISTICS", "TABLE_ROWS", "SCALAR_MODULES", "HISTOGRAM_TENSORS",
+    "REPORT_FORMATS", "REPORT_STATISTICS", "TABLE_ROWS", "SCALAR_MODULES", "HISTOGRAM_TENSORS", "SPECTRAL_LAYERS",
     "ReportResult", "write_report",
 ]
 
@@ -72,6 +79,7 @@ HISTOGRAM_TENSORS = 4
 HISTOGRAM_STEPS = 12  # ridges per offset histogram, first and last kept
 HISTOGRAM_BINS = 40
 SCALAR_POINTS = 200
+SPECTRAL_LAYERS = 8
 PNG_BATCH = 16  # figures per kaleido call: one browser start each, progress between calls
 _CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -230,6 +238,31 @@ def _run_sections(tables: StatsTables, run: str, anchor: str, health: pd.DataFra
               note="" if len(events) else "Same tensors with the same shapes."),
         _Item("Changes", table=_capped(result.changes, 20)),
     ]))
+    out += _extras_sections(tables, run, anchor, where)
+    return out
+
+
+def _extras_sections(tables: StatsTables, run: str, anchor: str, where: str) -> list[_Section]:
+    """Spectral health and gradients from optimizer state, when the cache holds them."""
+    out = []
+    spectral = tables.spectral[tables.spectral["run"] == run]
+    if len(spectral):
+        metrics = [m for m in SPECTRAL_METRICS if spectral[m].notna().any()]
+        out.append(_Section(f"{anchor}-spectral", f"Spectral{where}", [
+            _Item(f"{SPECTRAL_METRICS[m]}{where}", build=lambda m=m: spectral_figure(
+                spectral, m, spectral_layers(spectral, m, SPECTRAL_LAYERS), [run]))
+            for m in metrics
+        ]))
+    gradients = tables.gradients[tables.gradients["run"] == run]
+    if len(gradients):
+        largest = gradients.groupby("module")["numel"].sum().sort_values(ascending=False, kind="stable")
+        labels = [m or "(root)" for m in largest.index[:SCALAR_MODULES]]
+        stats = [m for m in ("grad_rms", "update_ratio", "m_norm") if gradients[m].notna().any()]
+        out.append(_Section(f"{anchor}-gradients", f"Gradients from optimizer state{where}", [
+            _Item(f"{GRADIENT_METRICS[m]}{where}", build=lambda m=m: gradient_figure(
+                gradients, m, labels, [run], by_module=True), note=APPROXIMATION if i == 0 else "")
+            for i, m in enumerate(stats)
+        ]))
     return out
 
 

@@ -225,7 +225,7 @@ def _summarize_missing(config: AppConfig, *, announce: bool = False) -> None:
         try:
             # In a worker process under limits: whatever a hostile file does to it, this server lives.
             report = refresh(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust,
-                             executor=LocalExecutor(1, isolate=True), on_plan=shown.start, progress=shown.advance)
+                             spectral=config.spectral, executor=LocalExecutor(1, isolate=True), on_plan=shown.start, progress=shown.advance)
         except BaseException:
             shown.fail()
             raise

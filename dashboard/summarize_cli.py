@@ -71,6 +71,10 @@ def add_summarize_options(parser: argparse.ArgumentParser) -> None:
                              "LocalCluster of --workers processes)")
     parser.add_argument("--model", metavar="SPEC", default=None,
                         help="file.py:factory or package.module:factory building the model, for classification")
+    parser.add_argument("--spectral", default="off", choices=("off", "default", "full"),
+                        help="spectral health of every 2-D/conv weight: off (default); default: top singular value "
+                        "and stable rank (Lanczos power iteration); full: the whole spectrum and its power-law alpha "
+                        "(matrices up to 4096 on the smaller side)")
     parser.add_argument("--trust", action="store_true",
                         help="allow files that need pickled code to run (only for files you trust)")
     parser.add_argument("--max-memory", metavar="SIZE", default=None,
@@ -133,6 +137,7 @@ def summarize_with_progress(args: argparse.Namespace) -> SummaryReport:
                                            disable=not work.tasks))
 
         report = refresh(root, cache_dir=args.cache_dir, device=device, model=args.model, trust=args.trust,
+                         spectral=args.spectral,
                          executor=lambda work: make_executor(args, work.todo_bytes), on_plan=on_plan,
                          progress=lambda receipt: bar.update(sizes.get(receipt.relpath, 0)))
     for failure in report.failures:

@@ -33,7 +33,7 @@ def summarized_samples(tmp_path_factory, dst: Path) -> Path:
     base = tmp_path_factory.getbasetemp() / "summarized_samples"
     if not base.exists():
         staging = copy_samples(tmp_path_factory.mktemp("staging") / "samples")
-        summarize(staging)
+        summarize(staging, spectral="full")  # the Spectral view draws alpha too (with the app's --spectral full)
         staging.rename(base)
     shutil.copytree(base, dst)
     return dst

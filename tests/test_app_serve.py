@@ -21,7 +21,7 @@ from ckptboard.dashboard.config import (
 
 def test_app_argv_round_trips_through_config(tmp_path):
     config = AppConfig(root=tmp_path.resolve(), cache_dir=(tmp_path / "c").resolve(), model="m.py:Net",
-                       input_shape=(1, 3, 32, 32), trust=True)  # fmt: skip
+                       input_shape=(1, 3, 32, 32), trust=True, spectral="full")  # fmt: skip
     assert parse_app_args(config.to_argv()) == config
 
 

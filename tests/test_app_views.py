@@ -25,7 +25,15 @@ EXPECTED = {
     View.COMPARE: [("segmented_control", "compare_mode"), ("selectbox", "compare_a"), ("selectbox", "compare_b"),
                    ("slider", "compare_top")],
     View.HEALTH: [("number_input", "health_dead_var"), ("number_input", "health_explode")],
+    View.SPECTRAL: [("selectbox", "spectral_metric"), ("multiselect", "spectral_layers")],
+    View.GRADIENTS: [("selectbox", "grad_metric"), ("segmented_control", "grad_by"), ("multiselect", "grad_tensors"),
+                     ("toggle", "grad_log_y"), ("selectbox", "grad_hist_run"), ("selectbox", "grad_hist_tensor")],
 }  # fmt: skip
+
+
+# Every app of this module summarises with --spectral full, as the samples' cache was: the server's state is shared
+# by the module's sessions, so one session without it would leave the others a cache without spectral rows.
+SPECTRAL = ("--spectral", "full")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,7 @@ def _chart(at, key: str):
 
 
 def _open(root, view: View):
-    at = app_test(str(root))
+    at = app_test(str(root), *SPECTRAL)
     at.session_state["view"] = view
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -49,7 +57,7 @@ def _open(root, view: View):
 
 
 def test_app_opens_on_overview_with_sidebar(samples):
-    at = app_test(str(samples))
+    at = app_test(str(samples), *SPECTRAL)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.segmented_control(key="view").value == View.OVERVIEW
@@ -125,3 +133,32 @@ def test_views_read_only_what_they_draw(samples, monkeypatch):
                for t, s, c in reads):
             whole_tensors.add(view)
     assert whole_tensors == {View.COMPARE}
+
+
+def test_compare_exact_diff_of_two_runs(samples):
+    at = _open(samples, View.COMPARE)
+    at.segmented_control(key="compare_mode").set_value("Two runs at a step").run()
+    at.toggle(key="compare_exact").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Matched"] == "21"  # SmallCNN's 21 tensors, by the same names in both runs
+    assert at.selectbox(key="compare_exact_tensor").value is not None
+    assert _chart(at, "compare_exact_hist") is not None
+
+
+def test_spectral_view_draws_alpha_with_weightwatchers_bands(samples):
+    at = _open(samples, View.SPECTRAL)
+    assert at.selectbox(key="spectral_metric").value == "alpha"  # summarized with --spectral full
+    chart = _chart(at, "spectral_chart")
+    assert chart is not None and "WeightWatcher: well-trained" in chart.proto.spec
+    assert any("WeightWatcher's published reading" in c.value for c in at.caption)
+
+
+def test_gradients_view_by_module_states_the_approximation(samples):
+    at = _open(samples, View.GRADIENTS)
+    assert any("exponential moving averages" in c.value for c in at.caption)
+    at.segmented_control(key="grad_by").set_value("Modules").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="grad_modules").value
+    assert _chart(at, "grad_chart") is not None and _chart(at, "grad_hist_chart") is not None

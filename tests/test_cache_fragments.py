@@ -149,10 +149,22 @@ def test_cache_key_names_the_checkpoint_its_previous_and_first_and_the_model(tmp
     assert cache_key(files[0], None, None, None) == {
         "relpath": "run/step=1.pt", "size": files[0].size, "mtime_ns": files[0].mtime_ns,
         "ino": files[0].ino, "ctime_ns": files[0].ctime_ns,
-        "prev": None, "first": None, "model": None, "format_version": FORMAT_VERSION,
+        "prev": None, "first": None, "model": None, "spectral": "off", "format_version": FORMAT_VERSION,
     }
-    third = cache_key(files[2], files[1], files[0], "abc")
-    assert (third["prev"], third["first"], third["model"]) == (ids[1], ids[0], "abc")
+    third = cache_key(files[2], files[1], files[0], "abc", "full")
+    assert (third["prev"], third["first"], third["model"], third["spectral"]) == (ids[1], ids[0], "abc", "full")
+
+
+def test_a_fragment_with_more_spectral_work_serves_a_request_for_less(tmp_path):
+    cache = StatsCache(tmp_path)
+    cache.ensure()
+    full = {**_KEY, "spectral": "full"}
+    cache.write("run/a.pt", Header(full, {}), _ROWS)
+    assert cache.lookup("run/a.pt", {**_KEY, "spectral": "off"}).status is LookupStatus.HIT
+    assert cache.lookup("run/a.pt", {**_KEY, "spectral": "default"}).status is LookupStatus.HIT
+    cache.write("run/a.pt", Header({**_KEY, "spectral": "default"}, {}), _ROWS)
+    assert cache.lookup("run/a.pt", full).status is LookupStatus.STALE  # alpha was never computed
+    assert cache.lookup("run/a.pt", {**full, "spectral": "default", "model": "other"}).status is LookupStatus.STALE
 
 
 def test_lookup_status_is_an_enum_with_the_documented_values(tmp_path):

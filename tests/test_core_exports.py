@@ -21,6 +21,8 @@ EXPECTED = {
     "size_tree", "training_memory", "count_flops", "estimate_flops", "load_model",
     # what classify returns; a transformers model from its config.json; FLOPs of a training step
     "Classification", "Verdict", "build_from_config", "count_training_step",
+    # any two checkpoints compared; spectral health of one weight; gradient statistics from optimizer state
+    "diff_checkpoints", "spectral_stats", "gradient_rows",
 }
 
 

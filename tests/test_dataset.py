@@ -18,7 +18,7 @@ from ckptboard.core.cache import CacheWarning, StatsCache
 from ckptboard.core.dataset import Selection, StatsDataset
 from ckptboard.core.fragment import table_path
 from ckptboard.core.load import load_stats
-from ckptboard.core.schema import StatsTables, TableName
+from ckptboard.core.schema import FORMAT_VERSION, StatsTables, TableName
 from ckptboard.core.summarize import summarize
 
 N_TENSORS = 9  # TinyNet's state_dict (see tests/_fixtures_runs.py)
@@ -121,7 +121,7 @@ def test_single_file_cache_of_an_older_version_is_recomputed_with_one_warning_an
     assert len(caught) == 1 and "single-file fragment of an older format version" in str(caught[0].message)
     for path in cache.fragments():  # as if only the old cache were there
         path.unlink()
-    with pytest.warns(CacheWarning, match="older format version, this ckptboard reads 3") as caught:
+    with pytest.warns(CacheWarning, match=f"older format version, this ckptboard reads {FORMAT_VERSION}") as caught:
         report = summarize(root)
     assert len(caught) == 1 and report.computed == 6
     assert not any(p.exists() for p in legacy)  # pruned: never read again

@@ -28,6 +28,12 @@ EXPECTED_HEADERS = {
                         "optimizer", "metadata_json", "skipped_globals"],
     "errors.csv": ["run", "checkpoint", "error", "message"],
     "training_scalars.csv": ["run", "checkpoint", "step", "source", "name", "value"],
+    "spectral.csv": ["run", "checkpoint", "step", "group", "name", "module", "method", "n_matrices", "rows", "cols",
+                     "sigma_max", "stable_rank", "iterations", "n_evals", "alpha", "alpha_xmin", "alpha_ks",
+                     "alpha_sigma", "alpha_n", "alpha_band"],
+    "gradients.csv": ["run", "checkpoint", "step", "optimizer", "param_id", "param_group", "group", "name", "module",
+                      "moments", "opt_step", "lr", "numel", "grad_rms", "grad_rms_max", "m_norm", "update_norm",
+                      "update_rms", "weight_norm", "update_ratio"],
 }
 
 
@@ -41,7 +47,7 @@ def test_parse_formats_keeps_order_and_drops_duplicates():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("xlsx", "--format xlsx: unknown; choose from csv, parquet, html, png"),
+    ("xlsx", "--format xlsx: unknown; choose from csv, parquet, html, png, tensorboard"),
     (" , ", "--format: give at least one of csv"),
 ])
 def test_parse_formats_rejects_bad_input(text, message):
@@ -71,10 +77,12 @@ def test_parquet_export_adds_histograms(tmp_path):
     written = export_tables(tables, tmp_path, ["parquet"], progress=lambda done, total, what: progress.append(done))
     assert {p.name for p in written} == {n.replace(".csv", ".parquet") for n in EXPECTED_HEADERS} | {
         "histograms.parquet"}
-    assert progress == [1, 2, 3, 4, 5, 6, 7, 8]  # one call per file, 8 tables
+    assert progress == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # one call per file, 10 tables
     histograms = pd.read_parquet(tmp_path / "histograms.parquet")
     assert list(histograms.columns) == ["run", "checkpoint", "step", "group", "name", "lo", "hi", "counts"]
     assert len(histograms) == len(tables.histograms)
+    gradients = pd.read_parquet(tmp_path / "gradients.parquet")
+    assert list(gradients.columns)[-3:] == ["lo", "hi", "counts"]  # the sqrt(v_hat) histograms: Parquet only
 
 
 def test_export_into_a_file_path_is_a_usage_error(tmp_path):

@@ -34,7 +34,8 @@ VIEW_RENDER_MS = 60_000
 # A widget key each view shows once it has drawn (Streamlit tags its container with ``st-key-<key>``).
 MARKER = {View.OVERVIEW: "overview_run", View.TENSORS: "tensors_checkpoint", View.SCALARS: "scalars_stat",
           View.HISTOGRAMS: "hist_run", View.BATCHNORM: "bn_run", View.SIZE_FLOPS: "size_checkpoint",
-          View.COMPARE: "compare_mode", View.HEALTH: "health_dead_var"}  # fmt: skip
+          View.COMPARE: "compare_mode", View.HEALTH: "health_dead_var", View.SPECTRAL: "spectral_view",
+          View.GRADIENTS: "grad_view"}  # fmt: skip
 CHART_VIEWS = {View.OVERVIEW, View.TENSORS, View.SCALARS, View.HISTOGRAMS, View.BATCHNORM, View.SIZE_FLOPS,
                View.COMPARE}  # fmt: skip
 

@@ -55,7 +55,7 @@ def test_export_writes_csv_and_parquet_from_real_checkpoints(tmp_path, capsys):
                  "--workers", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"6 checkpoints (0 from cache), {6 * N_TENSORS} tensors")
-    assert lines[1] == f"wrote 15 files to {out}"  # 7 CSV + 8 Parquet (histograms too)
+    assert lines[1] == f"wrote 19 files to {out}"  # 9 CSV + 10 Parquet (histograms too)
     stats = pd.read_csv(out / "stats.csv")
     assert len(stats) == 6 * N_TENSORS
     assert not stats["name"].str.contains("momentum").any()  # the SGD state in the .ckpt files is no row

@@ -40,7 +40,7 @@ def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.devic
                 contents.metadata.setdefault(key, value)
             ckpt.skipped_globals += [g for g in reader.skipped_globals if g not in ckpt.skipped_globals]
             ckpt.notes += [n for n in reader.notes if n not in ckpt.notes]
-        contents.optimizers += read_optimizers(match.optimizers, match.path)
+        contents.optimizers += read_optimizers(match.optimizers, match.path, keep=ckpt._readers)
     except BaseException:
         ckpt.close()
         raise
@@ -51,8 +51,9 @@ def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.devic
     return ckpt
 
 
-def read_optimizers(files: list[Path], folder: Path) -> list[OptimizerState]:
-    """The optimizer states in ``files`` (shapes only; each file closed again), named by file."""
+def read_optimizers(files: list[Path], folder: Path, keep: list | None = None) -> list[OptimizerState]:
+    """The optimizer states in ``files``, named by file. Each file's reader is appended to ``keep`` (a checkpoint's
+    readers: its state tensors can then be loaded, for the gradient statistics), or closed again without it."""
     from ckptboard.core.reader import _file_reader, _read_scalar
 
     out: list[OptimizerState] = []
@@ -65,8 +66,13 @@ def read_optimizers(files: list[Path], folder: Path) -> list[OptimizerState]:
             for opt in split_contents(reader.read_root(), _read_scalar).optimizers:
                 opt.key_path = f"{file.name}/{opt.key_path}" if opt.key_path else file.name
                 out.append(opt)
-        finally:
+        except BaseException:
             reader.close()
+            raise
+        if keep is None:
+            reader.close()
+        else:
+            keep.append(reader)
     return out
 
 

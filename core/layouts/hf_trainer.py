@@ -42,7 +42,7 @@ class HfTrainer(Layout):
         # read_hf_folder takes global_step (and epoch) from trainer_state.json into the metadata: the step
         ckpt = open_hf_folder(match, self.format, device)
         try:
-            ckpt.optimizers += read_optimizers(match.optimizers, match.path)
+            ckpt.optimizers += read_optimizers(match.optimizers, match.path, keep=ckpt._readers)
         except BaseException:
             ckpt.close()
             raise

@@ -1,4 +1,4 @@
-"""``ckptboard export ROOT --out DIR --format csv[,parquet,html,png]``: summarise what is missing, write the tables.
+"""``ckptboard export ROOT --out DIR --format csv[,parquet,html,png,tensorboard]``: summarise what is missing, write the tables.
 
 Options are validated before any file is opened; then ROOT is summarised exactly as ``ckptboard summarize`` would
 (progress bar, failure lines), the cache is read back with ``load_stats`` and each format's writer runs. Exits 1
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     add_summarize_options(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the files into")
     parser.add_argument("--format", default="csv", metavar="FMT[,FMT]",
-                        help="comma-separated: csv, parquet, html, png (default: csv)")
+                        help="comma-separated: csv, parquet, html, png, tensorboard (default: csv)")
     parser.set_defaults(run=run)
 
 

@@ -23,6 +23,8 @@ class View(StrEnum):
     SIZE_FLOPS = "Size & FLOPs"
     COMPARE = "Compare"
     HEALTH = "Health"
+    SPECTRAL = "Spectral"
+    GRADIENTS = "Gradients"
 
 
 @unique
@@ -50,4 +52,6 @@ _MODULES = {
     View.SIZE_FLOPS: "size_flops",
     View.COMPARE: "compare",
     View.HEALTH: "health",
+    View.SPECTRAL: "spectral",
+    View.GRADIENTS: "gradients",
 }

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from ckptboard.core.errors import CkptboardError
 from ckptboard.core.health import compare_checkpoints
 from ckptboard.dashboard.figures.compare import compare_figure
+from ckptboard.dashboard.figures.diff import diff_frame, diff_histogram_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import checkpoint_picker, run_picker
 
@@ -36,6 +40,42 @@ def render(ctx: ViewContext) -> None:
     top = st.slider("Largest changes shown", 5, 100, key="compare_top", value=20, persist_state="session")
     st.plotly_chart(compare_figure(result, top=top), key="compare_chart")
     st.dataframe(result.changes, hide_index=True, key="compare_table")
+    _exact(ctx, a, b)
+
+
+def exact_diff(tables, root: str, a: str, b: str, trust: bool) -> dict:
+    """``ckptboard diff``'s JSON for two checkpoints under ``root`` (memoised per cache fingerprint: a file that
+    changes changes the fingerprint)."""
+    from ckptboard.core.diff import diff_checkpoints
+
+    return diff_checkpoints(Path(root) / a, Path(root) / b, trust=trust).to_json()
+
+
+def _exact(ctx: ViewContext, a: str, b: str) -> None:
+    st.subheader("Exact difference")
+    if not st.toggle("Read both files and diff every tensor (keys aligned across prefixes and renames, as "
+                     "ckptboard diff does)", key="compare_exact", persist_state="session"):
+        return
+    try:
+        data = memo(exact_diff, ctx, str(ctx.config.root), a, b, ctx.config.trust)
+    except CkptboardError as e:
+        st.error(f"{type(e).__name__}: {e}")
+        return
+    s = data["summary"]
+    cols = st.columns(4)
+    cols[0].metric("Matched", s["matched"], help=f"exact {s['exact']}, prefix {s['prefix']}, shape {s['shape']}")
+    cols[1].metric("‖B−A‖/‖A‖ (parameters)", "nan" if s["rel_change"] is None else f"{s['rel_change']:.4g}")
+    cols[2].metric("Sign flips", f"{s['sign_flips']:,}")
+    cols[3].metric("Only in A / B", f"{s['only_a']} / {s['only_b']}")
+    frame = diff_frame(data)
+    st.dataframe(frame, hide_index=True, key="compare_exact_table")
+    if frame.empty:
+        return
+    by_name = {t["a"]: t for t in data["tensors"]}
+    pick_default("compare_exact_tensor", list(frame["a"]), frame["a"].iloc[0])
+    name = st.selectbox("Histogram of B − A for", list(frame["a"]), key="compare_exact_tensor",
+                        persist_state="session")
+    st.plotly_chart(diff_histogram_figure(by_name[name]), key="compare_exact_hist")
 
 
 def _two_checkpoints(ctx: ViewContext) -> tuple[str, str]:
