@@ -241,6 +241,15 @@ def test_real_layouts_in_chromium(layouts_server, tmp_path):
                     assert _overlapping_titles(page, "bn_layers_chart") == []
                     page.screenshot(path=str(shots / "batchnorm_hf.png"), full_page=True)
                     assert page.locator('[data-testid="stException"]').count() == 0
+                if view == View.SIZE_FLOPS:
+                    # The HF run's config.json gives the FLOP breakdown (its model built on meta) with no model SPEC.
+                    page.locator(".st-key-size_checkpoint").get_by_role("combobox").first.click()
+                    page.keyboard.type("resnet-tiny")  # the list is long and drawn lazily: search it as a user does
+                    page.get_by_role("option").filter(has_text="resnet-tiny").last.click()
+                    page.get_by_text("ResNetForImageClassification built from").wait_for(timeout=VIEW_RENDER_MS)
+                    _wait_drawn(page, view)
+                    page.screenshot(path=str(shots / "flops_hf.png"), full_page=True)
+                    assert page.locator('[data-testid="stException"]').count() == 0
                 if view == View.HISTOGRAMS:
                     _pick(page, "hist_run", HF_RUN, "hist_chart")
                     _wait_drawn(page, view)
@@ -248,4 +257,4 @@ def test_real_layouts_in_chromium(layouts_server, tmp_path):
                     assert page.locator('[data-testid="stException"]').count() == 0
         finally:
             browser.close()
-    assert len(list(shots.glob("*.png"))) == len(View) + 2
+    assert len(list(shots.glob("*.png"))) == len(View) + 3
