@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.records import OptimizerKind, OptimizerState, StrEnum, TensorKind, Trainable
+from ckptboard.core.records import OptimizerKind, OptimizerState, TensorKind, Trainable
 
 __all__ = [
     "TensorEntry",

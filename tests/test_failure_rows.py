@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import struct
 
-import pytest
 from _fixtures_runs import age, write_safetensors_run
 
 from ckptboard.core import reader

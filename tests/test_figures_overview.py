@@ -97,3 +97,9 @@ def test_tensor_table_kind_module_and_bad_pattern(tables):
     assert tensor_table(tables, "no/such.pt").empty
     with pytest.raises(UsageError, match="not a valid regular expression"):
         tensor_table(tables, "run0/ckpt_00000.pt", pattern="(")
+
+
+def test_byte_ticks_of_nothing_are_one_zero_tick():
+    # A run whose checkpoints hold no bytes (or a NaN size) still gets an axis: one tick at 0 labelled like the table.
+    for top in (0, 0.0, float("nan")):
+        assert byte_ticks(top) == ([0.0], ["0 B"])

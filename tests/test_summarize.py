@@ -3,7 +3,6 @@ a read-only ROOT, the process pool and two concurrent processes."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import stat

@@ -19,6 +19,7 @@ from plotly.colors import qualitative, sample_colorscale
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.schema import StatsTables, format_shape, tensor_label  # re-exported: the builders' helpers
+from ckptboard.dashboard.text import format_bytes
 
 __all__ = [
     "decimate_steps",
@@ -210,6 +211,4 @@ def byte_ticks(top: float, n: int = 5) -> tuple[list[float], list[str]]:
     scale = 10 ** math.floor(math.log10(raw))
     step = next(m * scale for m in _STEPS_1_2_5 if m * scale >= raw) * unit
     values = [i * step for i in range(int(top // step) + 2)]
-    from ckptboard.dashboard.text import format_bytes
-
     return values, [format_bytes(v) for v in values]

@@ -12,7 +12,7 @@ from ckptboard.core.hf_model import HF_EXTRA_HINT, find_config, transformers_ins
 from ckptboard.core.model_spec import HF_PREFIX, load_model
 from ckptboard.dashboard.config import resolve_under_root
 from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap
-from ckptboard.dashboard.state import ViewContext, memo, pick_default
+from ckptboard.dashboard.state import ViewContext, memo
 from ckptboard.dashboard.text import format_bytes
 from ckptboard.dashboard.views._module_tree import checkpoint_tensors, module_tree_chart, size_tree
 from ckptboard.dashboard.views._pickers import checkpoint_picker
