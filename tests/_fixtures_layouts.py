@@ -70,14 +70,6 @@ def nanogpt_checkpoint(path: Path) -> nn.Module:
     return model
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dcp_model() -> nn.Sequential:
     """Linear(8, 6) + LayerNorm(6) with a frozen weight + Linear(6, 3), seeded."""
     torch.manual_seed(0)
@@ -86,17 +78,15 @@ def dcp_model() -> nn.Sequential:
     return model
 
 
-def _fsdp2_worker(rank: int, world: int, out: str, port: int) -> None:
-    import os
-
+def _fsdp2_worker(rank: int, world: int, out: str, store: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous: a free TCP port, once picked and released, can be taken before gloo binds it.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         mesh = init_device_mesh("cpu", (world,))
         model = dcp_model()
@@ -114,11 +104,16 @@ def _fsdp2_worker(rank: int, world: int, out: str, port: int) -> None:
 
 
 def fsdp2_save(out: Path, world: int = 2) -> None:
-    """``dcp.save`` of an FSDP2 (``fully_shard``) model and its AdamW by ``world`` gloo ranks on 127.0.0.1: every
+    """``dcp.save`` of an FSDP2 (``fully_shard``) model and its AdamW by ``world`` gloo ranks (file rendezvous): every
     parameter split into row chunks across the ranks' ``__R_0.distcp`` files."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_fsdp2_worker, args=(world, str(out), free_port()), nprocs=world)
+    store = Path(out).parent / f".{Path(out).name}.rendezvous"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mp.spawn(_fsdp2_worker, args=(world, str(out), str(store)), nprocs=world)
+    finally:
+        store.unlink(missing_ok=True)
 
 
 def dcp_single_save(out: Path, flat: bool = False, seed: int = 0) -> nn.Module:
