@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ckptboard.core.arrow_rows import table_from_rows
 from ckptboard.core.atomic import TMP_PREFIX, atomic_write
 from ckptboard.core.schema import FORMAT_VERSION, TableName, arrow_schema
 
@@ -85,7 +86,7 @@ def write_fragment(cache_dir: Path, stem: str, header: Header, rows: dict[TableN
         if not records and name != COMMIT_TABLE:
             path.unlink(missing_ok=True)
             continue
-        table = pa.Table.from_pylist(records, schema=arrow_schema(name).with_metadata(metadata))
+        table = table_from_rows(records, arrow_schema(name).with_metadata(metadata))
         options = {}
         if name == TableName.HISTOGRAMS:
             table = table.sort_by([("group", "ascending"), ("name", "ascending")])

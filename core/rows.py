@@ -18,7 +18,8 @@ from ckptboard.core.records import TensorInfo, TensorKind, Trainable
 from ckptboard.core.schema import EventKind, RunningStat, TableName
 from ckptboard.core.gradients import gradient_rows
 from ckptboard.core.spectral import SpectralMode, alpha_band, spectral_stats
-from ckptboard.core.stats import tensor_stats
+from ckptboard.core.batch_stats import BATCH_ELEMENTS, batchable, small_stats, small_updates
+from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL, tensor_stats
 from ckptboard.core.updates import norm_running_stats, update_stats
 
 __all__ = ["RowSource", "checkpoint_rows"]
@@ -59,25 +60,35 @@ class _Rows:
         self._running: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
     def collect(self) -> None:
-        device = self.device
         prev_index = _index(self.prev)
         first_index = _index(self.first)
         done: dict[tuple[str, str], tuple[dict, dict, dict | None]] = {}
+        pending: list[TensorInfo] = []  # small tensors waiting for their batch, in file order
+        pending_numel = 0
+        small = self.device == "cpu"
+        computed: set[tuple[str, str]] = set()
         for info in self.ckpt.tensors:
             ident = (info.group, info.name)
             tied = (info.group, info.tied_to) if info.tied_to else None
-            if tied in done:  # the same storage: the same numbers, computed once
-                stats, hist, update = done[tied]
-            else:
-                tensor = self.ckpt.load(info)
-                result = tensor_stats(tensor, device=device)
-                stats = result.as_row()
-                hist = _histogram_row(result.histogram)
-                update = self._update(info, tensor, prev_index.get(ident), first_index.get(ident))
-                self._keep_running_stat(info, tensor)
-                self._spectral(info, tensor)
-                del tensor
-                done[ident] = (stats, hist, update)
+            if tied in computed:  # the same storage: the same numbers, computed once
+                continue
+            computed.add(ident)
+            if small and info.numel <= EXACT_PERCENTILE_NUMEL:
+                pending.append(info)
+                pending_numel += info.numel
+                if pending_numel >= BATCH_ELEMENTS:
+                    self._batch(pending, prev_index, first_index, done)
+                    pending, pending_numel = [], 0
+                continue
+            self._batch(pending, prev_index, first_index, done)  # side effects (spectral, running stats) in file order
+            pending, pending_numel = [], 0
+            tensor = self.ckpt.load(info)
+            done[ident] = self._one(info, tensor, prev_index.get(ident), first_index.get(ident))
+            del tensor
+        self._batch(pending, prev_index, first_index, done)
+        for info in self.ckpt.tensors:
+            ident = (info.group, info.name)
+            stats, hist, update = done[ident] if ident in done else done[(info.group, info.tied_to)]
             self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats})
             self.tables[TableName.HISTOGRAMS].append({**self.base, "group": info.group, "name": info.name, **hist})
             if update is not None:
@@ -87,6 +98,75 @@ class _Rows:
         self._event_rows(prev_index)
         self._gradient_rows()
         self.tables[TableName.CHECKPOINTS] = [self._checkpoint_row()]
+
+    def _one(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
+        """One tensor through the per-tensor path: (statistics row, histogram row, update row or None)."""
+        result = tensor_stats(tensor, device=self.device)
+        update = self._update(info, tensor, prev_info, first_info)
+        self._keep_running_stat(info, tensor)
+        self._spectral(info, tensor)
+        return result.as_row(), _histogram_row(result.histogram), update
+
+    def _batch(self, infos: list[TensorInfo], prev_index, first_index, done: dict) -> None:
+        """Small tensors read together and reduced by one kernel call (:mod:`ckptboard.core.batch_stats`), their
+        update statistics too; a tensor the batched path does not take goes through :meth:`_one`."""
+        if not infos:
+            return
+        tensors = self.ckpt.load_many(infos)
+        fits = [i for i, t in enumerate(tensors) if batchable(t)]
+        batch = small_stats([tensors[i] for i in fits])
+        rows = batch.rows()
+        neighbours = self._neighbours([infos[i] for i in fits], prev_index, first_index)
+        triples, with_update = [], []
+        for j, i in enumerate(fits):
+            pair = neighbours[j]
+            if pair is None:
+                continue
+            prev_tensor, first_tensor = pair
+            if batchable(prev_tensor) and (first_tensor is None or batchable(first_tensor)):
+                triples.append((tensors[i], prev_tensor, first_tensor))
+                with_update.append(j)
+        updates = dict(zip(with_update, small_updates(triples)))
+        for j, i in enumerate(fits):
+            info, tensor = infos[i], tensors[i]
+            update = updates.get(j)
+            if update is None and neighbours[j] is not None:  # a neighbour the batch does not take
+                prev_tensor, first_tensor = neighbours[j]
+                update = update_stats(prev_tensor, tensor, first_tensor, device=self.device).as_row()
+            lo, hi, counts = batch.histogram_arrays(j)
+            done[(info.group, info.name)] = (rows[j], {"lo": lo, "hi": hi, "counts": counts}, update)
+            self._keep_running_stat(info, tensor)
+            self._spectral(info, tensor)
+        taken = set(fits)
+        for i, info in enumerate(infos):
+            if i not in taken:
+                done[(info.group, info.name)] = self._one(info, tensors[i], prev_index.get((info.group, info.name)),
+                                                          first_index.get((info.group, info.name)))
+
+    def _neighbours(self, infos: list[TensorInfo], prev_index, first_index) -> list[tuple | None]:
+        """Per tensor: its (previous, first or None) versions for the update statistics, or None (no previous of
+        its shape, or unreadable), as :meth:`_update` decides, each neighbour read in one batch."""
+        want_prev, want_first = [], []
+        for info in infos:
+            ident = (info.group, info.name)
+            prev_info, first_info = prev_index.get(ident), first_index.get(ident)
+            same = prev_info is not None and tuple(prev_info.shape) == tuple(info.shape)
+            want_prev.append(prev_info if same else None)
+            same_first = same and first_info is not None and tuple(first_info.shape) == tuple(info.shape)
+            want_first.append(first_info if same_first and self.first is not self.prev else None)
+        prevs = _load_many_or_none(self.prev, want_prev)
+        firsts = _load_many_or_none(self.first, want_first)
+        out: list[tuple | None] = []
+        for info, prev_tensor, first_tensor in zip(infos, prevs, firsts):
+            if prev_tensor is None:
+                out.append(None)
+                continue
+            if self.first is self.prev:
+                first_info = first_index.get((info.group, info.name))
+                same = first_info is not None and tuple(first_info.shape) == tuple(info.shape)
+                first_tensor = prev_tensor if same else None
+            out.append((prev_tensor, first_tensor))
+        return out
 
     def _update(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
         if prev_info is None or tuple(prev_info.shape) != tuple(info.shape):
@@ -176,6 +256,22 @@ class _Rows:
             "metadata_json": json.dumps(ckpt.metadata, sort_keys=True, default=str),
             "skipped_globals": "; ".join(ckpt.skipped_globals),
         }
+
+
+def _load_many_or_none(ckpt, infos: list[TensorInfo | None]) -> list:
+    """``ckpt.load_many`` of the infos given (None where None); a batch that fails is read one by one, each
+    unreadable tensor None (as :func:`_load_or_none`)."""
+    wanted = [i for i, info in enumerate(infos) if info is not None]
+    out: list = [None] * len(infos)
+    if not wanted:
+        return out
+    try:
+        tensors = ckpt.load_many([infos[i] for i in wanted])
+    except CheckpointError:
+        tensors = [_load_or_none(ckpt, infos[i]) for i in wanted]
+    for i, tensor in zip(wanted, tensors):
+        out[i] = tensor
+    return out
 
 
 def _load_or_none(ckpt, info: TensorInfo):
