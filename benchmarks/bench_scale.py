@@ -4,7 +4,8 @@ Writes ``--runs`` × ``--checkpoints`` safetensors files of ``--tensors`` small 
 names, so modules exist) into ``--work``, then for each implementation (this tree, and ``--baseline DIR``, e.g. a
 ``git archive main`` of the repository, when given) measures, each phase in a fresh process:
 
-- first ``ckptboard summarize ROOT --workers 2`` into an empty cache: wall seconds and tensors per second;
+- first ``ckptboard summarize ROOT --workers 2`` (``--workers``) into an empty cache: wall seconds and tensors per
+  second;
 - an unchanged re-run: wall seconds beyond ``python -c "import torch"`` (median of ``--repeats``);
 - the app under AppTest (``--app``): the first render of a cold server, then a switch to every view, median and
   max over views, and the process's peak RSS (``ru_maxrss``: the server's own memory, AppTest included);
@@ -14,7 +15,8 @@ An implementation is chosen by putting a folder holding a ``ckptboard`` link to 
 editable install's finder comes after ``sys.path``). Prints one line per figure, implementations side by side.
 
 Usage: ``python benchmarks/bench_scale.py --work DIR [--runs 3] [--checkpoints 100] [--tensors 2000]
-[--baseline DIR] [--repeats 3] [--app]``
+[--baseline DIR] [--repeats 3] [--rounds 3] [--workers 2] [--app]``; ``--rounds`` alternates this tree and the
+baseline round by round and prints medians, with the 1-minute load average before each measurement.
 """
 
 from __future__ import annotations
@@ -93,13 +95,13 @@ def _wall(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def measure(impl: Path | None, root: Path, total: int, repeats: int, app: bool) -> dict[str, float]:
+def measure(impl: Path | None, root: Path, total: int, repeats: int, app: bool, workers: int = 2) -> dict[str, float]:
     env = _env(impl)
     cli = [sys.executable, "-m", "ckptboard.dashboard.cli"]
     cache = Path(tempfile.mkdtemp(prefix="ckptboard-cache-"))
     out: dict[str, float] = {}
     try:
-        first = _wall([*cli, "summarize", str(root), "--workers", "2", "--cache-dir", str(cache)], env)
+        first = _wall([*cli, "summarize", str(root), "--workers", str(workers), "--cache-dir", str(cache)], env)
         out["first summarize (s)"] = first
         out["first summarize (tensors/s)"] = total / first
         torch_s = statistics.median(_wall([sys.executable, "-c", "import torch"], env) for _ in range(repeats))
@@ -132,17 +134,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout of ckptboard to compare")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--app", action="store_true", help="also measure the app under AppTest")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds alternating the implementations (medians)")
+    parser.add_argument("--workers", type=int, default=2, help="--workers of the first summarize")
     args = parser.parse_args(argv)
     root = args.work / "series"
     total = write_series(root, args.runs, args.checkpoints, args.tensors)
     print(f"series: {args.runs} runs x {args.checkpoints} checkpoints x {args.tensors} tensors = {total:,} tensors",
           flush=True)
     impls = {"this tree": HERE} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
-    results = {name: measure(path, root, total, args.repeats, args.app) for name, path in impls.items()}
+    # Rounds alternate the implementations so that load drifts on a shared machine hit both alike; medians printed.
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in impls}
+    for _ in range(args.rounds):
+        for name, path in impls.items():
+            load = os.getloadavg()[0]
+            figures = measure(path, root, total, args.repeats, args.app, args.workers)
+            figures["load average (1 min) before"] = load
+            rounds[name].append(figures)
+            print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if not k.startswith("  ")),
+                  flush=True)
+    results = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in rounds.items()}
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    print(f"medians of {args.rounds} rounds")
     print(f"{'':48s}" + "".join(f"{name:>14s}" for name in results))
     for key in keys:
         print(f"{key:48s}" + "".join(f"{r.get(key, float('nan')):14.3f}" for r in results.values()))
+    if args.baseline:
+        ours, base = results["this tree"], results["baseline"]
+        print(f"first summarize: {ours['first summarize (tensors/s)'] / base['first summarize (tensors/s)']:.2f}x "
+              "the baseline's tensors/s")
     return 0
 
 

@@ -1,8 +1,11 @@
 """One opened checkpoint (and its run's previous and first checkpoints) -> the rows of every statistics table.
 
 Plain arguments in, plain row dicts out (table name -> rows, columns of :mod:`ckptboard.core.schema`): no task, no
-cache, no file opened here. Tensors are loaded one at a time (with their previous/first versions beside them), and
-a tensor tied to one already done reuses its numbers.
+cache, no file opened here. Large tensors are loaded one at a time (with their previous/first versions beside them);
+small ones (at most ``EXACT_PERCENTILE_NUMEL`` elements, on CPU) are read and reduced in batches of up to
+``BATCH_ELEMENTS`` elements (:mod:`ckptboard.core.batch_stats`: the same numbers, without the per-tensor Python
+cost), in file order, so that side effects (spectral rows, norm layers' running statistics) keep the file's order.
+A tensor tied to one already done reuses its numbers. Histogram rows hold NumPy arrays or lists.
 """
 
 from __future__ import annotations
@@ -297,14 +300,11 @@ def _shape(shape) -> str:
     return json.dumps([int(s) for s in shape])
 
 
-def _histogram_row(histogram) -> dict[str, list]:
+def _histogram_row(histogram) -> dict[str, Any]:
+    """The histogram's arrays as they are (the fragment writer takes arrays or lists)."""
     if histogram is None:
         return {"lo": [], "hi": [], "counts": []}
-    return {"lo": _floats(histogram.lo), "hi": _floats(histogram.hi), "counts": [int(c) for c in histogram.counts]}
-
-
-def _floats(values) -> list[float]:
-    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    return {"lo": histogram.lo, "hi": histogram.hi, "counts": histogram.counts}
 
 
 def _optimizer_text(optimizers) -> str:
