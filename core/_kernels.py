@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ckptboard.core.gcfreeze import freeze_in_worker
+
 
 # Imports numba's start-up makes that these kernels never use: scipy (numba's version check and its BLAS probe) and
 # cffi with its C parser (numba's typing of cffi functions, ~0.07 s). Blocked only while the kernels load.
@@ -50,6 +52,7 @@ def _without_scipy() -> Iterator[None]:
 if "numba.np.arraymath" in sys.modules:
     from numba import njit
 else:
+    freeze_in_worker()  # numba's import sets off full collections, which would walk torch's objects each time
     with _without_scipy():
         from numba import njit
         from numba.core.registry import cpu_target
@@ -59,6 +62,7 @@ else:
         # (a process that calls cffi functions from numba imports numba itself first, and keeps it).
         cpu_target.typing_context.refresh()
         cpu_target.target_context.refresh()
+    freeze_in_worker()
 
 
 __all__ = [

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ckptboard.core.errors import CheckpointError
+from ckptboard.core.gcfreeze import freeze_in_worker
 from ckptboard.core.records import TensorInfo, TensorKind, Trainable
 from ckptboard.core.schema import EventKind, RunningStat, TableName
 from ckptboard.core.gradients import gradient_rows
@@ -45,6 +46,7 @@ def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *, device: s
     """The rows of every table for the opened, classified ``ckpt``; ``prev``/``first`` (opened, or None) give the
     update statistics and the added/removed/reshaped events; ``spectral`` (a :class:`SpectralMode`) the spectral
     rows of its parameters; its optimizer state (if any) the gradients rows."""
+    freeze_in_worker()  # the long-lived objects of a worker, out of the cycle collector's way (core.gcfreeze)
     rows = _Rows(source, ckpt, prev, first, device, SpectralMode(spectral))
     rows.collect()
     return rows.tables
