@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ from ckptboard.core import rows as rows_module
 from ckptboard.core.arrow_rows import table_from_rows
 from ckptboard.core.batch_stats import batchable, small_stats, small_updates
 from ckptboard.core.classify import classify
+from ckptboard.core.errors import CorruptCheckpointError
 from ckptboard.core.reader import open_checkpoint
 from ckptboard.core.rows import RowSource, checkpoint_rows
 from ckptboard.core.schema import TableName, arrow_schema
@@ -145,6 +147,55 @@ def test_load_many_reads_what_load_reads(tmp_path):
             alone = ckpt.load(info)
             assert tensor.dtype == alone.dtype and tensor.shape == alone.shape
             assert torch.equal(tensor, alone), info.name
+
+
+def _torch_zip_state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    big = torch.randn(100, 50, generator=g)
+    state = {f"layer{i}.weight": torch.randn(8, 16, generator=g) for i in range(40)}
+    return state | {"flag": torch.tensor([True, False, True]), "big": big, "rows": big[3:5, ::2],  # a strided view
+                    "half": torch.randn(7, generator=g).half(), "step": torch.tensor(3), "empty": torch.zeros(0)}
+
+
+def _assert_load_many_is_load(path) -> None:
+    with open_checkpoint(path) as ckpt:
+        together = ckpt.load_many(ckpt.tensors)
+        for info, tensor in zip(ckpt.tensors, together):
+            alone = ckpt.load(info)
+            assert (tensor.dtype, tensor.shape, tensor.stride()) == (alone.dtype, alone.shape, alone.stride())
+            assert torch.equal(tensor, alone), info.name
+        together[0].add_(1.0)  # memory of its own: neither the file nor the next read sees it
+        assert not torch.equal(together[0], ckpt.load(ckpt.tensors[0]))
+
+
+def test_load_many_reads_what_load_reads_from_a_torch_zip(tmp_path):
+    torch.save(_torch_zip_state(), tmp_path / "m.pt")
+    _assert_load_many_is_load(tmp_path / "m.pt")
+
+
+def test_load_many_reads_a_deflated_torch_zip_record_by_record(tmp_path):
+    torch.save(_torch_zip_state(), tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, \
+            zipfile.ZipFile(tmp_path / "m.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    _assert_load_many_is_load(tmp_path / "m.pt")
+
+
+def test_load_many_of_a_damaged_record_fails_as_load_does(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({f"w{i}": torch.full((4,), float(i)) for i in range(5)}, path)
+    with zipfile.ZipFile(path) as zf:
+        offset = zf.getinfo(next(n for n in zf.namelist() if n.endswith("/data/2"))).header_offset
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 4] = b"XXXX"  # the local header's signature of the third storage record
+    path.write_bytes(bytes(data))
+    with open_checkpoint(path) as ckpt:
+        with pytest.raises(CorruptCheckpointError, match="storage record .*/data/2 lies outside the file") as alone:
+            ckpt.load(ckpt.tensors[2])
+        with pytest.raises(CorruptCheckpointError) as together:
+            ckpt.load_many(ckpt.tensors)
+        assert str(together.value) == str(alone.value)
 
 
 def _series(tmp_path) -> list:
