@@ -54,20 +54,27 @@ def _flat_float64(tensors: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     sizes = np.fromiter((t.numel() for t in tensors), dtype=np.int64, count=len(tensors))
     offsets = np.zeros(len(tensors) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
-    out = np.empty(int(offsets[-1]), dtype=np.float64)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
         by_dtype.setdefault(t.dtype, []).append(i)
+    if len(by_dtype) == 1:  # one dtype (the usual case): the concatenation is already in order
+        return _as_float64(tensors), offsets
+    out = np.empty(int(offsets[-1]), dtype=np.float64)
     for indices in by_dtype.values():
-        flat = torch.cat([tensors[i].detach().reshape(-1) for i in indices])
-        x = as_float(flat)
-        values = (x.float() if x.dtype == torch.bfloat16 else x).numpy().astype(np.float64, copy=False)
+        values = _as_float64([tensors[i] for i in indices])
         at = 0
         for i in indices:
             n = int(sizes[i])
             out[offsets[i]:offsets[i] + n] = values[at:at + n]
             at += n
     return out, offsets
+
+
+def _as_float64(tensors: list[torch.Tensor]) -> np.ndarray:
+    """Tensors of one dtype, flattened end to end, as float64 (via :func:`as_float`, bf16 through float32)."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors]) if tensors else torch.empty(0)
+    x = as_float(flat)
+    return (x.float() if x.dtype == torch.bfloat16 else x).numpy().astype(np.float64, copy=False)
 
 
 @dataclass
