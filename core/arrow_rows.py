@@ -36,8 +36,11 @@ def _column(values: list, kind: pa.DataType, name: str) -> pa.Array:
     raise TypeError(f"column {name!r}: type {kind} is not one the statistics tables use")
 
 
-def _validity(values: list) -> tuple[pa.Buffer | None, int]:
-    """A validity bitmap (None when nothing is null) and the null count."""
+def _validity(values: list, scalars: bool = True) -> tuple[pa.Buffer | None, int]:
+    """A validity bitmap (None when nothing is null) and the null count. ``scalars``: no value is an array (whose
+    ``== None`` is an array), so ``list.count`` may look for nulls."""
+    if scalars and not values.count(None):
+        return None, 0
     missing = np.fromiter((v is None for v in values), dtype=np.bool_, count=len(values))
     nulls = int(missing.sum())
     if not nulls:
@@ -47,38 +50,43 @@ def _validity(values: list) -> tuple[pa.Buffer | None, int]:
 
 def _numbers(values: list, kind: pa.DataType) -> pa.Array:
     validity, nulls = _validity(values)
-    dtype = np.int64 if kind == pa.int64() else np.float64
-    fill = 0 if dtype is np.int64 else np.nan
+    integer = kind == pa.int64()
     if nulls:
-        values = [fill if v is None else v for v in values]
-    if dtype is np.int64 and any(isinstance(v, float) for v in values):
-        raise TypeError("a float in an integer column")
-    data = np.array(values, dtype=dtype) if values else np.empty(0, dtype=dtype)
+        values = [0 if v is None else v for v in values]
+    data = np.array(values) if values else np.empty(0)
+    if integer and values and data.dtype.kind not in "iub":
+        raise TypeError("a float in an integer column" if data.dtype.kind == "f"
+                        else "a value that is not an integer in an integer column")
+    data = data.astype(np.int64 if integer else np.float64)
     return pa.Array.from_buffers(kind, len(data), [validity, pa.py_buffer(data)], null_count=nulls)
 
 
 def _strings(values: list) -> pa.Array:
     validity, nulls = _validity(values)
-    encoded = []
-    for v in values:
-        if v is None:
-            encoded.append(b"")
-        elif isinstance(v, str):
-            encoded.append(v.encode())
-        else:
-            raise TypeError(f"{type(v).__name__} value {v!r} where text is expected")
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+    if nulls:
+        values = ["" if v is None else v for v in values]
+    try:
+        text = "".join(values)
+    except TypeError:
+        bad = next(v for v in values if not isinstance(v, str))
+        raise TypeError(f"{type(bad).__name__} value {bad!r} where text is expected") from None
+    data = text.encode()
+    if len(data) == len(text):  # ASCII: one byte per character
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    else:
+        lengths = np.fromiter((len(v.encode()) for v in values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
     if offsets[-1] < 2**31:
-        return pa.Array.from_buffers(pa.string(), len(encoded), [validity, pa.py_buffer(offsets.astype(np.int32)),
-                                                                  pa.py_buffer(b"".join(encoded))], null_count=nulls)
-    large = pa.Array.from_buffers(pa.large_string(), len(encoded), [validity, pa.py_buffer(offsets),
-                                                                    pa.py_buffer(b"".join(encoded))], null_count=nulls)
+        return pa.Array.from_buffers(pa.string(), len(values), [validity, pa.py_buffer(offsets.astype(np.int32)),
+                                                                pa.py_buffer(data)], null_count=nulls)
+    large = pa.Array.from_buffers(pa.large_string(), len(values), [validity, pa.py_buffer(offsets),
+                                                                   pa.py_buffer(data)], null_count=nulls)
     return large.cast(pa.string())  # raises: more than 2 GiB of text in one column
 
 
 def _lists(values: list, kind: pa.DataType) -> pa.Array:
-    validity, nulls = _validity(values)
+    validity, nulls = _validity(values, scalars=False)
     item = kind.value_type
     dtype = np.int64 if item == pa.int64() else np.float64
     parts = [np.asarray(v if v is not None else (), dtype=dtype) for v in values]
