@@ -10,6 +10,7 @@ A tensor tied to one already done reuses its numbers. Histogram rows hold NumPy 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -299,7 +300,13 @@ def _identity_row(info: TensorInfo) -> dict[str, Any]:
 
 
 def _shape(shape) -> str:
-    return json.dumps([int(s) for s in shape])
+    return _shape_text(tuple(int(s) for s in shape))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """``[8, 16]``: a series repeats a few shapes thousands of times."""
+    return json.dumps(list(shape))
 
 
 def _histogram_row(histogram) -> dict[str, Any]:
