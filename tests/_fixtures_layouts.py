@@ -116,20 +116,25 @@ def fsdp2_save(out: Path, world: int = 2) -> None:
         store.unlink(missing_ok=True)
 
 
-def dcp_single_save(out: Path, flat: bool = False, seed: int = 0) -> nn.Module:
-    """Single-process ``dcp.save`` of :func:`dcp_model` after one AdamW step: ``{"model", "optim"}`` keys, or the
-    model's keys at the top level beside ``optimizer.…`` (torchtitan's flattening) when ``flat``; the model."""
+def dcp_single_save(out: Path, flat: bool = False, seed: int = 0, steps: int = 1) -> nn.Module:
+    """Single-process ``dcp.save`` of :func:`dcp_model` after ``steps`` AdamW steps: ``{"model", "optim"}`` keys,
+    or, when ``flat``, torchtitan's layout (``torchtitan/components/checkpoint.py`` and ``optimizer.py``): the model's
+    keys at the top level beside ``optimizer.…`` from ``get_optimizer_state_dict(...,
+    StateDictOptions(flatten_optimizer_state_dict=True))`` (``optimizer.state.<fqn>.exp_avg``,
+    ``optimizer.param_groups.<fqn>.lr``); the model."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     model = dcp_model()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     torch.manual_seed(seed + 1)
-    model(torch.randn(4, 8)).sum().backward()
-    opt.step()
-    msd, osd = get_state_dict(model, opt)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).square().mean().backward()
+        opt.step()
+    msd, osd = get_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=flat))
     state = {**msd, "optimizer": osd} if flat else {"model": msd, "optim": osd}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to save in a single process"
@@ -158,6 +163,65 @@ def accelerate_run(project: Path, saves: int = 3) -> tuple[nn.Module, nn.Module]
         opt2.step()
         acc.save_state()
     return first, second
+
+
+class Mlp(nn.Module):
+    """Linear(4, 5) + tanh + Linear(5, 3): every parameter of its own shape, so an optimizer's entries are placed
+    even over safetensors' name-sorted keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def accelerate_adam_run(project: Path, saves: int = 3, lr: float = 1e-2, betas=(0.9, 0.99)) -> nn.Module:
+    """``Accelerator.save_state()`` (automatic naming) after each of ``saves`` Adam steps on :class:`Mlp`:
+    ``project/checkpoints/checkpoint_N/{model.safetensors, optimizer.bin, random_states_0.pkl}``; the model."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True, project_config=ProjectConfiguration(project_dir=str(project),
+                                                                    automatic_checkpoint_naming=True))
+    model = Mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+    model, opt = acc.prepare(model, opt)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(saves):
+        x = torch.randn(8, 4, generator=gen)
+        opt.zero_grad()
+        acc.backward((model(x) - x[:, :3]).square().mean())
+        opt.step()
+        acc.save_state()
+    return model
+
+
+def dcp_train_run(run: Path, saves=(1, 2, 3), flat: bool = False) -> nn.Module:
+    """One AdamW training run of :func:`dcp_model` (single process), ``dcp.save`` into ``run/step-N`` after each
+    step in ``saves``: ``{"model", "optim"}`` from ``get_state_dict``, or torchtitan's flattened keys when ``flat``
+    (see :func:`dcp_single_save`); the model."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model = dcp_model()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, max(saves) + 1):
+        opt.zero_grad()
+        model(torch.randn(4, 8, generator=gen)).square().mean().backward()
+        opt.step()
+        if step in saves:
+            msd, osd = get_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=flat))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to save in a single process"
+                dcp.save({**msd, "optimizer": osd} if flat else {"model": msd, "optim": osd},
+                         checkpoint_id=str(run / f"step-{step}"))
+    return model
 
 
 def peft_adapter(out: Path, kind: str = "lora"):
