@@ -452,3 +452,214 @@ def megatron_checkpoint(save_dir: Path, iteration: int, tp: int = 2, seed: int =
 def deepspeed_pickling():
     """A context in which DeepSpeed's pickled classes (stand-ins above) load and save under their own names."""
     return _library_globals(**_DEEPSPEED_GLOBALS)
+
+
+# --- Megatron-Core dist_checkpointing, torch_dist backend --------------------------------------------------------
+
+_MCORE_TORCH = "megatron.core.dist_checkpointing.strategies.torch"
+
+
+def _mcore_metadata_class():
+    """``MCoreMetadata`` of Megatron-Core 0.15 (``strategies/torch.py``): DCP's ``Metadata`` plus ``mcore_data``;
+    pickled as the root of ``.metadata`` under Megatron's name."""
+    import dataclasses
+
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    @dataclasses.dataclass
+    class MCoreMetadata(Metadata):
+        mcore_data: dict | None = None
+
+    return MCoreMetadata
+
+
+def megatron_gpt_weights(layers: int = 2, hidden: int = 8, ffn: int = 16, vocab: int = 32, seed: int = 0) -> dict:
+    """A Megatron-Core GPT with TransformerEngine layers (``gpt_layer_specs.py``, TE spec), as its
+    ``sharded_state_dict`` keys it: ``key -> (global tensor, tensor-parallel axis or None, stacked over layers)``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    stacked = {  # one tensor per parameter for all layers: TransformerBlock.sharded_state_dict's (0, layer, layers)
+        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (1 + 0.1 * rand(layers, hidden), None),
+        "decoder.layers.self_attention.linear_qkv.weight": (rand(layers, 3 * hidden, hidden), 1),  # column parallel
+        "decoder.layers.self_attention.linear_qkv.bias": (rand(layers, 3 * hidden), 1),
+        "decoder.layers.self_attention.linear_proj.weight": (rand(layers, hidden, hidden), 2),  # row parallel
+        "decoder.layers.self_attention.linear_proj.bias": (rand(layers, hidden), None),
+        "decoder.layers.mlp.linear_fc1.layer_norm_weight": (1 + 0.1 * rand(layers, hidden), None),
+        "decoder.layers.mlp.linear_fc1.weight": (rand(layers, ffn, hidden), 1),
+        "decoder.layers.mlp.linear_fc2.weight": (rand(layers, hidden, ffn), 2),
+    }
+    whole = {
+        "embedding.word_embeddings.weight": (rand(vocab, hidden), 0),  # vocab parallel
+        "decoder.final_layernorm.weight": (1 + 0.1 * rand(hidden), None),
+        "output_layer.weight": (rand(vocab, hidden), 0),
+    }
+    return {**{k: (t, a, True) for k, (t, a) in stacked.items()}, **{k: (t, a, False) for k, (t, a) in whole.items()}}
+
+
+def _megatron_shards(tensor: torch.Tensor, tp_axis, stacked: bool, rank: int, world: int):
+    """This tensor-parallel rank's pieces ``(offsets, piece)``: one per layer when stacked, a replicated tensor on
+    rank 0 only (``keep_only_main_replica``: the other replicas are not saved)."""
+    if tp_axis is None and rank != 0:
+        return []
+    pieces = []
+    for layer in range(tensor.shape[0]) if stacked else [None]:
+        piece = tensor[layer : layer + 1] if stacked else tensor
+        offsets = [layer if stacked else 0] + [0] * (piece.dim() - 1) if stacked else [0] * piece.dim()
+        if tp_axis is not None:
+            size = piece.shape[tp_axis] // world
+            piece = piece.narrow(tp_axis, rank * size, size)
+            offsets[tp_axis] = rank * size
+        pieces.append((offsets, piece.contiguous().clone()))
+    return pieces
+
+
+def _megatron_sharded_tensor(tensor, tp_axis, stacked, rank, world):
+    """``strategies/torch.py`` ``sharded_tensor_to_torch_sharded_tensor``: a torch ShardedTensor from the local
+    shards and the global chunk grid, built without communication."""
+    from torch.distributed._shard.metadata import ShardMetadata
+    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+    from torch.distributed._shard.sharded_tensor.metadata import ShardedTensorMetadata, TensorProperties
+
+    local = [Shard.from_tensor_and_offsets(piece, offsets, rank)
+             for offsets, piece in _megatron_shards(tensor, tp_axis, stacked, rank, world)]
+    if not local:
+        return None
+    everyone = []
+    for r in range(world):
+        for offsets, piece in _megatron_shards(tensor, tp_axis, stacked, r, world):
+            everyone.append(ShardMetadata(offsets, list(piece.shape), f"rank:{r}/cpu"))
+    meta = ShardedTensorMetadata(everyone, tensor.shape, TensorProperties(dtype=tensor.dtype))
+    return ShardedTensor._init_from_local_shards_and_global_metadata(local, meta, process_group=None)
+
+
+def _sharded_object(data) -> "io.BytesIO":
+    """``strategies/torch.py`` ``_mcore_to_torch_sharded_object``: the objects of one key, ``torch.save``d as a list."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save([data], buffer)
+    return buffer
+
+
+def _te_extra_state(layer: int) -> "io.BytesIO":
+    """TransformerEngine's ``get_extra_state`` (``transformer_engine/pytorch/module/base.py``, TE 1.x): the FP8
+    metadata ``torch.save``d into an ``io.BytesIO``."""
+    import io
+
+    state = io.BytesIO()
+    torch.save({"scale_fwd": torch.ones(3) * (layer + 1), "amax_history_fwd": torch.zeros(4, 3),
+                "extra_fp8_variables": {"num_gemms": 1}}, state)
+    return state
+
+
+def _megatron_common(iteration: int, tp: int) -> dict:
+    """The non-sharded part of ``megatron/training/checkpointing.py`` ``generate_state_dict`` (distributed
+    optimizer, ``fully_reshardable``): what ``common.pt`` holds."""
+    import argparse
+
+    return {
+        "args": argparse.Namespace(tensor_model_parallel_size=tp, ckpt_format="torch_dist", iteration=iteration),
+        "checkpoint_version": 3.0,
+        "iteration": iteration,
+        "optimizer": {"optimizer": {"param_groups": [
+            {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "step": iteration,
+             "wd_mult": 1.0, "lr_mult": 1.0, "is_expert_parallel": False, "is_decoupled_lr": False}]},
+            "param_state_sharding_type": "fully_reshardable"},
+        "opt_param_scheduler": {"max_lr": 3e-4, "num_steps": iteration},
+        "num_floating_point_operations_so_far": 1.5e12,
+    }
+
+
+def _megatron_dist_worker(rank, world, save_dir, store, iterations, layers, seed, common_in_dcp):
+    import torch.distributed as dist
+    from torch.distributed.checkpoint import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import SavePlan
+    from torch.distributed.checkpoint.planner_helpers import _create_write_items
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    mcore_metadata = _mcore_metadata_class()
+
+    class MCoreSavePlanner(DefaultSavePlanner):
+        """``strategies/torch.py`` ``MCoreSavePlanner``: BytesIO values written on every rank, as they are."""
+
+        def create_local_plan(self) -> SavePlan:
+            items = [item for fqn, obj in self.state_dict.items() for item in _create_write_items(fqn, obj)]
+            self.plan = SavePlan(items=items, planner_data=getattr(self, "mappings", None))
+            return self.plan
+
+        def create_global_plan(self, all_plans):
+            plans, metadata = super().create_global_plan(all_plans)
+            if common_in_dcp:  # Megatron-Core after July 2026: a plain DCP Metadata
+                return plans, metadata
+            return plans, mcore_metadata(mcore_data={}, **vars(metadata))  # Megatron-Core 0.15
+
+        def transform_object(self, write_item, object):
+            return object
+
+    try:
+        for iteration in iterations:
+            _megatron_dist_save(rank, world, f"{save_dir}/iter_{iteration:07d}", iteration, layers, seed + iteration,
+                                common_in_dcp, MCoreSavePlanner, mcore_metadata)
+    finally:
+        dist.destroy_process_group()
+
+
+def _megatron_dist_save(rank, world, out, iteration, layers, seed, common_in_dcp, planner, mcore_metadata):
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    state = {}
+    weights = megatron_gpt_weights(layers=layers, seed=seed)
+    for key, (tensor, axis, stacked) in weights.items():
+        for prefix in ("", "optimizer.state.param.", "optimizer.state.exp_avg.", "optimizer.state.exp_avg_sq."):
+            value = tensor if not prefix or prefix.endswith("param.") else (
+                tensor.abs() * 1e-3 if "sq" in prefix else tensor * 1e-2)
+            sharded = _megatron_sharded_tensor(value, axis, stacked, rank, world)
+            if sharded is not None:
+                state[prefix + key] = sharded
+    if rank == 0:  # TE extra state: replica (0, tp_rank, dp_rank), saved by tensor-parallel rank 0 only
+        for module in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
+                       "mlp.linear_fc2"):
+            for layer in range(layers):
+                key = f"decoder.layers.{module}._extra_state/shard_{layer}_{layers}"
+                state[key] = _sharded_object(_te_extra_state(layer))
+    rng = {"random_rng_state": (3, tuple(range(4)), None), "torch_rng_state": torch.zeros(8, dtype=torch.uint8),
+           "cuda_rng_state": None, "rng_tracker_states": {}}
+    state[f"rng_state/shard_0.{rank}_1.{world}"] = _sharded_object([rng])  # (pp, tp) grid, per rank
+    if common_in_dcp and rank == 0:
+        state["common_state"] = _sharded_object(_megatron_common(iteration, world))
+    with _library_globals(**{_MCORE_TORCH: {"MCoreMetadata": mcore_metadata}}):
+        dcp.save(state, checkpoint_id=out, planner=planner(flatten_state_dict=False, flatten_sharded_tensors=False))
+    dist.barrier()
+    if rank == 0:
+        if not common_in_dcp:
+            torch.save(_megatron_common(iteration, world), Path(out) / "common.pt")  # strategies/common.py
+        (Path(out) / "metadata.json").write_text('{"sharded_backend": "torch_dist", "sharded_backend_version": 1}')
+    dist.barrier()
+
+
+def megatron_dist_checkpoint(save_dir: Path, iterations=(100,), tp: int = 2, layers: int = 2, seed: int = 0,
+                             common_in_dcp: bool = False) -> dict[int, dict]:
+    """``megatron/training/checkpointing.py`` ``save_checkpoint`` with ``--ckpt-format torch_dist`` (Megatron-Core
+    ``dist_checkpointing/serialization.py`` ``save`` + ``strategies/torch.py`` ``TorchDistSaveShardedStrategy``) at
+    each of ``iterations``, tensor parallelism ``tp`` over gloo ranks, the distributed optimizer in
+    ``fully_reshardable`` form: ``iter_{iteration:07d}/{.metadata, __R_0.distcp, common.pt, metadata.json}`` and
+    ``latest_checkpointed_iteration.txt``. Torch's ShardedTensor carries each rank's chunks (as Megatron does for
+    layer-stacked tensors), ShardedObjects (TE ``_extra_state``, ``rng_state``) are ``torch.save``d lists, and
+    ``.metadata``'s root is Megatron-Core 0.15's ``MCoreMetadata``; with ``common_in_dcp``, the layout after
+    Megatron-Core deprecated ``common.pt`` (July 2026): ``common_state`` inside the DCP, a plain ``Metadata``.
+    Returns each iteration's weights as :func:`megatron_gpt_weights` gives them."""
+    import torch.multiprocessing as mp
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    store = save_dir / ".rendezvous"
+    try:
+        mp.spawn(_megatron_dist_worker, args=(tp, str(save_dir), str(store), tuple(iterations), layers, seed,
+                                              common_in_dcp), nprocs=tp)
+    finally:
+        store.unlink(missing_ok=True)
+    (save_dir / "latest_checkpointed_iteration.txt").write_text(str(max(iterations)))
+    return {i: megatron_gpt_weights(layers=layers, seed=seed + i) for i in iterations}
