@@ -663,3 +663,58 @@ def megatron_dist_checkpoint(save_dir: Path, iterations=(100,), tp: int = 2, lay
         store.unlink(missing_ok=True)
     (save_dir / "latest_checkpointed_iteration.txt").write_text(str(max(iterations)))
     return {i: megatron_gpt_weights(layers=layers, seed=seed + i) for i in iterations}
+
+
+def _accelerate_fsdp_worker(rank: int, world: int, project: str, store: str, saves: int) -> None:
+    import torch.distributed as dist
+    from accelerate import PartialState
+    from accelerate.checkpointing import save_accelerator_state
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import save_fsdp_model, save_fsdp_optimizer
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    import os
+
+    # accelerate's own process state (its logging needs one) sets up the gloo group, from a file rendezvous
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+    accelerator = PartialState(cpu=True, init_method=f"file://{store}")
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        model = dcp_model()
+        for layer in model:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.99))
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+        gen = torch.Generator().manual_seed(1)
+        for index in range(saves):
+            opt.zero_grad()
+            model(torch.randn(4, 8, generator=gen)).square().mean().backward()
+            opt.step()
+            out = f"{project}/checkpoints/checkpoint_{index}"
+            # Accelerator.save_state's FSDP branch (accelerate/accelerator.py), in its order
+            save_fsdp_model(plugin, accelerator, model, out, 0)
+            save_fsdp_optimizer(plugin, accelerator, opt, model, out, 0)
+            save_accelerator_state(out, [], [], [], [], rank, index + 1)
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def accelerate_fsdp_run(project: Path, saves: int = 2, world: int = 2) -> None:
+    """``Accelerator.save_state()`` under FSDP2 with ``SHARDED_STATE_DICT`` after each of ``saves`` AdamW steps on
+    :func:`dcp_model`, ``world`` gloo ranks: ``checkpoints/checkpoint_N/{pytorch_model_fsdp_0/, optimizer_0/,
+    random_states_R.pkl}`` (two DCP folders, written by accelerate's ``save_fsdp_model`` / ``save_fsdp_optimizer``
+    in ``utils/fsdp_utils.py``). The Accelerator refuses FSDP on CPU, so the fixture calls the functions its
+    ``save_state`` calls, in its order, on a real ``fully_shard`` model."""
+    import torch.multiprocessing as mp
+
+    project = Path(project).resolve()  # a file:// rendezvous URL needs an absolute path
+    store = project.parent / f".{project.name}.rendezvous"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mp.spawn(_accelerate_fsdp_worker, args=(world, str(project), str(store), saves), nprocs=world)
+    finally:
+        store.unlink(missing_ok=True)
