@@ -47,7 +47,7 @@ _STACKED = re.compile(r"(?:^|\.)layers\.(?!\d)")
 
 @register(before="dcp")
 class MegatronDist(Dcp):
-    name = "megatron-dist"
+    name = "megatron_dist"
     side_files = (COMMON_NAME,)
 
     def detect(self, folder: Path) -> LayoutMatch | None:
