@@ -334,12 +334,26 @@ class TiedMlp(nn.Module):
         self.frozen.requires_grad_(False)
 
 
-def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, seed: int = 0) -> nn.Module:
+def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, seed: int = 0, mp: int = 1):
     """A ``DeepSpeedEngine.save_checkpoint(save_dir, tag)`` folder as ``deepspeed/runtime/engine.py`` writes it
     (``_save_checkpoint``: ``_common_checkpoint_state``; ``_save_zero_checkpoint``; ``latest``), for ZeRO ``stage``
     2 or 3 over ``world`` data-parallel ranks, fp32 training with one param group; the model (its values are
     what the checkpoint holds). Partitioning follows ``zero_to_fp32.py``: ``ceil(numel / world)`` elements per
-    rank, zero-padded, parameters one after another in each rank's flat group."""
+    rank, zero-padded, parameters one after another in each rank's flat group. With ``mp`` model-parallel ranks
+    every rank writes its own files (``_get_rank_zero_ckpt_name``: ``zero_pp_rank_{dp}_mp_rank_{mp:02d}_…``,
+    ``mp_world_size`` in the common state), its ZeRO partitions over the data-parallel ranks of its own slice; the
+    slices here are whole models of seeds ``seed + m`` (the same names and shapes on every rank: the layout keys by
+    file, not by shape), and the list of those models is returned."""
+    folder = save_dir / tag
+    folder.mkdir(parents=True)
+    models = [_deepspeed_mp_rank(folder, tag, stage, world, seed + m, m, mp) for m in range(mp)]
+    (save_dir / "latest").write_text(tag)
+    (save_dir / "zero_to_fp32.py").write_text("# copied by DeepSpeed beside the tags\n")
+    return models[0] if mp == 1 else models
+
+
+def _deepspeed_mp_rank(folder: Path, tag: str, stage: int, world: int, seed: int, mp_rank: int, mp: int):
+    """The files of one model-parallel rank of :func:`deepspeed_checkpoint`; its model."""
     import math
     from collections import OrderedDict
 
@@ -356,11 +370,8 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
         frozen_param_shapes=OrderedDict((names[p], p.shape) for p in frozen),
         shared_params=shared, lr_scheduler=None, data_sampler=None, random_ltd=None, sparse_tensor_module_names=set(),
         skipped_steps=0, global_steps=int(tag.removeprefix("global_step")), global_samples=64, dp_world_size=world,
-        mp_world_size=1, ds_config={"zero_optimization": {"stage": stage}}, ds_version="0.16.4",
+        mp_world_size=mp, ds_config={"zero_optimization": {"stage": stage}}, ds_version="0.16.4",
     )
-    folder = save_dir / tag
-    folder.mkdir(parents=True)
-
     def pieces(p, rank):
         per = math.ceil(p.numel() / world)
         flat = torch.cat([p.detach().reshape(-1), torch.zeros(per * world - p.numel())])
@@ -374,7 +385,7 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
             state = dict(module=module, **common,
                          frozen_param_fragments=OrderedDict((names[p], pieces(p, rank)) for p in frozen))
             with _library_globals(**_DEEPSPEED_GLOBALS):
-                torch.save(state, folder / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+                torch.save(state, folder / f"zero_pp_rank_{rank}_mp_rank_{mp_rank:02d}_model_states.pt")
             flat = torch.cat([pieces(p, rank) for p in trainable])
         elif rank == 0:
             # ZeRO-2 (partition gradients): full module weights, frozen fragments are the whole frozen params
@@ -382,7 +393,7 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
             state = dict(module=module, **common,
                          frozen_param_fragments=OrderedDict((names[p], p.detach().clone()) for p in frozen))
             with _library_globals(**_DEEPSPEED_GLOBALS):
-                torch.save(state, folder / "mp_rank_00_model_states.pt")
+                torch.save(state, folder / f"mp_rank_{mp_rank:02d}_model_states.pt")
         if stage == 2:
             numel = sum(p.numel() for p in trainable)
             per = math.ceil(numel / world)
@@ -398,9 +409,7 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
         }
         with _library_globals(**_DEEPSPEED_GLOBALS):
             torch.save({"optimizer_state_dict": zero_state, "ds_config": common["ds_config"], "ds_version": "0.16.4"},
-                       folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
-    (save_dir / "latest").write_text(tag)
-    (save_dir / "zero_to_fp32.py").write_text("# copied by DeepSpeed beside the tags\n")
+                       folder / f"zero_pp_rank_{rank}_mp_rank_{mp_rank:02d}_optim_states.pt")
     return model
 
 
