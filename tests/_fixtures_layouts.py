@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["tiny_gpt2", "hf_trainer_run", "nanogpt_checkpoint", "TinyMlp"]
+__all__ = ["tiny_gpt2", "hf_trainer_run", "nanogpt_checkpoint", "TinyMlp", "CodeRunningPayload"]
 
 
 def tiny_gpt2(seed: int = 0):
@@ -78,21 +78,40 @@ def dcp_model() -> nn.Sequential:
     return model
 
 
+def _fsdp2_model(world: int) -> nn.Module:
+    """:func:`dcp_model` under FSDP2 (``fully_shard`` per layer, then the whole) over ``world`` CPU ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = dcp_model()
+    for layer in model:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+class CodeRunningPayload:
+    """Pickles as a call of ``os.system("touch MARKER")``: hostile input whose marker file must never appear."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def _fsdp2_worker(rank: int, world: int, out: str, store: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     # A file rendezvous: a free TCP port, once picked and released, can be taken before gloo binds it.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        mesh = init_device_mesh("cpu", (world,))
-        model = dcp_model()
-        for layer in model:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        model = _fsdp2_model(world)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         torch.manual_seed(1)
         model(torch.randn(4, 8)).sum().backward()
@@ -680,8 +699,6 @@ def _accelerate_fsdp_worker(rank: int, world: int, project: str, store: str, sav
     from accelerate.checkpointing import save_accelerator_state
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.fsdp_utils import save_fsdp_model, save_fsdp_optimizer
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     import os
 
@@ -690,11 +707,7 @@ def _accelerate_fsdp_worker(rank: int, world: int, project: str, store: str, sav
                       MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
     accelerator = PartialState(cpu=True, init_method=f"file://{store}")
     try:
-        mesh = init_device_mesh("cpu", (world,))
-        model = dcp_model()
-        for layer in model:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        model = _fsdp2_model(world)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.99))
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
         gen = torch.Generator().manual_seed(1)

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from _fixtures_layouts import dcp_single_save, fsdp2_save
+from _fixtures_layouts import CodeRunningPayload, dcp_single_save, fsdp2_save
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from ckptboard.core.classify import classify
@@ -93,14 +93,6 @@ def test_flat_keys_beside_the_optimizer(tmp_path):
         assert torch.equal(ckpt.load(ckpt.tensors[0]), model[0].weight.detach())
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _old(path):
     os.utime(path, ns=(10**18, 10**18))  # long ago: a failing folder is damaged, not being written
 
@@ -139,7 +131,7 @@ def test_metadata_naming_code_is_refused_and_never_run(tmp_path, capsys):
     folder = tmp_path / "step-1"
     folder.mkdir()
     marker = tmp_path / "ran"
-    (folder / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    (folder / ".metadata").write_bytes(pickle.dumps(CodeRunningPayload(marker)))
     (folder / "__0_0.distcp").write_bytes(b"")
     with pytest.raises(UnsafeCheckpointError, match=r"\.metadata calls posix.system"):
         open_checkpoint(folder)

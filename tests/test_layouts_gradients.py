@@ -4,12 +4,11 @@ saved during real training runs, checked against the same state read back by the
 from __future__ import annotations
 
 import math
-import os
 
 import pandas as pd
 import pytest
 import torch
-from _fixtures_layouts import accelerate_adam_run, dcp_train_run
+from _fixtures_layouts import CodeRunningPayload, accelerate_adam_run, dcp_train_run
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from ckptboard.core.load import load_stats
@@ -127,14 +126,6 @@ def test_gradients_of_a_dcp_run_reach_the_export_and_the_view(tmp_path):
     assert at.selectbox(key="grad_hist_tensor").value == "0.bias"  # √v̂ histograms of the Adam state
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_hyperparameter_that_runs_code_is_noted_and_never_run(tmp_path):
     import warnings
 
@@ -153,7 +144,7 @@ def test_a_hyperparameter_that_runs_code_is_noted_and_never_run(tmp_path):
     opt.step()
     msd, osd = get_state_dict(model, opt)
     marker = tmp_path / "ran"
-    osd["param_groups"][0]["lr"] = _Payload(marker)  # pickled by dcp.save as a call of os.system
+    osd["param_groups"][0]["lr"] = CodeRunningPayload(marker)  # pickled by dcp.save as a call of os.system
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_path / "step-1"))

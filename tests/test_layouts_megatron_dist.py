@@ -5,14 +5,13 @@ written by real ``torch.distributed.checkpoint`` over two gloo ranks exactly as 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import shutil
 import zipfile
 
 import pytest
 import torch
-from _fixtures_layouts import megatron_dist_checkpoint
+from _fixtures_layouts import CodeRunningPayload, megatron_dist_checkpoint
 
 from ckptboard.core.classify import classify
 from ckptboard.core.discover import discover
@@ -109,18 +108,10 @@ def test_unfinished_save_and_other_backends_fail_in_one_line(megatron_run, tmp_p
     assert err.startswith("CorruptCheckpointError: ") and err.strip().count("\n") == 0 and "Traceback" not in out + err
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_common_pt_that_runs_code_is_a_note_and_never_run(megatron_run, tmp_path):
     folder = _copy(megatron_run, tmp_path)
     marker = tmp_path / "ran"
-    torch.save({"iteration": 100, "args": _Payload(marker)}, folder / "common.pt")
+    torch.save({"iteration": 100, "args": CodeRunningPayload(marker)}, folder / "common.pt")
     with open_checkpoint(folder) as ckpt:
         assert any(n.startswith("common.pt is not read") and "posix.system" in n for n in ckpt.notes)
         assert (ckpt.step, ckpt.step_source) == (100, StepSource.FILENAME)  # iter_0000100
@@ -175,7 +166,7 @@ def test_bytesio_whose_state_runs_code_is_refused_and_never_run(tmp_path):
 
     class Evil(io.BytesIO):
         def __reduce_ex__(self, protocol):
-            return (io.BytesIO, (), (b"data", 0, {"x": _Payload(marker)}))
+            return (io.BytesIO, (), (b"data", 0, {"x": CodeRunningPayload(marker)}))
 
     pickled = pickle.dumps({"w._extra_state": Evil()}, protocol=2)
     with pytest.raises(UnsafeCheckpointError, match="posix.system"):
