@@ -42,35 +42,47 @@ def test_iteration_folders_are_one_run(megatron_run):
     assert folder.size == sum(f.stat().st_size for f in folder.path.iterdir())  # every file is in the identity
 
 
-def test_tensors_listed_by_megatron_key_and_assembled_from_both_ranks(megatron_run):
+def _per_layer(weights: dict) -> dict[str, torch.Tensor]:
+    """The fixture's weights as the layout lists them: a stacked tensor as one tensor per layer, layer by layer."""
+    stacked = {k: t for k, (t, _, s) in weights.items() if s}
+    out = {k.replace("layers.", f"layers.{i}.", 1): t[i] for i in range(2) for k, t in stacked.items()}
+    return out | {k: t for k, (t, _, s) in weights.items() if not s}
+
+
+def test_tensors_listed_per_layer_and_assembled_from_both_ranks(megatron_run):
     root, weights = megatron_run
+    expected = _per_layer(weights[100])
     with open_checkpoint(root / "run" / "iter_0000100") as ckpt:
         classify(ckpt)
         assert ckpt.format == CheckpointFormat.DCP and ckpt.metadata["megatron_backend"] == "torch_dist"
         assert (ckpt.step, ckpt.step_source) == (100, StepSource.ITERATION)  # common.pt's iteration
-        # optimizer.state.* (param, exp_avg, exp_avg_sq), TE extra state and rng_state are not model tensors
-        assert [t.name for t in ckpt.tensors] == list(weights[100])
-        qkv = next(t for t in ckpt.tensors if t.name == "decoder.layers.self_attention.linear_qkv.weight")
-        assert qkv.shape == (2, 24, 8)  # (layers, 3 * hidden, hidden): stacked, both tensor-parallel halves
-        for info in ckpt.tensors:  # rank 0's and rank 1's chunks of every layer, put back in place
-            assert torch.equal(ckpt.load(info), weights[100][info.name][0]), info.name
+        # optimizer.state.* (param, exp_avg, exp_avg_sq), TE extra state and rng_state are not model tensors;
+        # decoder.layers.self_attention.linear_qkv.weight (2, 24, 8), one chunk per layer and rank, is listed per layer
+        assert [t.name for t in ckpt.tensors] == list(expected)
+        assert [t.name for t in ckpt.tensors][:2] == ["decoder.layers.0.self_attention.linear_qkv.layer_norm_weight",
+                                                       "decoder.layers.0.self_attention.linear_qkv.weight"]
+        qkv = next(t for t in ckpt.tensors if t.name == "decoder.layers.1.self_attention.linear_qkv.weight")
+        assert qkv.shape == (24, 8)  # (3 * hidden, hidden): both tensor-parallel halves of layer 1
+        for info in ckpt.tensors:  # rank 0's and rank 1's chunks of the layer, put back in place
+            assert torch.equal(ckpt.load(info), expected[info.name]), info.name
         assert {(t.trainable, t.source) for t in ckpt.tensors} == {("true", "optimizer:held")}
         assert ckpt.optimizers[0].state_names == ["exp_avg", "exp_avg_sq", "param"]
         assert ckpt.metadata["megatron_extra_state"] == 4  # qkv, proj, fc1, fc2 of the stacked layers
         assert any("4 TransformerEngine _extra_state entries (8 pickled values" in n for n in ckpt.notes)
-        assert any("stacked on dim 0" in n for n in ckpt.notes)
+        assert any("8 layer-stacked tensors" in n and "listed per layer" in n for n in ckpt.notes)
         assert ckpt.metadata["dcp_files"] == 2
 
 
 def test_gradients_from_the_fully_reshardable_optimizer_state(megatron_run):
     root, weights = megatron_run
+    expected = _per_layer(weights[200])
     with open_checkpoint(root / "run" / "iter_0000200") as ckpt:
         classify(ckpt)
         rows, notes = gradient_rows(ckpt)
-    assert not notes and len(rows) == len(weights[200])
+    assert not notes and sorted(r["name"] for r in rows) == sorted(expected)  # per layer, as the weights
     b2 = 0.95  # common.pt: optimizer.optimizer.param_groups[0], step 200
     for row in rows:
-        w = weights[200][row["name"]][0].double()
+        w = expected[row["name"]].double()
         v_hat = (w.abs() * 1e-3) / (1 - b2**200)  # the fixture's exp_avg_sq = |W| · 1e-3
         assert row["opt_step"] == 200 and row["lr"] == 3e-4
         assert row["grad_rms"] == pytest.approx(v_hat.mean().sqrt().item(), rel=1e-6)
@@ -85,7 +97,7 @@ def test_common_state_inside_the_dcp(tmp_path):
     with open_checkpoint(folder) as ckpt:
         assert (ckpt.step, ckpt.step_source) == (300, StepSource.ITERATION)
         assert ckpt.metadata["num_floating_point_operations_so_far"] == 1.5e12
-        assert len(ckpt.tensors) == 11
+        assert len(ckpt.tensors) == 19  # 8 stacked tensors x 2 layers + 3
 
 
 def _copy(megatron_run, tmp_path):
@@ -115,7 +127,7 @@ def test_common_pt_that_runs_code_is_a_note_and_never_run(megatron_run, tmp_path
     with open_checkpoint(folder) as ckpt:
         assert any(n.startswith("common.pt is not read") and "posix.system" in n for n in ckpt.notes)
         assert (ckpt.step, ckpt.step_source) == (100, StepSource.FILENAME)  # iter_0000100
-        assert len(ckpt.tensors) == 11
+        assert len(ckpt.tensors) == 19  # 8 stacked tensors x 2 layers + 3
     assert not marker.exists()
 
 
@@ -172,3 +184,25 @@ def test_bytesio_whose_state_runs_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="posix.system"):
         load_pickle(io.BytesIO(pickled), "hostile.pt")
     assert not marker.exists()
+
+
+def test_a_stacked_tensor_in_one_chunk_stays_stacked_with_a_note(tmp_path):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    # no per-layer chunks (a single-process save of the whole stack): nothing to split by, so listed as saved
+    folder = tmp_path / "iter_0000010"
+    stack = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save({"decoder.layers.mlp.linear_fc1.weight": stack, "output_layer.weight": torch.ones(5, 3)},
+                 checkpoint_id=str(folder))
+    torch.save({"iteration": 10}, folder / "common.pt")
+    (folder / "metadata.json").write_text('{"sharded_backend": "torch_dist", "sharded_backend_version": 1}')
+    with open_checkpoint(folder) as ckpt:
+        assert [(t.name, t.shape) for t in ckpt.tensors] == [
+            ("decoder.layers.mlp.linear_fc1.weight", (2, 4, 3)), ("output_layer.weight", (5, 3))]
+        assert any("1 layer-stacked tensors whose chunks span several layers are listed stacked" in n
+                   for n in ckpt.notes)
+        assert torch.equal(ckpt.load(ckpt.tensors[0]), stack)
