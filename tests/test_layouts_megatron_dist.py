@@ -89,6 +89,29 @@ def test_gradients_from_the_fully_reshardable_optimizer_state(megatron_run):
         assert row["weight_norm"] == pytest.approx(torch.linalg.norm(w).item(), rel=1e-6)
 
 
+def test_summarize_and_export_a_megatron_run(megatron_run, tmp_path):
+    import pandas as pd
+
+    from ckptboard.core.load import load_stats
+    from ckptboard.core.summarize import summarize
+
+    root, weights = megatron_run
+    cache = tmp_path / "cache"
+    assert not summarize(root, cache_dir=cache).failures
+    tables = load_stats(root, cache_dir=cache)
+    assert sorted(set(tables.tensors["checkpoint"])) == ["run/iter_0000100", "run/iter_0000200"]
+    assert sorted(set(tables.tensors["step"])) == [100, 200]
+    per_layer = tables.tensors[tables.tensors["name"].str.startswith("decoder.layers.1.")]
+    assert len(per_layer) == 2 * 8  # 8 stacked parameters, layer 1 of each, in 2 checkpoints
+    row = per_layer[(per_layer["step"] == 100) & (per_layer["name"] == "decoder.layers.1.mlp.linear_fc1.weight")]
+    w = weights[100]["decoder.layers.mlp.linear_fc1.weight"][0][1].double()
+    assert row["norm"].item() == pytest.approx(torch.linalg.norm(w).item(), rel=1e-6)
+    assert len(tables.gradients) == 2 * 19
+    out = tmp_path / "out"
+    assert main(["export", str(root), "--cache-dir", str(cache), "--out", str(out), "--format", "csv"]) == 0
+    assert len(pd.read_csv(out / "gradients.csv")) == 2 * 19
+
+
 def test_common_state_inside_the_dcp(tmp_path):
     # Megatron-Core after July 2026: no common.pt; the common state is the DCP value common_state
     megatron_dist_checkpoint(tmp_path / "run", iterations=(300,), common_in_dcp=True)
