@@ -15,7 +15,7 @@ from _fixtures_layouts import CodeRunningPayload, megatron_dist_checkpoint
 
 from ckptboard.core.classify import classify
 from ckptboard.core.discover import discover
-from ckptboard.core.errors import CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
+from ckptboard.core.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptboard.core.formats.safe_unpickle import BytesBuffer, LazyStorage, load_pickle
 from ckptboard.core.gradients import gradient_rows
 from ckptboard.core.reader import open_checkpoint
@@ -133,7 +133,7 @@ def _copy(megatron_run, tmp_path):
 def test_unfinished_save_and_other_backends_fail_in_one_line(megatron_run, tmp_path, capsys):
     folder = _copy(megatron_run, tmp_path)
     (folder / "metadata.json").unlink()  # Megatron writes it last
-    with pytest.raises(IncompleteCheckpointError, match="without metadata.json, which Megatron writes last"):
+    with pytest.raises(CorruptCheckpointError, match="without metadata.json, which Megatron writes last"):
         open_checkpoint(folder)
     (folder / "metadata.json").write_text('{"sharded_backend": "zarr", "sharded_backend_version": 1}')
     with pytest.raises(CorruptCheckpointError, match="the 'zarr' backend: only 'torch_dist' is read"):

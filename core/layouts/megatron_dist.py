@@ -28,7 +28,7 @@ import torch
 
 from ckptboard.core.classify import OPTIMIZER_STATE_NAMES
 from ckptboard.core.containers import Contents, split_contents
-from ckptboard.core.errors import CheckpointError, CorruptCheckpointError, IncompleteCheckpointError
+from ckptboard.core.errors import CheckpointError, CorruptCheckpointError
 from ckptboard.core.formats.dcp import DcpReader
 from ckptboard.core.formats.dcp_metadata import METADATA_NAME, DcpChunk, DcpItem
 from ckptboard.core.formats.filereader import FileReader
@@ -60,8 +60,8 @@ class MegatronDist(Dcp):
         config, common = folder / CONFIG_NAME, folder / COMMON_NAME
         if not (folder / METADATA_NAME).is_file() or not (config.is_file() or common.is_file()):
             return None
-        if not config.is_file():
-            raise IncompleteCheckpointError(
+        if not config.is_file():  # an abandoned save is damaged; a recent one is retried (core/task.py, by mtime)
+            raise CorruptCheckpointError(
                 folder, f"a Megatron dist checkpoint without {CONFIG_NAME}, which Megatron writes last: the save "
                 "did not finish (or is still running)"
             )
