@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -54,11 +55,20 @@ def fsdp2_series(run: Path, steps: list[int], world: int) -> None:
     import torch.multiprocessing as mp
 
     run.mkdir(parents=True, exist_ok=True)
-    store = run / f".rendezvous-{world}"
-    try:
-        mp.spawn(_series_worker, args=(world, str(run), steps, str(store)), nprocs=world)
-    finally:
-        store.unlink(missing_ok=True)
+    for attempt in range(2):
+        # A gloo rank sometimes aborts at exit ("terminate called without an active exception") on this busy
+        # machine after its checkpoints are written: the whole series is written again once.
+        store = run / f".rendezvous-{world}-{attempt}"
+        try:
+            mp.spawn(_series_worker, args=(world, str(run), steps, str(store)), nprocs=world)
+            return
+        except mp.ProcessExitedException:
+            if attempt:
+                raise
+            for step in steps:
+                shutil.rmtree(run / f"step-{step}", ignore_errors=True)
+        finally:
+            store.unlink(missing_ok=True)
 
 
 def hf_sharded_series(run: Path, steps: int = 2) -> list[Path]:
