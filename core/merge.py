@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ckptboard.core.atomic import atomic_write
+from ckptboard.core.cache import PARTS_DIRNAME
 from ckptboard.core.histogram import N_CODES
 from ckptboard.core.rows import UPDATE_STAT_COLUMNS, _histogram_row
 from ckptboard.core.schema import TableName, arrow_schema
@@ -30,7 +31,6 @@ from ckptboard.core.stats import _Acc
 
 __all__ = ["PARTS_DIRNAME", "parts_dir", "write_part", "merge_parts", "remove_parts"]
 
-PARTS_DIRNAME = ".parts"
 _ORDER = "_order"
 _SCALARS = ("numel", "shift", "nfin", "s1", "s2", "sa", "mn", "mx", "zeros", "nans", "posinfs", "neginfs")
 _SUMS_SCHEMA = pa.schema(
@@ -107,6 +107,10 @@ def merge_parts(folder: Path, count: int) -> dict[TableName, list[dict[str, Any]
                 continue
             kept.append(record)
         rows[name] = kept
+    expected = [r["n_tensors"] for r in rows[TableName.CHECKPOINTS]]
+    if expected != [len(rows[TableName.TENSORS])]:  # a tensor in no part's file would otherwise just be missing
+        raise ValueError(f"the shard tasks made rows for {len(rows[TableName.TENSORS])} tensors, the checkpoint "
+                         f"lists {expected[0] if expected else 'none'}")
     return rows
 
 

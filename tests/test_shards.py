@@ -7,7 +7,9 @@ a split tensor's statistics equal those of the tensor DCP itself assembles, and 
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import time
 import traceback
 from pathlib import Path
 
@@ -199,7 +201,15 @@ def test_a_failed_shard_fails_its_checkpoint_in_one_line_and_the_rest_loads(dcp_
     assert again.computed == 0 and again.cached == 3
 
 
-def test_the_cache_stem_names_the_parts_folder(tmp_path):
+def test_parts_a_dead_client_left_are_pruned_after_an_hour(tmp_path):
     from ckptboard.core.merge import parts_dir
 
-    assert parts_dir(tmp_path, StatsCache.stem("run/step-2")).parent == tmp_path / PARTS_DIRNAME
+    cache = StatsCache(tmp_path, tmp_path / "c")
+    old, fresh = parts_dir(cache.dir, cache.stem("run/step-1")), parts_dir(cache.dir, cache.stem("run/step-2"))
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "tensors-0.parquet").write_bytes(b"")
+    age(old, 2 * 3600)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cache.prune([])
+    assert not old.exists() and fresh.exists()  # another summarize may be merging that one right now

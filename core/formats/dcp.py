@@ -4,8 +4,10 @@ Every chunk (and every non-tensor value) is its own ``torch.save`` zip written o
 file (``FileSystemWriter``, torch 2.x); ``.metadata`` says which file, at which offset, how long. A tensor is
 rebuilt on demand from its chunks: each chunk's zip is read through a view of its byte range (pickle by
 :mod:`safe_unpickle`, storage record read with one ``readinto``, straight into place for whole-row chunks; no
-mmap, so a file truncated meanwhile is an error, not a SIGBUS). One tensor at a time is assembled (a tensor saved
-as one chunk is its record's buffer, no second copy); the statistics then stream over it as over any other tensor.
+mmap, so a file truncated meanwhile is an error, not a SIGBUS). :meth:`DcpReader.materialise` assembles one
+tensor (a tensor saved as one chunk is its record's buffer, no second copy); the statistics of a tensor of several
+chunks never ask for it: they read :meth:`DcpReader.read_chunk` one chunk at a time (:mod:`ckptboard.core.shards`),
+and the previous checkpoint's same block with :meth:`DcpReader.read_region`.
 """
 
 from __future__ import annotations
