@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import statistics
@@ -28,6 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from _fixtures_shards import assert_same_fragments  # noqa: E402  (the tests' bit-for-bit comparison)
 
 _TENSOR_BYTES = 64 << 20
 
@@ -62,28 +64,6 @@ def _warm(path: Path) -> None:
         with open(file, "rb") as f:
             while f.read(64 << 20):
                 pass
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _assert_identical(one: Path, other: Path) -> None:
-    from ckptboard.core.fragment import read_fragment
-
-    stems = sorted(p.stem for p in (one / "checkpoints").glob("*.parquet"))
-    assert stems == sorted(p.stem for p in (other / "checkpoints").glob("*.parquet")) and stems
-    for stem in stems:
-        _, a = read_fragment(one, stem)
-        _, b = read_fragment(other, stem)
-        for name in a:
-            left, right = a[name].to_pylist(), b[name].to_pylist()
-            assert len(left) == len(right) and all(
-                _same(x[k], y[k]) for x, y in zip(left, right) for k in x if k != "mtime"), (stem, name)
 
 
 def main() -> None:
@@ -130,7 +110,7 @@ def main() -> None:
             for dask in clusters.values():
                 dask.close()
         for cache in caches[1][1:] + caches[2]:
-            _assert_identical(caches[1][0], cache)
+            assert_same_fragments(caches[1][0], cache)
         one, two = statistics.median(times[1]), statistics.median(times[2])
         print(f"median 1 worker {one:.2f} s, 2 workers {two:.2f} s: {one / two:.2f}x (target >= 1.7x); "
               f"tables identical in all {2 * args.repeats} runs")

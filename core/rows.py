@@ -94,8 +94,6 @@ class _Rows:
             elif chunks is not None:
                 stats, hist, update = self._split(order, info, chunks, prev_index.get(ident), first_index.get(ident))
                 done[ident] = (stats, hist, update)
-                if stats is None:
-                    continue  # chunks of a tensor whose rows the part holding its first chunk writes
             else:
                 tensor = self.ckpt.load(info)
                 result = tensor_stats(tensor, device=device)
@@ -107,6 +105,8 @@ class _Rows:
                 self._spectral(info, tensor)
                 del tensor
                 done[ident] = (stats, hist, update)
+            if stats is None:
+                continue  # chunks of a tensor whose rows the part holding its first chunk writes
             tag = self._tag
             self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats, **tag})
             self.tables[TableName.HISTOGRAMS].append({**self.base, "group": info.group, "name": info.name, **hist,

@@ -4,6 +4,7 @@ chunks larger than the exact-percentile size, and Hugging Face ``save_pretrained
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["shard_model", "fsdp2_series", "hf_sharded_series", "age"]
+__all__ = ["shard_model", "fsdp2_series", "hf_sharded_series", "age", "assert_same_fragments"]
 
 
 def shard_model() -> nn.Sequential:
@@ -97,3 +98,31 @@ def age(root: Path, seconds: float = 3600) -> None:
     for path in root.rglob("*"):
         if path.is_file():
             os.utime(path, (then, then))
+
+
+def _same(a, b) -> bool:
+    """Equal values, NaN equal to NaN, lists element by element."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_same_fragments(one: Path, other: Path, ignore: tuple[str, ...] = ()) -> None:
+    """The two cache folders hold the same fragments with the same rows of every table, in the same order, equal
+    bit for bit (columns in ``ignore`` left out)."""
+    from ckptboard.core.fragment import read_fragment
+
+    stems = sorted(p.stem for p in (one / "checkpoints").glob("*.parquet"))
+    assert stems == sorted(p.stem for p in (other / "checkpoints").glob("*.parquet")) and stems
+    for stem in stems:
+        _, a = read_fragment(one, stem)
+        _, b = read_fragment(other, stem)
+        for name in a:
+            left, right = a[name].to_pylist(), b[name].to_pylist()
+            assert len(left) == len(right), (stem, name)
+            for x, y in zip(left, right):
+                assert x.keys() == y.keys()
+                bad = [k for k in x if k not in ignore and not _same(x[k], y[k])]
+                assert not bad, (stem, name, x.get("name"), bad)

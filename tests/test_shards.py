@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _fixtures_shards import age, fsdp2_series, hf_sharded_series
+from _fixtures_shards import age, assert_same_fragments, fsdp2_series, hf_sharded_series
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from ckptboard.core.cache import StatsCache
 from ckptboard.core.executors import LocalExecutor
 from ckptboard.core.formats.dcp import DcpReader
-from ckptboard.core.fragment import read_fragment
 from ckptboard.core.load import load_stats
 from ckptboard.core.merge import PARTS_DIRNAME
 from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL
@@ -51,29 +50,6 @@ def hf_root(tmp_path_factory) -> Path:
     return root
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _assert_same_fragments(one: Path, many: Path) -> None:
-    stems = sorted(p.stem for p in (one / "checkpoints").glob("*.parquet"))
-    assert stems == sorted(p.stem for p in (many / "checkpoints").glob("*.parquet")) and stems
-    for stem in stems:
-        _, a = read_fragment(one, stem)
-        _, b = read_fragment(many, stem)
-        for name in a:
-            left, right = a[name].to_pylist(), b[name].to_pylist()
-            assert len(left) == len(right), (stem, name)
-            for x, y in zip(left, right):
-                assert x.keys() == y.keys()
-                bad = [k for k in x if not _same(x[k], y[k])]
-                assert not bad, (stem, name, x.get("name"), bad)
-
-
 def _summarise(root: Path, cache: Path, executor, split: bool):
     report = execute(plan(root, cache_dir=cache), executor, split=split)
     assert report.ok, report.failures
@@ -85,7 +61,7 @@ def test_dcp_one_task_and_one_task_per_file_give_the_same_tables(dcp_root, tmp_p
     _summarise(dcp_root, tmp_path / "one", LocalExecutor(1), split=False)
     many = _summarise(dcp_root, tmp_path / "many", LocalExecutor(2), split=True)
     assert many.checkpoints == 3 and many.tensors == 18  # 6 tensors a checkpoint
-    _assert_same_fragments(tmp_path / "one", tmp_path / "many")
+    assert_same_fragments(tmp_path / "one", tmp_path / "many")
     tables = load_stats(dcp_root, tmp_path / "many")
     # Steps 2 and 3 have update rows for all 6 tensors; step 3's chunks (3 ranks) are read from step 2's (2 ranks).
     assert sorted(tables.updates.groupby("checkpoint").size().tolist()) == [6, 6]
@@ -97,7 +73,7 @@ def test_hf_shards_one_task_and_one_task_per_file_give_the_same_tables(hf_root, 
     work = plan(hf_root, cache_dir=tmp_path / "many")
     assert [t.part.count for t in shard_tasks(work.tasks, 2, split=True)] == [4] * 8  # 2 checkpoints x 4 shards
     _summarise(hf_root, tmp_path / "many", LocalExecutor(2), split=True)
-    _assert_same_fragments(tmp_path / "one", tmp_path / "many")
+    assert_same_fragments(tmp_path / "one", tmp_path / "many")
 
 
 def test_dask_shard_tasks_give_the_local_tables(dcp_root, hf_root, tmp_path):
@@ -108,7 +84,7 @@ def test_dask_shard_tasks_give_the_local_tables(dcp_root, hf_root, tmp_path):
         for name, root in (("dcp", dcp_root), ("hf", hf_root)):
             _summarise(root, tmp_path / f"{name}-one", LocalExecutor(1), split=False)
             _summarise(root, tmp_path / f"{name}-dask", dask, split=True)
-            _assert_same_fragments(tmp_path / f"{name}-one", tmp_path / f"{name}-dask")
+            assert_same_fragments(tmp_path / f"{name}-one", tmp_path / f"{name}-dask")
 
 
 def test_small_checkpoints_stay_whole_unless_asked(hf_root, tmp_path):
