@@ -96,18 +96,24 @@ def test_small_checkpoints_stay_whole_unless_asked(hf_root, tmp_path):
 def test_split_tensor_statistics_equal_those_of_the_assembled_tensor(dcp_root, tmp_path):
     """Against DCP's own assembly (``dcp_to_torch_save``): counts, extremes, histogram, percentiles exactly; std,
     abs_mean, norm to 1e-12 relative and the mean to 1e-12 of the RMS (the chunks' sums are added in another order
-    than one pass over the whole)."""
+    than one pass over the whole); the update statistics against a checkpoint of other chunks to 1e-12 relative."""
     whole = tmp_path / "whole"
     whole.mkdir()
-    dcp_to_torch_save(dcp_root / "run" / "step-3", whole / "step-3.pt")
-    shutil.copytree(dcp_root / "run" / "step-3", tmp_path / "dcp" / "step-3")
+    for step in ("step-2", "step-3"):  # 2 ranks, then 3: step 3's chunks read step 2's blocks across its chunks
+        dcp_to_torch_save(dcp_root / "run" / step, whole / f"{step}.pt")
+        shutil.copytree(dcp_root / "run" / step, tmp_path / "dcp" / step)
     age(tmp_path)
     for root in (whole, tmp_path / "dcp"):
         _summarise(root, root / ".cache", LocalExecutor(1), split=False)
     a = load_stats(whole, whole / ".cache")
     b = load_stats(tmp_path / "dcp", tmp_path / "dcp" / ".cache")
-    ta = a.tensors[a.tensors.group == "model"].set_index("name")
-    tb = b.tensors.set_index("name")
+    ua = a.updates[a.updates.group == "model"].set_index("name")
+    ub = b.updates.set_index("name")
+    for name in _SPLIT:
+        for column in ("update_norm", "update_ratio", "cosine", "dist_from_first", "rel_dist_from_first"):
+            assert ub.loc[name, column] == pytest.approx(ua.loc[name, column], rel=1e-12, abs=0.0), (name, column)
+    ta = a.tensors[(a.tensors.group == "model") & (a.tensors.checkpoint == "step-3.pt")].set_index("name")
+    tb = b.tensors[b.tensors.checkpoint == "step-3"].set_index("name")
     for name in _SPLIT:
         assert tb.loc[name, "numel"] > EXACT_PERCENTILE_NUMEL
         for column in [c for c in ta.columns if c.startswith("p") and c[1:].isdigit()] + [
@@ -118,8 +124,8 @@ def test_split_tensor_statistics_equal_those_of_the_assembled_tensor(dcp_root, t
             assert tb.loc[name, column] == pytest.approx(ta.loc[name, column], rel=1e-12, abs=0.0), (name, column)
         rms = math.hypot(ta.loc[name, "mean"], ta.loc[name, "std"])  # the mean's error is one of the RMS
         assert tb.loc[name, "mean"] == pytest.approx(ta.loc[name, "mean"], rel=0.0, abs=1e-12 * rms), name
-    ha = a.histograms[a.histograms.group == "model"].set_index("name")
-    hb = b.histograms.set_index("name")
+    ha = a.histograms[(a.histograms.group == "model") & (a.histograms.checkpoint == "step-3.pt")].set_index("name")
+    hb = b.histograms[b.histograms.checkpoint == "step-3"].set_index("name")
     for name in _SPLIT:
         for column in ("lo", "hi", "counts"):
             np.testing.assert_array_equal(np.asarray(hb.loc[name, column]), np.asarray(ha.loc[name, column]))
