@@ -13,12 +13,13 @@ commit record last, exactly as one task would, and removes the folder.
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ckptboard.core.atomic import atomic_write
@@ -74,13 +75,32 @@ def _sums_record(order: int, count: int, s: ChunkSums) -> dict[str, Any]:
             "has_first": bool(s.has_first)}
 
 
-def _chunk_sums(record: dict[str, Any]) -> ChunkSums:
-    counts = np.zeros(N_CODES, dtype=np.int64)
-    counts[np.asarray(record["codes"], dtype=np.int64)] = record["counts"]
-    acc = _Acc(**{n: record[n] for n in _SCALARS}, low_bits=record["low_bits"], counts=counts,
-               codes_only=record["codes_only"])
-    update = None if record["update"] is None else np.asarray(record["update"], dtype=np.float64)
-    return ChunkSums(record["index"], acc, update, record["has_first"])
+def _by_tensor(files: list[Path]) -> Iterator[tuple[int, int, Iterator[ChunkSums]]]:
+    """Every split tensor's ``(order, chunk count, its chunks' sums in chunk order)``, from all parts' files, each
+    chunk's dense code counts built only when the fold reaches it (the sparse lists stay in Arrow)."""
+    table = pa.concat_tables([pq.read_table(f, schema=_SUMS_SCHEMA) for f in files])
+    if not table.num_rows:
+        return
+    table = table.take(pc.sort_indices(table, [("order", "ascending"), ("index", "ascending")]))
+    columns = {n: table.column(n).to_numpy() for n in ("order", "chunks", "index", *_SCALARS)}
+    flags = {n: table.column(n).to_pylist() for n in ("low_bits", "codes_only", "has_first")}
+    codes, counts = (table.column(n).combine_chunks() for n in ("codes", "counts"))
+    code_values, count_values = codes.values.to_numpy(), counts.values.to_numpy()
+    offsets = codes.offsets.to_numpy()
+    updates = table.column("update").to_pylist()
+
+    def chunk(i: int) -> ChunkSums:
+        dense = np.zeros(N_CODES, dtype=np.int64)
+        dense[code_values[offsets[i]:offsets[i + 1]]] = count_values[offsets[i]:offsets[i + 1]]
+        acc = _Acc(**{n: columns[n][i].item() for n in _SCALARS}, low_bits=flags["low_bits"][i], counts=dense,
+                   codes_only=flags["codes_only"][i])
+        update = None if updates[i] is None else np.asarray(updates[i], dtype=np.float64)
+        return ChunkSums(int(columns["index"][i]), acc, update, flags["has_first"][i])
+
+    starts = np.flatnonzero(np.diff(columns["order"], prepend=-1))
+    ends = np.append(starts[1:], table.num_rows)
+    for start, end in zip(starts, ends):
+        yield int(columns["order"][start]), int(columns["chunks"][start]), (chunk(i) for i in range(start, end))
 
 
 def merge_parts(folder: Path, count: int) -> dict[TableName, list[dict[str, Any]]]:
@@ -92,13 +112,9 @@ def merge_parts(folder: Path, count: int) -> dict[TableName, list[dict[str, Any]
         if name in _PER_TENSOR:
             records.sort(key=lambda r: r[_ORDER])  # stable: parts in index order, rows in tensor order
         rows[name] = records
-    by_tensor: dict[int, list[ChunkSums]] = defaultdict(list)
-    counts: dict[int, int] = {}
-    for i in range(count):
-        for record in pq.read_table(folder / f"sums-{i}.parquet").to_pylist():
-            by_tensor[record["order"]].append(_chunk_sums(record))
-            counts[record["order"]] = record["chunks"]
-    merged = {order: merge_chunk_sums(sums, counts[order]) for order, sums in by_tensor.items()}
+    merged = {}
+    for order, chunks, sums in _by_tensor([folder / f"sums-{i}.parquet" for i in range(count)]):
+        merged[order] = merge_chunk_sums(sums, chunks)
     for name in _PER_TENSOR:
         kept = []
         for record in rows[name]:

@@ -14,6 +14,7 @@ is read whole (it is tiny, and its percentiles are then exact by sorting), by th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,21 +162,25 @@ def _region(ckpt, info: TensorInfo | None, chunk, whole: dict[int, Any]):
     return whole[id(ckpt)][index]
 
 
-def merge_chunk_sums(sums: list[ChunkSums], count: int, resolution: int | None = DEFAULT_RESOLUTION
+def merge_chunk_sums(sums: Iterable[ChunkSums], count: int, resolution: int | None = DEFAULT_RESOLUTION
                      ) -> tuple[TensorStats, UpdateStats | None]:
-    """The statistics of a tensor of ``count`` chunks from every chunk's sums, folded in chunk order; its update
-    statistics when every chunk has update sums (``dist_from_first`` only when every chunk had ``first``)."""
-    ordered = sorted(sums, key=lambda s: s.index)
-    if [s.index for s in ordered] != list(range(count)):
-        raise ValueError(f"chunk sums {[s.index for s in ordered]} do not cover the {count} chunks")
-    acc = ordered[0].acc
-    for part in ordered[1:]:
-        acc = acc.merged(part.acc)
-    stats = finish(acc, resolution)
-    update = None
-    if all(s.update is not None for s in ordered):
-        total = np.zeros(6)
-        for s in ordered:
+    """The statistics of a tensor of ``count`` chunks from every chunk's sums given in chunk order (folded as they
+    come: one chunk's code counts in memory besides the running ones); its update statistics when every chunk has
+    update sums (``dist_from_first`` only when every chunk had ``first``)."""
+    acc = None
+    total: np.ndarray | None = np.zeros(6)
+    has_first = True
+    seen = 0
+    for s in sums:
+        if s.index != seen:
+            raise ValueError(f"chunk sums out of order or missing: chunk {s.index} where {seen} was due")
+        acc = s.acc if acc is None else acc.merged(s.acc)
+        if total is not None and s.update is not None:
             total = total + s.update
-        update = update_from_sums(total, all(s.has_first for s in ordered))
-    return stats, update
+            has_first = has_first and s.has_first
+        else:
+            total = None
+        seen += 1
+    if seen != count or acc is None:
+        raise ValueError(f"chunk sums of {seen} of the tensor's {count} chunks")
+    return finish(acc, resolution), None if total is None else update_from_sums(total, has_first)
