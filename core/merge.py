@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ckptboard.core.atomic import atomic_write
@@ -77,30 +76,43 @@ def _sums_record(order: int, count: int, s: ChunkSums) -> dict[str, Any]:
 
 def _by_tensor(files: list[Path]) -> Iterator[tuple[int, int, Iterator[ChunkSums]]]:
     """Every split tensor's ``(order, chunk count, its chunks' sums in chunk order)``, from all parts' files, each
-    chunk's dense code counts built only when the fold reaches it (the sparse lists stay in Arrow)."""
-    table = pa.concat_tables([pq.read_table(f, schema=_SUMS_SCHEMA) for f in files])
-    if not table.num_rows:
+    chunk's dense code counts built only when the fold reaches it (the sparse lists stay in Arrow, never copied)."""
+    parts = [_SumsFile(pq.read_table(f, schema=_SUMS_SCHEMA)) for f in files]
+    keys = [(p.columns["order"], p.columns["index"], np.full(p.rows, i), np.arange(p.rows))
+            for i, p in enumerate(parts)]
+    order, index, which, row = (np.concatenate(k) for k in zip(*keys)) if keys else ([],) * 4
+    if not len(order):
         return
-    table = table.take(pc.sort_indices(table, [("order", "ascending"), ("index", "ascending")]))
-    columns = {n: table.column(n).to_numpy() for n in ("order", "chunks", "index", *_SCALARS)}
-    flags = {n: table.column(n).to_pylist() for n in ("low_bits", "codes_only", "has_first")}
-    codes, counts = (table.column(n).combine_chunks() for n in ("codes", "counts"))
-    code_values, count_values = codes.values.to_numpy(), counts.values.to_numpy()
-    offsets = codes.offsets.to_numpy()
-    updates = table.column("update").to_pylist()
-
-    def chunk(i: int) -> ChunkSums:
-        dense = np.zeros(N_CODES, dtype=np.int64)
-        dense[code_values[offsets[i]:offsets[i + 1]]] = count_values[offsets[i]:offsets[i + 1]]
-        acc = _Acc(**{n: columns[n][i].item() for n in _SCALARS}, low_bits=flags["low_bits"][i], counts=dense,
-                   codes_only=flags["codes_only"][i])
-        update = None if updates[i] is None else np.asarray(updates[i], dtype=np.float64)
-        return ChunkSums(int(columns["index"][i]), acc, update, flags["has_first"][i])
-
-    starts = np.flatnonzero(np.diff(columns["order"], prepend=-1))
-    ends = np.append(starts[1:], table.num_rows)
+    sort = np.lexsort((index, order))
+    order, which, row = order[sort], which[sort], row[sort]
+    starts = np.flatnonzero(np.diff(order, prepend=-1))
+    ends = np.append(starts[1:], order.size)
     for start, end in zip(starts, ends):
-        yield int(columns["order"][start]), int(columns["chunks"][start]), (chunk(i) for i in range(start, end))
+        first = parts[which[start]]
+        yield (int(order[start]), int(first.columns["chunks"][row[start]]),
+               (parts[which[i]].chunk(int(row[i])) for i in range(start, end)))
+
+
+class _SumsFile:
+    """One part's chunk sums as NumPy views of its Arrow columns; :meth:`chunk` builds one :class:`ChunkSums`."""
+
+    def __init__(self, table: pa.Table):
+        self.rows = table.num_rows
+        self.columns = {n: table.column(n).to_numpy() for n in ("order", "chunks", "index", *_SCALARS)}
+        self.flags = {n: table.column(n).to_pylist() for n in ("low_bits", "codes_only", "has_first")}
+        self.updates = table.column("update").to_pylist()
+        codes, counts = (table.column(n).combine_chunks() for n in ("codes", "counts"))  # one chunk: no copy
+        self.codes, self.counts = codes.values.to_numpy(), counts.values.to_numpy()
+        self.offsets = codes.offsets.to_numpy()
+
+    def chunk(self, i: int) -> ChunkSums:
+        dense = np.zeros(N_CODES, dtype=np.int64)
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        dense[self.codes[lo:hi]] = self.counts[lo:hi]
+        acc = _Acc(**{n: self.columns[n][i].item() for n in _SCALARS}, low_bits=self.flags["low_bits"][i],
+                   counts=dense, codes_only=self.flags["codes_only"][i])
+        update = None if self.updates[i] is None else np.asarray(self.updates[i], dtype=np.float64)
+        return ChunkSums(int(self.columns["index"][i]), acc, update, self.flags["has_first"][i])
 
 
 def merge_parts(folder: Path, count: int) -> dict[TableName, list[dict[str, Any]]]:
