@@ -7,7 +7,9 @@ The checkpoint is a Hugging Face sharded folder written by ``safetensors.torch.s
 .safetensors``, float32 seeded normal tensors of 64 MB, plus ``model.safetensors.index.json``) in a temp folder,
 deleted at the end. Both clusters are started (and warmed on a small checkpoint, so that no worker's first-task
 costs: importing torch, loading numba's kernels, are timed) before the runs; the runs alternate 1 worker, 2 workers,
-``--repeats`` times, each into a fresh cache folder, and the figure is the median time of ``execute`` (plan excluded).
+``--repeats`` times, each into a fresh cache folder, and the figure is the median time of ``execute`` (plan excluded),
+with the CPU seconds the workers and the client used meanwhile (what the split costs, and how many cores the run got
+on a shared machine).
 The file is read once before the runs, so all runs read from the page cache when it fits (the machine's memory is
 printed). The tables of every run are compared fragment by fragment with the first 1-worker run's: bit-identical.
 """
@@ -93,19 +95,24 @@ def main() -> None:
                 execute(plan(small, cache_dir=tmp / f"warm-{w}"), dask, split=w > 1)
             times: dict[int, list[float]] = {1: [], 2: []}
             caches: dict[int, list[Path]] = {1: [], 2: []}
+            cpus: dict[int, list[float]] = {1: [], 2: []}
             for r in range(args.repeats):
                 for w in (1, 2):
                     cache = tmp / f"cache-{w}-{r}"
                     work = plan(root, cache_dir=cache)
                     parts = len(shard_tasks(work.tasks, clusters[w].parallelism))
+                    cpu = _cpu_seconds(clusters[w])
                     start = time.perf_counter()
                     report = execute(work, clusters[w])
                     seconds = time.perf_counter() - start
+                    cpu = _cpu_seconds(clusters[w]) - cpu
                     assert report.ok and report.computed == 1, report.failures
                     times[w].append(seconds)
+                    cpus[w].append(cpu)
                     caches[w].append(cache)
                     print(f"  run {r + 1}, {w} worker(s), {parts} task(s): {seconds:.2f} s "
-                          f"({size / 1e9 / seconds:.2f} GB/s), load {os.getloadavg()[0]:.2f}", flush=True)
+                          f"({size / 1e9 / seconds:.2f} GB/s), CPU {cpu:.2f} s ({cpu / seconds:.2f} cores), "
+                          f"load {os.getloadavg()[0]:.2f}", flush=True)
         finally:
             for dask in clusters.values():
                 dask.close()
@@ -114,8 +121,23 @@ def main() -> None:
         one, two = statistics.median(times[1]), statistics.median(times[2])
         print(f"median 1 worker {one:.2f} s, 2 workers {two:.2f} s: {one / two:.2f}x (target >= 1.7x); "
               f"tables identical in all {2 * args.repeats} runs")
+        # On a machine shared with other work, the wall-clock ratio is what the cores give; the CPU time shows what
+        # the split itself costs (the parts' extra listings and the merge) and how many cores the runs got.
+        print(f"median CPU (workers + client) 1 worker {statistics.median(cpus[1]):.2f} s, 2 workers "
+              f"{statistics.median(cpus[2]):.2f} s; cores used {statistics.median(c / t for c, t in zip(cpus[1], times[1])):.2f}"
+              f" vs {statistics.median(c / t for c, t in zip(cpus[2], times[2])):.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cpu_seconds(dask) -> float:
+    """User + system CPU seconds so far of the cluster's worker processes and of this (client) process."""
+    def used() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    workers = dask._client.run(used)  # one value per worker process
+    return sum(workers.values()) + used()
 
 
 def _mem_gb() -> float:
