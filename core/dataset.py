@@ -14,6 +14,7 @@ to :class:`~ckptboard.core.schema.TableName` is stored and read by this code unc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
+from ckptboard.core.formats.sniff import is_checkpoint_file
 from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
 from ckptboard.core.schema import COLUMNS, StatsTables, TableName, arrow_schema
 
@@ -81,12 +83,15 @@ class Selection:
 
 @dataclass(frozen=True)
 class _Entry:
-    """One committed fragment: its stem, its checkpoint's path, run and step (None for a failed checkpoint)."""
+    """One committed fragment: its stem, its checkpoint's path, run and step (None for a failed checkpoint), the
+    identity its key recorded (size, mtime_ns, ino, ctime_ns) and when its commit record was written."""
 
     stem: str
     relpath: str
     run: str | None
     step: int | None
+    identity: tuple[int, int, int, int] | None = None
+    written_ns: int = 0
 
 
 class StatsDataset:
@@ -105,6 +110,7 @@ class StatsDataset:
                      for p in self.cache.legacy_fragments()]
         warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
         # Checkpoints deleted since they were summarised are left out (``summarize`` prunes their fragments).
+        self._committed = entries
         self._entries = [e for e in entries if (root / e.relpath).exists()]
         kept = pa.array([e.relpath for e in self._entries], pa.string())
         self._index = index.filter(pc.is_in(index.column("checkpoint"), value_set=kept))
@@ -152,6 +158,45 @@ class StatsDataset:
         """A lazy view of ``selection``: each table read on first access (through ``reader``, to share a cache)."""
         return TableView(self, selection, reader)
 
+    def unseen_change(self) -> str | None:
+        """Why ROOT may hold checkpoints this cache does not (a path and what changed), or None: by ``stat`` alone,
+        without importing torch, so that a new session can skip the full look (``summarize.plan``) when nothing did.
+
+        Conservative: a cached checkpoint gone or with another identity than its key (a folder: any file or
+        subfolder changed after its fragment was written); any other file changed after the cache folder was last
+        touched (``plan`` touches it before listing ROOT); a checkpoint file the cache does not hold (a summarize
+        cut short) unless named ``last*`` (Lightning's copy, which ``plan`` lists as an alias and never caches).
+        Missed: a checkpoint *folder* that an interrupted summarize listed and never read (Refresh reads it).
+        """
+        known = {e.relpath: e for e in self._committed}
+        for entry in known.values():
+            reason = _changed(self.root / entry.relpath, entry)
+            if reason:
+                return f"{entry.relpath}: {reason}"
+        try:
+            listed_ns = self.cache.dir.stat().st_mtime_ns
+        except OSError:
+            return f"{self.cache.dir}: no cache folder"
+        cache_dir = os.path.abspath(self.cache.dir)
+        for folder, dirs, files in os.walk(self.root):
+            rel = Path(folder).relative_to(self.root)
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                       and (rel / d).as_posix() not in known and os.path.join(os.path.abspath(folder), d) != cache_dir]
+            for name in files:
+                relpath = (rel / name).as_posix()
+                if name.startswith(".") or relpath in known:
+                    continue
+                path = Path(folder) / name
+                try:
+                    ctime_ns = path.stat().st_ctime_ns
+                except OSError:
+                    continue  # removed meanwhile
+                if ctime_ns > listed_ns:
+                    return f"{relpath}: written since ROOT was last listed"
+                if not name.startswith("last") and is_checkpoint_file(path):
+                    return f"{relpath}: a checkpoint the cache does not hold"
+        return None
+
     def _files(self, table: TableName, selection: Selection) -> list[_Entry]:
         """The committed fragments that have a ``table`` file and may hold rows of ``selection``."""
         if table not in self._listing:
@@ -159,6 +204,25 @@ class StatsDataset:
             self._listing[table] = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
         listed = self._listing[table]
         return [e for e in self._entries if e.stem in listed and _may_hold(e, selection)]
+
+
+def _changed(path: Path, entry: _Entry) -> str | None:
+    """What changed in the cached checkpoint at ``path`` since its fragment was written, or None (``stat`` only)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return "deleted"
+    if not path.is_dir():
+        now = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
+        return None if entry.identity is None or now == entry.identity else "changed"
+    for folder, _dirs, files in os.walk(path):
+        for name in [".", *files]:
+            try:
+                if (Path(folder) / name).stat().st_ctime_ns > entry.written_ns:
+                    return "changed"
+            except OSError:
+                return "changed"
+    return None
 
 
 def _may_hold(entry: _Entry, selection: Selection) -> bool:
@@ -210,9 +274,9 @@ def _read_index(commits: list[Path]) -> tuple[pa.Table, list[_Entry], list[str]]
         if isinstance(result, str):
             problems.append(f"{path.name}: {result}")
             continue
-        relpath, run, rows = result
+        relpath, run, rows, identity, written_ns = result
         step = rows.column("step")[0].as_py() if rows.num_rows else None
-        entries.append(_Entry(path.stem, relpath, run, step))
+        entries.append(_Entry(path.stem, relpath, run, step, identity, written_ns))
         if rows.num_rows:
             parts.append(rows)
     schema = arrow_schema(COMMIT_TABLE)
@@ -220,12 +284,16 @@ def _read_index(commits: list[Path]) -> tuple[pa.Table, list[_Entry], list[str]]
     return index, entries, problems
 
 
-def _read_commit(path: Path) -> tuple[str, str | None, pa.Table] | str:
+def _read_commit(path: Path) -> tuple[str, str | None, pa.Table, tuple[int, int, int, int] | None, int] | str:
     try:
+        written_ns = path.stat().st_mtime_ns
         file = pq.ParquetFile(path)
         header = _header(file.metadata.metadata)  # the version first: another version's columns may differ
         rows = file.read().replace_schema_metadata(None)
-        return header.key["relpath"], header.info.get("run"), rows
+        key = header.key
+        fields = ("size", "mtime_ns", "ino", "ctime_ns")
+        identity = tuple(key[f] for f in fields) if all(f in key for f in fields) else None
+        return key["relpath"], header.info.get("run"), rows, identity, written_ns
     except FragmentReadError as e:
         return str(e)
     except (OSError, pa.ArrowException, KeyError) as e:

@@ -3,6 +3,7 @@ the sidebar filters, ROOT confinement of typed paths, and Health leading to a te
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 
@@ -56,6 +57,16 @@ def test_new_session_on_a_filled_cache_draws_then_reads_what_is_new(tiny_root, t
     (tmp_path / "later" / "step_40.pt").rename(tiny_root / "tiny" / "step_40.pt")
     at = _run(app_test(str(tiny_root)))  # draws the 3 cached checkpoints, then reads step 40 and reruns
     assert _metric(at, "Checkpoints") == "4"
+
+
+def test_new_session_on_an_unchanged_cache_skips_the_full_look(tiny_root, monkeypatch):
+    # The full look (summarize.refresh) imports torch: seconds a fresh server's first chart used to wait for.
+    summarize(tiny_root)
+    summarize_module = importlib.import_module("ckptboard.core.summarize")  # the package re-exports the function
+    looks = []
+    monkeypatch.setattr(summarize_module, "refresh", lambda *a, **k: looks.append(a))
+    at = _run(app_test(str(tiny_root)))
+    assert _metric(at, "Checkpoints") == "3" and looks == []
 
 
 def test_cache_dir_keeps_root_untouched(tiny_root, tmp_path):
