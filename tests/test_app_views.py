@@ -70,6 +70,18 @@ def test_app_opens_on_overview_with_sidebar(samples):
     assert at.get("plotly_chart"), "the runs overview chart is drawn"
 
 
+def test_overview_table_shows_each_file_within_its_run_in_the_columns_that_fit(samples):
+    at = _open(samples, View.OVERVIEW)
+    table = at.dataframe[0]  # a display-only table has no widget key in the element tree
+    # the byte split and the optimizer line are left to Size & FLOPs and the metadata (1440 px with the sidebar)
+    assert list(table.proto.column_order) == ["run", "file", "step", "step_source", "format", "size", "n_tensors",
+                                              "n_parameters", "n_trainable", "n_frozen", "n_buffers"]
+    frame = table.value
+    assert frame["file"].iloc[0] == "epoch=0-step=30.ckpt" and frame["run"].iloc[0] == "adamw_lr1e-2"
+    at.selectbox(key="overview_run").set_value("sgd_safetensors").run()
+    assert "run" not in at.dataframe[0].proto.column_order  # one run: no run column
+
+
 @pytest.mark.parametrize("view", list(View), ids=lambda v: v.name.lower())
 def test_every_view_renders_with_its_widgets(samples, view):
     at = _open(samples, view)
