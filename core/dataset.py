@@ -33,7 +33,7 @@ from ckptboard.core.formats.sniff import is_checkpoint_file
 from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
 from ckptboard.core.schema import COLUMNS, StatsTables, TableName, arrow_schema
 
-__all__ = ["Selection", "StatsDataset", "TableView"]
+__all__ = ["Selection", "StatsDataset", "TableView", "module_rollup"]
 
 _READERS = 4  # Parquet decoding releases the GIL: a few threads hide file-system latency
 _SORT = ("run", "step", "checkpoint")  # stable: rows of one checkpoint keep the checkpoint's own (state_dict) order
@@ -148,6 +148,10 @@ class StatsDataset:
         rows = self.read(TableName.TENSORS, selection, columns=[*keys, "numel"])
         index = rows.group_by(keys, use_threads=False).aggregate([("numel", "max")])  # first-seen order
         return index.select([*keys, "numel_max"]).rename_columns([*keys, "numel"]).to_pandas()
+
+    def module_rollup(self, selection: Selection = Selection(), depth: int | None = None) -> pd.DataFrame:
+        """:func:`module_rollup` of the tensors of ``selection``, reading only the nine columns it needs."""
+        return module_rollup(self.read(TableName.TENSORS, selection, columns=list(_ROLLUP_INPUT)), depth)
 
     def tables(self, selection: Selection = Selection()) -> StatsTables:
         """Every table of ``selection`` read whole (for notebooks and small series; views read a :class:`TableView`)."""
@@ -319,3 +323,36 @@ def _scan(paths: list[Path], schema: pa.Schema, expression, columns: list[str] |
             problems.append(f"{path.parent.name}/{path.name}: unreadable ({type(e).__name__})")
     warn_invalid(problems, "were unreadable and are left out (run summarize)")
     return pa.concat_tables(parts) if parts else _scan([], schema, None, columns)
+
+_ROLLUP_INPUT = ("checkpoint", "group", "name", "kind", "trainable", "dtype", "numel", "nbytes", "tied_to")
+
+
+def module_rollup(rows: pa.Table | pd.DataFrame, depth: int | None = None) -> pd.DataFrame:
+    """Rows of the tensors table summed per ``checkpoint``, ``group``, ``module`` (the tensor's module, cut to its
+    first ``depth`` names; ``""`` is the root), ``kind``, ``trainable``, ``dtype`` and ``counted``: columns
+    ``tensors``, ``numel``, ``nbytes``, in the order of their first tensor. Computed in Arrow (``group_by``): a size
+    tree to ``depth`` is built from these few rows, not from every tensor's.
+
+    ``counted`` is False for a tensor whose data an earlier tensor of its checkpoint and group holds (the first
+    of the tensors sharing a ``tied_to`` key is counted), the rule of :mod:`ckptboard.core.size`.
+    """
+    if isinstance(rows, pd.DataFrame):
+        rows = pa.Table.from_pandas(rows[list(_ROLLUP_INPUT)], preserve_index=False)
+    name = rows.column("name")
+    tied = pc.fill_null(rows.column("tied_to"), "")
+    share = pc.if_else(pc.equal(tied, ""), name, tied)  # tensors with equal ``share`` hold the same data
+    rows = rows.append_column("_share", share).append_column("_i", pa.array(range(rows.num_rows), pa.int64()))
+    first = rows.group_by(["checkpoint", "group", "_share"], use_threads=False).aggregate([("_i", "min")])
+    counted = pc.is_in(rows.column("_i"), value_set=first.column("_i_min"))
+    module = pc.if_else(pc.match_substring(name, "."), pc.replace_substring_regex(name, r"\.[^.]*$", ""), "")
+    if depth is not None:
+        keep = r"^((?:[^.]*\.){%d}[^.]*)\..*$" % max(0, depth - 1)  # the first ``depth`` names
+        module = pc.replace_substring_regex(module, keep, r"\1")
+    rows = rows.select(["checkpoint", "group", "kind", "trainable", "dtype", "numel", "nbytes", "_i"])
+    rows = rows.append_column("module", module).append_column("counted", counted)
+    group_keys = ["checkpoint", "group", "module", "kind", "trainable", "dtype", "counted"]
+    out = rows.group_by(group_keys, use_threads=False).aggregate(
+        [("numel", "count"), ("numel", "sum"), ("nbytes", "sum"), ("_i", "min")])
+    out = out.take(pc.sort_indices(out, sort_keys=[("_i_min", "ascending")]))  # in the order of their tensors
+    return out.select([*group_keys, "numel_count", "numel_sum", "nbytes_sum"]).rename_columns(
+        [*group_keys, "tensors", "numel", "nbytes"]).to_pandas()

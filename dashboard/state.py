@@ -401,7 +401,8 @@ def pick_default(key: str, options: Sequence[Any], default: Any) -> None:
     """
     current = st.session_state.get(key)
     if isinstance(current, list):
-        kept = [v for v in current if v in options]
+        allowed = set(options)
+        kept = [v for v in current if v in allowed]
         if kept or not current:
             st.session_state[key] = kept
             return

@@ -69,6 +69,37 @@ def test_new_session_on_an_unchanged_cache_skips_the_full_look(tiny_root, monkey
     assert _metric(at, "Checkpoints") == "3" and looks == []
 
 
+_NO_TORCH_PROBE = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=120)
+at.session_state["app_argv"] = [sys.argv[2]]
+for view in sys.argv[3:]:
+    at.session_state["view"] = view
+    at.run()
+    assert not at.exception, (view, [e.value for e in at.exception])
+    assert "torch" not in sys.modules, f"{view} imported torch"
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_server_draws_the_views_that_need_no_model_without_importing_torch(tmp_path):
+    # torch's import is seconds of a first chart or a first view switch; only FLOPs of a model, Spectral and
+    # Gradients (their core modules) may pay it.
+    import subprocess
+    import sys
+
+    from _fixtures_app import APP, copy_samples
+
+    root = copy_samples(tmp_path / "samples")
+    summarize(root)
+    views = [View.OVERVIEW, View.TENSORS, View.SCALARS, View.HISTOGRAMS, View.BATCHNORM, View.SIZE_FLOPS,
+             View.COMPARE, View.HEALTH]
+    done = subprocess.run([sys.executable, "-c", _NO_TORCH_PROBE, str(APP), str(root), *map(str, views)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_cache_dir_keeps_root_untouched(tiny_root, tmp_path):
     at = _run(app_test(str(tiny_root), "--cache-dir", str(tmp_path / "cache")))
     assert _metric(at, "Checkpoints") == "3"

@@ -90,3 +90,38 @@ def test_module_table_is_the_core_join(tree):
     assert table.loc[0].to_dict() == {
         "module": "", "depth": 0, "params": 68, "buffers": 9, "bytes": 312, "flops": 336, "macs": 168,
     }  # flops: block.0 2*3*4*4 = 96 + lm_head 2*3*4*10 = 240
+
+
+@pytest.mark.parametrize("depth", [None, 1, 2, 3])
+def test_module_rollup_tree_equals_the_tree_of_every_tensor(tmp_path, depth):
+    """A size tree built from the roll-up computed in the scan (StatsDataset.module_rollup) has the figures of the
+    tree built from every tensor row, node for node down to its depth: a tied head (TinyGPT), frozen and buffer
+    tensors, two state_dicts (model and EMA) in one checkpoint."""
+    import torch
+
+    from _fixtures_size import TinyGPT
+    from ckptboard.core.dataset import Selection, StatsDataset
+    from ckptboard.core.size import size_tree_from_frame
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.figures.size import rollup_tree
+
+    torch.manual_seed(0)
+    gpt = TinyGPT()
+    gpt.wpe.weight.requires_grad_(False)
+    (tmp_path / "run").mkdir()
+    torch.save(gpt.state_dict(), tmp_path / "run" / "gpt.pt")
+    torch.save({"state_dict": gpt.state_dict(), "ema": TinyGPT().state_dict()}, tmp_path / "run" / "ema.pt")
+    summarize(tmp_path)
+    data = StatsDataset(tmp_path)
+    tensors = data.frame("tensors")
+    rollup = data.module_rollup(Selection(), depth)
+    pairs = tensors[["checkpoint", "group"]].fillna("").drop_duplicates().itertuples(index=False)
+    seen = 0
+    for checkpoint, group in pairs:
+        rows = tensors[(tensors["checkpoint"] == checkpoint) & (tensors["group"].fillna("") == group)]
+        want = [n.to_json() for n in size_tree_from_frame(rows).walk(depth)]
+        mine = rollup[(rollup["checkpoint"] == checkpoint) & (rollup["group"].fillna("") == group)]
+        assert [n.to_json() for n in rollup_tree(mine).walk(depth)] == want, (checkpoint, group)
+        seen += 1
+    assert seen == 3  # gpt.pt's one state_dict, ema.pt's two
+    assert (rollup["counted"] == False).sum() >= 1  # noqa: E712  the tied lm_head is left uncounted

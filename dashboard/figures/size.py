@@ -4,17 +4,22 @@ treemap, and the module table joining sizes and FLOPs (``module_table``, from ck
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.flops import FlopReport, module_table
 from ckptboard.core.records import StrEnum
 from ckptboard.core.size import SizeNode
 from ckptboard.dashboard.figures._common import byte_ticks, empty_figure
 from ckptboard.dashboard.text import format_bytes, format_count, format_si
 
-__all__ = ["SizeMetric", "ChartKind", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ckptboard.core.flops import FlopReport
+
+__all__ = ["SizeMetric", "ChartKind", "rollup_tree", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
 
 _ROOT_ID = "(model)"
 _MARGIN = {"t": 40, "l": 0, "r": 0, "b": 0}
@@ -42,6 +47,45 @@ _METRIC_VALUE: dict[SizeMetric, Callable[[SizeNode], int]] = {
     SizeMetric.PARAMETERS: lambda n: n.parameters,
     SizeMetric.ELEMENTS: lambda n: n.parameters + n.buffers,
 }
+
+
+def rollup_tree(rollup: pd.DataFrame) -> SizeNode:
+    """The module tree of one checkpoint's group from its module roll-up rows
+    (:meth:`ckptboard.core.dataset.StatsDataset.module_rollup`): the figures of :func:`ckptboard.core.size.
+    size_tree_from_frame` for every node down to the roll-up's depth, built from a few rows instead of every tensor
+    (the nodes list no tensors)."""
+    nodes: dict[str, SizeNode] = {"": SizeNode("")}
+    columns = ["module", "kind", "trainable", "dtype", "counted", "tensors", "numel", "nbytes"]
+    for module, kind, trainable, dtype, counted, tensors, numel, nbytes in rollup[columns].itertuples(index=False):
+        module = "" if module is None or module != module else str(module)
+        path: str | None = module
+        while path is not None:
+            _rollup_add(_rollup_node(nodes, path), str(kind), trainable, str(dtype), bool(counted), int(tensors),
+                        int(numel), int(nbytes))
+            path = path.rpartition(".")[0] if path else None
+    return nodes[""]
+
+
+def _rollup_node(nodes: dict[str, SizeNode], module: str) -> SizeNode:
+    if module not in nodes:
+        nodes[module] = SizeNode(module)
+        _rollup_node(nodes, module.rpartition(".")[0]).children.append(nodes[module])
+    return nodes[module]
+
+
+def _rollup_add(node: SizeNode, kind: str, trainable, dtype: str, counted: bool, tensors: int, numel: int,
+                nbytes: int) -> None:
+    """One roll-up row into ``node``: the rule of ``SizeNode._add``, for ``tensors`` tensors at once."""
+    if not counted:
+        node.tied += tensors
+    elif kind == "buffer":
+        node.buffers += numel
+        node.buffer_bytes_by_dtype[dtype] = node.buffer_bytes_by_dtype.get(dtype, 0) + nbytes
+    else:
+        value = str(trainable).lower()
+        attr = "trainable" if value == "true" else "frozen" if value == "false" else "unknown"
+        setattr(node, attr, getattr(node, attr) + numel)
+        node.parameter_bytes_by_dtype[dtype] = node.parameter_bytes_by_dtype.get(dtype, 0) + nbytes
 
 
 def size_treemap(
@@ -146,3 +190,11 @@ def _value_text(kind: SizeMetric, value: int) -> str:
 
 def _metric_text(kind: SizeMetric, value: int) -> str:
     return f"{value:,} bytes ({format_bytes(value)})" if kind == SizeMetric.BYTES else f"{value:,}"
+
+
+def module_table(*args, **kwargs) -> pd.DataFrame:
+    """:func:`ckptboard.core.flops.module_table`, imported when called: it imports torch, which the size charts
+    do not need."""
+    from ckptboard.core.flops import module_table as table
+
+    return table(*args, **kwargs)
