@@ -345,8 +345,10 @@ def module_rollup(rows: pa.Table | pd.DataFrame, depth: int | None = None) -> pd
     first = rows.group_by(["checkpoint", "group", "_share"], use_threads=False).aggregate([("_i", "min")])
     counted = pc.is_in(rows.column("_i"), value_set=first.column("_i_min"))
     module = pc.if_else(pc.match_substring(name, "."), pc.replace_substring_regex(name, r"\.[^.]*$", ""), "")
-    if depth is not None:
-        keep = r"^((?:[^.]*\.){%d}[^.]*)\..*$" % max(0, depth - 1)  # the first ``depth`` names
+    if depth == 0:
+        module = pa.repeat("", rows.num_rows)
+    elif depth is not None:
+        keep = r"^((?:[^.]*\.){%d}[^.]*)\..*$" % (depth - 1)  # the first ``depth`` names
         module = pc.replace_substring_regex(module, keep, r"\1")
     rows = rows.select(["checkpoint", "group", "kind", "trainable", "dtype", "numel", "nbytes", "_i"])
     rows = rows.append_column("module", module).append_column("counted", counted)

@@ -174,3 +174,16 @@ def test_gradients_view_by_module_states_the_approximation(samples):
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect(key="grad_modules").value
     assert _chart(at, "grad_chart") is not None and _chart(at, "grad_hist_chart") is not None
+
+
+def test_overview_counts_parameters_in_the_query_as_from_every_tensor_row(samples):
+    from ckptboard.core.dataset import StatsDataset
+    from ckptboard.core.load import load_stats
+    from ckptboard.dashboard.figures.overview import runs_overview_figure
+    from ckptboard.dashboard.views.overview import _runs_figure
+
+    queried, whole = _runs_figure(StatsDataset(samples).view()), runs_overview_figure(load_stats(samples))
+    assert [list(t.y) for t in queried.data] == [list(t.y) for t in whole.data]
+    # every sample checkpoint: 3 (top-level) + conv1 432 + bn1 32 + conv2 4608 + bn2 64 + conv3 9216 + bn3 64
+    # + head 132 = 14,551 parameter elements
+    assert {y for t in queried.data if t.yaxis == "y2" for y in t.y} == {14551.0}

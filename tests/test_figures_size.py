@@ -92,7 +92,7 @@ def test_module_table_is_the_core_join(tree):
     }  # flops: block.0 2*3*4*4 = 96 + lm_head 2*3*4*10 = 240
 
 
-@pytest.mark.parametrize("depth", [None, 1, 2, 3])
+@pytest.mark.parametrize("depth", [None, 0, 1, 2, 3])
 def test_module_rollup_tree_equals_the_tree_of_every_tensor(tmp_path, depth):
     """A size tree built from the roll-up computed in the scan (StatsDataset.module_rollup) has the figures of the
     tree built from every tensor row, node for node down to its depth: a tied head (TinyGPT), frozen and buffer

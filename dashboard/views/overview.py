@@ -53,9 +53,7 @@ def render(ctx: ViewContext) -> None:
     cols[1].metric("Checkpoints", len(checkpoints))
     cols[2].metric("Unreadable files", len(cards))
     cols[3].metric("Tensors per checkpoint (max)", int(checkpoints["n_tensors"].max()))
-    # The figure counts parameter elements per checkpoint: four columns of the tensors table, not forty.
-    shown = ctx.narrow(columns=["run", "checkpoint", "step", "kind", "tied_to", "numel"])
-    st.plotly_chart(memo(runs_overview_figure, shown), key="overview_runs_chart")
+    st.plotly_chart(memo(_runs_figure, ctx), key="overview_runs_chart")
 
     runs = [_ALL, *ctx.runs]
     pick_default("overview_run", runs, _ALL)
@@ -71,6 +69,16 @@ def render(ctx: ViewContext) -> None:
             "Metadata of", names, key="overview_checkpoint", format_func=ctx.checkpoint_label, persist_state="session"
         )
         _metadata(ctx, chosen)
+
+
+def _runs_figure(tables):
+    """The runs chart, its parameter counts summed in the query (module roll-up to the root), not from every
+    tensor's row."""
+    if not hasattr(tables, "dataset"):
+        return runs_overview_figure(tables)
+    rollup = tables.dataset.module_rollup(tables.selection, depth=0)
+    params = rollup[(rollup["kind"] == "parameter") & rollup["counted"]]
+    return runs_overview_figure(tables, params.groupby("checkpoint", sort=False)["numel"].sum())
 
 
 def _on_screen(table):
