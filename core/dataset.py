@@ -42,7 +42,8 @@ _SORT = ("run", "step", "checkpoint")  # stable: rows of one checkpoint keep the
 @dataclass(frozen=True)
 class Selection:
     """Which rows to read: every field ``None`` means all. ``steps`` is inclusive; ``modules`` are module prefixes
-    (``encoder`` takes ``encoder`` and ``encoder.*``). A filter applies to the tables that have its column.
+    (``encoder`` takes ``encoder`` and ``encoder.*``); ``kinds`` are tensor kinds (``parameter``, ``buffer``). A
+    filter applies to the tables that have its column.
     ``columns``, when given, are the only columns read of every table but ``checkpoints`` (whose rows are the
     in-memory index), each table taking those it has."""
 
@@ -52,6 +53,7 @@ class Selection:
     names: tuple[str, ...] | None = None
     modules: tuple[str, ...] | None = None
     columns: tuple[str, ...] | None = None
+    kinds: tuple[str, ...] | None = None
 
     def narrow(self, **changes: Any) -> Selection:
         """This selection with some fields replaced (sequences become tuples)."""
@@ -68,6 +70,8 @@ class Selection:
             parts.append(pc.field("checkpoint").isin(list(self.checkpoints)))
         if self.names is not None and "name" in columns:
             parts.append(pc.field("name").isin(list(self.names)))
+        if self.kinds is not None and "kind" in columns:
+            parts.append(pc.field("kind").isin(list(self.kinds)))
         if self.modules is not None and "module" in columns:
             module = pc.field("module")
             parts.append(module.isin(list(self.modules)))
@@ -117,9 +121,9 @@ class StatsDataset:
         self._listing: dict[TableName, set[str]] = {}
 
     def read(self, table: TableName | str, selection: Selection = Selection(),
-             columns: list[str] | None = None) -> pa.Table:
+             columns: list[str] | None = None, *, sort: bool = True) -> pa.Table:
         """``table``'s rows in ``selection`` (``columns`` only, when given) as one Arrow table, sorted by run, step,
-        checkpoint (stable)."""
+        checkpoint (stable; with ``sort=False`` in file order, each checkpoint's rows in its own order)."""
         table = TableName(table)
         names = COLUMNS[table]
         expression = selection.expression(names)
@@ -132,7 +136,7 @@ class StatsDataset:
             paths = [table_path(self.cache.dir, table, e.stem) for e in self._files(table, selection)]
             result = _scan(paths, arrow_schema(table), expression, columns)
         keys = [(c, "ascending", "at_start") for c in _SORT if c in result.column_names]
-        if keys and result.num_rows:
+        if sort and keys and result.num_rows:
             result = result.take(pc.sort_indices(result, sort_keys=keys))
         return result
 
@@ -151,7 +155,17 @@ class StatsDataset:
 
     def module_rollup(self, selection: Selection = Selection(), depth: int | None = None) -> pd.DataFrame:
         """:func:`module_rollup` of the tensors of ``selection``, reading only the nine columns it needs."""
-        return module_rollup(self.read(TableName.TENSORS, selection, columns=list(_ROLLUP_INPUT)), depth)
+        return module_rollup(self.read(TableName.TENSORS, selection, columns=list(_ROLLUP_INPUT), sort=False), depth)
+
+    def parameter_elements(self, selection: Selection = Selection()) -> pd.Series:
+        """Parameter elements per checkpoint (tensors tied to another counted once), summed in the scan: four
+        columns read, parameters only (the filter pushed down)."""
+        rows = self.read(TableName.TENSORS, selection.narrow(kinds=("parameter",)),
+                         columns=["checkpoint", "tied_to", "numel"], sort=False)
+        rows = rows.filter(pc.invert(pc.fill_null(pc.not_equal(rows.column("tied_to"), ""), False)))
+        sums = rows.group_by("checkpoint", use_threads=False).aggregate([("numel", "sum")])
+        return pd.Series(sums.column("numel_sum").to_numpy(), index=sums.column("checkpoint").to_pylist(),
+                         name="numel", dtype="int64")
 
     def tables(self, selection: Selection = Selection()) -> StatsTables:
         """Every table of ``selection`` read whole (for notebooks and small series; views read a :class:`TableView`)."""

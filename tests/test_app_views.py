@@ -132,8 +132,8 @@ def test_views_read_only_what_they_draw(samples, monkeypatch):
 
     reads = []
     real = StatsDataset.read
-    monkeypatch.setattr(StatsDataset, "read", lambda self, table, selection=Selection(), columns=None: reads.append(
-        (str(table), selection, columns)) or real(self, table, selection, columns))
+    monkeypatch.setattr(StatsDataset, "read", lambda self, table, selection=Selection(), columns=None, **kw: (
+        reads.append((str(table), selection, columns)) or real(self, table, selection, columns, **kw)))
     whole_tensors = set()
     for view in View:
         st.cache_resource.clear()  # shared reads of an earlier test or view would hide this view's own

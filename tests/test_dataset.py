@@ -159,7 +159,8 @@ def test_unchanged_root_has_no_unseen_change_even_with_other_files_and_a_lightni
 def test_a_new_checkpoint_is_an_unseen_change(root, tmp_path):
     write_safetensors_run(tmp_path / "later", 4)
     (tmp_path / "later" / "step_000006.safetensors").rename(root / "safetensors" / "step_000006.safetensors")
-    assert StatsDataset(root).unseen_change() == "safetensors/step_000006.safetensors: written since ROOT was last listed"
+    reason = StatsDataset(root).unseen_change()
+    assert reason == "safetensors/step_000006.safetensors: written since ROOT was last listed"
 
 
 def test_a_checkpoint_listed_but_never_read_is_an_unseen_change(root, tmp_path):
@@ -167,7 +168,8 @@ def test_a_checkpoint_listed_but_never_read_is_an_unseen_change(root, tmp_path):
     write_safetensors_run(tmp_path / "later", 4)
     (tmp_path / "later" / "step_000006.safetensors").rename(root / "safetensors" / "step_000006.safetensors")
     StatsCache(root).ensure()
-    assert StatsDataset(root).unseen_change() == "safetensors/step_000006.safetensors: a checkpoint the cache does not hold"
+    reason = StatsDataset(root).unseen_change()
+    assert reason == "safetensors/step_000006.safetensors: a checkpoint the cache does not hold"
 
 
 def test_a_rewritten_or_deleted_checkpoint_is_an_unseen_change(root):

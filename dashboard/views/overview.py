@@ -72,13 +72,10 @@ def render(ctx: ViewContext) -> None:
 
 
 def _runs_figure(tables):
-    """The runs chart, its parameter counts summed in the query (module roll-up to the root), not from every
-    tensor's row."""
+    """The runs chart, its parameter counts summed in the query, not from every tensor's row."""
     if not hasattr(tables, "dataset"):
         return runs_overview_figure(tables)
-    rollup = tables.dataset.module_rollup(tables.selection, depth=0)
-    params = rollup[(rollup["kind"] == "parameter") & rollup["counted"]]
-    return runs_overview_figure(tables, params.groupby("checkpoint", sort=False)["numel"].sum())
+    return runs_overview_figure(tables, tables.dataset.parameter_elements(tables.selection))
 
 
 def _on_screen(table):
