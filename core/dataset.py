@@ -183,7 +183,7 @@ class StatsDataset:
         Conservative: a cached checkpoint gone or with another identity than its key (a folder: any file or
         subfolder changed after its fragment was written); any other file changed after the cache folder was last
         touched (``plan`` touches it before listing ROOT); a checkpoint file the cache does not hold (a summarize
-        cut short) unless named ``last*`` (Lightning's copy, which ``plan`` lists as an alias and never caches).
+        cut short, or a copy such as Lightning's ``last.ckpt``, which only the full look names as an alias).
         Missed: a checkpoint *folder* that an interrupted summarize listed and never read (Refresh reads it).
         """
         known = {e.relpath: e for e in self._committed}
@@ -211,7 +211,7 @@ class StatsDataset:
                     continue  # removed meanwhile
                 if ctime_ns > listed_ns:
                     return f"{relpath}: written since ROOT was last listed"
-                if not name.startswith("last") and is_checkpoint_file(path):
+                if is_checkpoint_file(path):
                     return f"{relpath}: a checkpoint the cache does not hold"
         return None
 

@@ -149,11 +149,17 @@ def test_health_view_columns_give_the_same_findings_as_whole_tables(root):
 # --- unseen_change: the stat-only look a new app session makes before deciding to import torch -----------------
 
 
-def test_unchanged_root_has_no_unseen_change_even_with_other_files_and_a_lightning_copy(root):
+def test_unchanged_root_has_no_unseen_change_even_with_other_files(root):
     (root / "notes.txt").write_text("lr sweep")
-    shutil.copy2(root / "lightning" / "epoch=2-step=4.ckpt", root / "lightning" / "last.ckpt")
-    summarize(root)  # lists ROOT again (touching the cache folder first): the notes and the copy are seen
+    summarize(root)  # lists ROOT again (touching the cache folder first): the notes are seen, and are no checkpoint
     assert StatsDataset(root).unseen_change() is None
+
+
+def test_a_lightning_copy_is_an_unseen_change_for_the_full_look_to_name(root):
+    # last.ckpt is never cached (plan shows it once, as an alias): only the full look can say so to the app
+    shutil.copy2(root / "lightning" / "epoch=2-step=4.ckpt", root / "lightning" / "last.ckpt")
+    summarize(root)
+    assert StatsDataset(root).unseen_change() == "lightning/last.ckpt: a checkpoint the cache does not hold"
 
 
 def test_a_new_checkpoint_is_an_unseen_change(root, tmp_path):
