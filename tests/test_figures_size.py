@@ -125,3 +125,15 @@ def test_module_rollup_tree_equals_the_tree_of_every_tensor(tmp_path, depth):
         seen += 1
     assert seen == 3  # gpt.pt's one state_dict, ema.pt's two
     assert (rollup["counted"] == False).sum() >= 1  # noqa: E712  the tied lm_head is left uncounted
+
+
+def test_a_module_with_more_children_than_a_chart_draws_keeps_the_largest_and_one_box_for_the_rest():
+    from ckptboard.dashboard.figures.size import MAX_CHILDREN
+
+    # 60 Linear(2, 2) layers: 6 float32 elements = 24 bytes each; the first has 2 more outputs: Linear(2, 4) = 48 B
+    layers = [nn.Linear(2, 4)] + [nn.Linear(2, 2) for _ in range(59)]
+    (trace,) = size_treemap(size_tree(records_of(nn.Sequential(*layers))), max_depth=1).data
+    assert MAX_CHILDREN == 50 and len(trace.ids) == 1 + 50 + 1  # the model, 50 layers, one box for the others
+    assert trace.ids[:3] == ("(model)", "(10 more)", "0") and trace.ids[-1] == "49"  # the largest, layer 0, kept
+    assert trace.values[0] == 48 + 59 * 24 and trace.values[1] == 10 * 24  # the total is unchanged: 1,464 B
+    assert sum(trace.values[1:]) == trace.values[0]

@@ -19,13 +19,16 @@ if TYPE_CHECKING:
 
     from ckptboard.core.flops import FlopReport
 
-__all__ = ["SizeMetric", "ChartKind", "rollup_tree", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
+__all__ = ["MAX_CHILDREN", "SizeMetric", "ChartKind", "rollup_tree", "size_treemap", "dtype_bars", "flops_treemap", "module_table"]
 
 _ROOT_ID = "(model)"
 _MARGIN = {"t": 40, "l": 0, "r": 0, "b": 0}
 # A label too small to read is hidden (its value stays on hover) rather than shrunk to a speck.
 _UNIFORM_TEXT = {"minsize": 11, "mode": "hide"}
 _HEIGHT = 520
+# Boxes per module in a size chart: a browser takes seconds to draw thousands (a 2,500-layer model at depth 2), and
+# no one reads them; the rest of a module's children are one box.
+MAX_CHILDREN = 50
 
 
 class SizeMetric(StrEnum):
@@ -91,25 +94,49 @@ def _rollup_add(node: SizeNode, kind: str, trainable, dtype: str, counted: bool,
 def size_treemap(
     tree: SizeNode, metric: str = "bytes", *, chart: str = "treemap", max_depth: int | None = None
 ) -> go.Figure:
-    """Modules as nested boxes (or rings) sized by ``metric``: "bytes", "parameters" or "elements"."""
+    """Modules as nested boxes (or rings) sized by ``metric``: "bytes", "parameters" or "elements"; a module's
+    children beyond its :data:`MAX_CHILDREN` largest are drawn as one box (``(2,460 more)``)."""
     kind, chart_kind = _metric(metric), _chart(chart)
-    nodes = list(tree.walk(max_depth))
-    values = [_METRIC_VALUE[kind](n) for n in nodes]
-    if not values[0]:
+    value = _METRIC_VALUE[kind]
+    if not value(tree):
         return empty_figure(f"no {kind} in this checkpoint")
-    hover = [
-        f"{n.module or _ROOT_ID}<br>{n.parameters:,} parameters ({n.trainable:,} trainable, {n.frozen:,} frozen)"
-        f"<br>{n.buffers:,} buffer elements<br>{n.bytes:,} bytes ({format_bytes(n.bytes)})"
-        + (f"<br>{n.tied} tied tensor(s), counted once elsewhere" if n.tied else "")
-        for n in nodes
-    ]
+    paths, values, hover = [], [], []
+    for node, rest in _bounded_walk(tree, max_depth, value):
+        if rest:
+            paths.append(f"{node.module}.({len(rest):,} more)" if node.module else f"({len(rest):,} more)")
+            values.append(sum(value(n) for n in rest))
+            hover.append(f"{len(rest):,} more modules under {node.module or _ROOT_ID}, each smaller than those shown")
+            continue
+        paths.append(node.module)
+        values.append(value(node))
+        hover.append(
+            f"{node.module or _ROOT_ID}<br>{node.parameters:,} parameters ({node.trainable:,} trainable, "
+            f"{node.frozen:,} frozen)<br>{node.buffers:,} buffer elements<br>{node.bytes:,} bytes "
+            f"({format_bytes(node.bytes)})" + (f"<br>{node.tied} tied tensor(s), counted once elsewhere" if node.tied
+                                               else ""))
     text = [_value_text(kind, v) for v in values]
-    trace = _hierarchy(chart_kind, [n.module for n in nodes], values, hover, branchvalues="total", text=text)
+    trace = _hierarchy(chart_kind, paths, values, hover, branchvalues="total", text=text)
     fig = go.Figure(trace)
     depth = "" if max_depth is None else f", modules to depth {max_depth}"
     fig.update_layout(title=f"{kind} by module (total {_metric_text(kind, values[0])}{depth})", margin=_MARGIN,
                       uniformtext=_UNIFORM_TEXT, height=_HEIGHT)
     return fig
+
+
+def _bounded_walk(tree: SizeNode, max_depth: int | None, value: Callable[[SizeNode], int]):
+    """``(node, [])`` for each node to ``max_depth``, parents first, keeping each module's :data:`MAX_CHILDREN`
+    largest children; ``(parent, the others)`` once for the children left out."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node, []
+        children = [c for c in node.children if max_depth is None or c.depth <= max_depth]
+        if len(children) > MAX_CHILDREN:
+            ranked = sorted(children, key=value, reverse=True)
+            kept = {id(c) for c in ranked[:MAX_CHILDREN]}
+            yield node, ranked[MAX_CHILDREN:]
+            children = [c for c in children if id(c) in kept]
+        stack.extend(reversed(children))
 
 
 def dtype_bars(tree: SizeNode) -> go.Figure:
