@@ -124,8 +124,8 @@ def test_compare_two_runs_at_a_step(samples):
 
 
 def test_views_read_only_what_they_draw(samples, monkeypatch):
-    """Histograms are read for one tensor of one run; the tensors table is read with all its columns and no tensor
-    or checkpoint filter only by Compare (its two runs: every tensor's every statistic may differ)."""
+    """Histograms are read for one tensor of one run; no view reads the tensors table with all its columns and no
+    tensor or checkpoint filter (Compare reads its two checkpoints' rows)."""
     import streamlit as st
 
     from ckptboard.core.dataset import Selection, StatsDataset
@@ -144,7 +144,7 @@ def test_views_read_only_what_they_draw(samples, monkeypatch):
         if any(t == "tensors" and c is None and s.columns is None and s.names is None and s.checkpoints is None
                for t, s, c in reads):
             whole_tensors.add(view)
-    assert whole_tensors == {View.COMPARE}
+    assert whole_tensors == set()
 
 
 def test_compare_exact_diff_of_two_runs(samples):
@@ -187,3 +187,19 @@ def test_overview_counts_parameters_in_the_query_as_from_every_tensor_row(sample
     # every sample checkpoint: 3 (top-level) + conv1 432 + bn1 32 + conv2 4608 + bn2 64 + conv3 9216 + bn3 64
     # + head 132 = 14,551 parameter elements
     assert {y for t in queried.data if t.yaxis == "y2" for y in t.y} == {14551.0}
+
+
+def test_compare_reads_two_checkpoints_and_finds_what_the_whole_tables_find(samples):
+    import pandas as pd
+
+    from ckptboard.core.dataset import StatsDataset
+    from ckptboard.core.health import compare_checkpoints
+    from ckptboard.core.load import load_stats
+    from ckptboard.dashboard.views.compare import _compare
+
+    view, whole = StatsDataset(samples).view(), load_stats(samples)
+    first, second, last = "adamw_lr1e-2/epoch=0-step=30.ckpt", "adamw_lr1e-2/epoch=1-step=60.ckpt", \
+        "adamw_lr1e-2/epoch=15-step=480.ckpt"
+    # consecutive (the update row), against the first (dist_from_first), neither (the lower bound), across runs
+    for a, b in [(first, second), (first, last), (second, last), (last, "sgd_safetensors/checkpoint_000480.safetensors")]:
+        pd.testing.assert_frame_equal(_compare(view, a, b).changes, compare_checkpoints(whole, a, b).changes)
