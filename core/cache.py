@@ -39,12 +39,13 @@ from ckptboard.core.schema import FORMAT_VERSION
 if TYPE_CHECKING:
     from ckptboard.core.discover import CheckpointFile
 
-__all__ = ["CACHE_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "LookupStatus", "cache_key", "key_covers", "warn_invalid"]
+__all__ = ["CACHE_DIRNAME", "PARTS_DIRNAME", "CacheWarning", "StatsCache", "Lookup", "LookupStatus", "cache_key", "key_covers", "warn_invalid"]
 
 CACHE_DIRNAME = ".ckptboard"
 _SUFFIX = ".parquet"
 _LEGACY_SNAPSHOT = "snapshot"  # format versions 1-2 kept concatenated tables here, superseded by reading the tables in place
 _STALE_TMP_S = 3600.0  # a temp file this old belongs to a writer that died
+PARTS_DIRNAME = ".parts"  # shard tasks' results until merged (ckptboard.core.merge)
 
 
 class CacheWarning(UserWarning):
@@ -204,6 +205,12 @@ class StatsCache:
         shutil.rmtree(self.dir / _LEGACY_SNAPSHOT, ignore_errors=True)
         if self.dir.is_dir():
             cutoff = time.time() - _STALE_TMP_S
+            for parts in (self.dir / PARTS_DIRNAME).glob("*"):  # shard tasks' results a client never merged (it died)
+                try:
+                    if parts.stat().st_mtime < cutoff:
+                        shutil.rmtree(parts, ignore_errors=True)
+                except OSError:
+                    pass
             for tmp in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.dir.glob(f"*/{TMP_PREFIX}*")]:
                 try:
                     if tmp.stat().st_mtime < cutoff:

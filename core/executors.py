@@ -66,6 +66,11 @@ class LocalExecutor:
     def __repr__(self) -> str:
         return f"LocalExecutor(workers={self.workers}, isolate={self.isolate})"
 
+    @property
+    def parallelism(self) -> int:
+        """How many tasks run at once (``summarize`` splits a large checkpoint into shard tasks only when > 1)."""
+        return self.workers
+
     def map_unordered(self, fn: Callable[[Any], R], tasks: Iterable[FailableTask]) -> Iterator[R]:
         tasks = list(tasks)
         if not tasks:

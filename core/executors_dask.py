@@ -67,6 +67,19 @@ class DaskExecutor:
         self.close()
 
     @property
+    def parallelism(self) -> int:
+        """How many tasks run at once: the LocalCluster's workers, the connected cluster's, else 2 (a cluster of
+        one's own is taken to be parallel: ``summarize`` then splits a large checkpoint into shard tasks)."""
+        if self._client is not None:
+            try:
+                return max(1, len(self._client.scheduler_info().get("workers", {})))
+            except Exception:  # a lost scheduler: its tasks will report it
+                pass
+        if self.scheduler is None:
+            return self.n_workers or default_workers()
+        return 2
+
+    @property
     def dashboard_link(self) -> str | None:
         """The Dask dashboard's URL once started, or None when there is none."""
         return (self._client.dashboard_link or None) if self._client is not None else None

@@ -24,10 +24,13 @@ from ckptboard.core.schema import EventKind, RunningStat, TableName
 from ckptboard.core.gradients import gradient_rows
 from ckptboard.core.spectral import SpectralMode, alpha_band, spectral_stats
 from ckptboard.core.batch_stats import BATCH_ELEMENTS, batchable, small_stats, small_updates
-from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL, tensor_stats
-from ckptboard.core.updates import norm_running_stats, update_stats
+from ckptboard.core.shards import ChunkSums, Part, chunk_sums, merge_chunk_sums, split_chunks
+from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL, STAT_COLUMNS, tensor_stats
+from ckptboard.core.updates import UpdateStats, norm_running_stats, update_stats
 
-__all__ = ["RowSource", "checkpoint_rows"]
+__all__ = ["RowSource", "checkpoint_rows", "part_rows", "UPDATE_STAT_COLUMNS"]
+
+UPDATE_STAT_COLUMNS: tuple[str, ...] = tuple(UpdateStats.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,26 @@ def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *, device: s
     return rows.tables
 
 
+def part_rows(source: RowSource, ckpt, prev, first, part: Part, *, device: str = "cpu", spectral: str = "off"
+              ) -> tuple[dict[TableName, list[dict[str, Any]]], list[tuple[int, int, list[ChunkSums]]]]:
+    """The rows ``part`` of ``ckpt`` makes (:mod:`ckptboard.core.shards`), each per-tensor row tagged ``_order`` (the
+    tensor's place in the checkpoint), and ``(order, chunk count, sums)`` of its chunks of split tensors; a split
+    tensor's rows (written by the part holding its first chunk) have no statistics until they are merged."""
+    rows = _Rows(source, ckpt, prev, first, device, SpectralMode(spectral), part)
+    rows.collect()
+    return rows.tables, rows.partials
+
+
 class _Rows:
     """Builds the table rows of one checkpoint, loading one tensor (and its previous/first) at a time."""
 
-    def __init__(self, source: RowSource, ckpt, prev, first, device: str, spectral: SpectralMode):
+    def __init__(self, source: RowSource, ckpt, prev, first, device: str, spectral: SpectralMode,
+                 part: Part | None = None):
         self.source, self.ckpt, self.prev, self.first, self.device = source, ckpt, prev, first, device
         self.spectral = spectral
+        self.part = part
+        self.partials: list[tuple[int, int, list[ChunkSums]]] = []
+        self._tag: dict[str, int] = {}  # in a part, {"_order": index} of the tensor whose rows are being made
         self.base = {"run": source.run, "checkpoint": source.relpath, "step": ckpt.step}
         self.tables: dict[TableName, list[dict[str, Any]]] = {
             name: [] for name in TableName if name != TableName.ERRORS
@@ -68,56 +85,81 @@ class _Rows:
     def collect(self) -> None:
         prev_index = _index(self.prev)
         first_index = _index(self.first)
-        done: dict[tuple[str, str], tuple[dict, dict, dict | None]] = {}
-        pending: list[TensorInfo] = []  # small tensors waiting for their batch, in file order
+        done: dict[tuple[str, str], tuple[dict | None, dict | None, dict | None]] = {}
+        part = self.part
+        held: list[tuple[int, TensorInfo]] = []  # the tensors whose rows this checkpoint (or part) makes, in order
+        computed: set[tuple[str, str]] = set()
+        pending: list[tuple[int, TensorInfo]] = []  # small tensors waiting for their batch, in file order
         pending_numel = 0
         small = self.device == "cpu"
-        computed: set[tuple[str, str]] = set()
-        for info in self.ckpt.tensors:
+        for order, info in enumerate(self.ckpt.tensors):
             ident = (info.group, info.name)
             tied = (info.group, info.tied_to) if info.tied_to else None
+            chunks = split_chunks(self.ckpt, info)
+            if part is not None and not part.holds(self.ckpt, info, chunks):
+                continue
+            held.append((order, info))
             if tied in computed:  # the same storage: the same numbers, computed once
                 continue
             computed.add(ident)
-            if small and info.numel <= EXACT_PERCENTILE_NUMEL:
-                pending.append(info)
+            if chunks is None and small and info.numel <= EXACT_PERCENTILE_NUMEL:
+                pending.append((order, info))
                 pending_numel += info.numel
                 if pending_numel >= BATCH_ELEMENTS:
                     self._batch(pending, prev_index, first_index, done)
                     pending, pending_numel = [], 0
                 continue
-            self._batch(pending, prev_index, first_index, done)  # side effects (spectral, running stats) in file order
+            self._batch(pending, prev_index, first_index, done)  # side effects (spectral, running stats) in order
             pending, pending_numel = [], 0
-            tensor = self.ckpt.load(info)
-            done[ident] = self._one(info, tensor, prev_index.get(ident), first_index.get(ident))
-            del tensor
+            self._tag = self._tag_of(order)
+            if chunks is not None:
+                done[ident] = self._split(order, info, chunks, prev_index.get(ident), first_index.get(ident))
+            else:
+                tensor = self.ckpt.load(info)
+                done[ident] = self._one(info, tensor, prev_index.get(ident), first_index.get(ident))
+                del tensor
         self._batch(pending, prev_index, first_index, done)
-        for info in self.ckpt.tensors:
+        for order, info in held:
             ident = (info.group, info.name)
             stats, hist, update = done[ident] if ident in done else done[(info.group, info.tied_to)]
-            self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats})
-            self.tables[TableName.HISTOGRAMS].append({**self.base, "group": info.group, "name": info.name, **hist})
+            if stats is None:
+                continue  # chunks of a tensor whose rows the part holding its first chunk writes
+            tag = self._tag_of(order)
+            self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats, **tag})
+            self.tables[TableName.HISTOGRAMS].append({**self.base, "group": info.group, "name": info.name, **hist,
+                                                      **tag})
             if update is not None:
                 self.tables[TableName.UPDATES].append({**self._update_base(), "group": info.group, "name": info.name,
-                                               "module": info.module, "kind": str(info.kind), **update})
+                                               "module": info.module, "kind": str(info.kind), **update, **tag})
+        if part is not None:
+            if not part.lead:
+                return  # the checkpoint-level rows are the lead part's
+            self._keep_running_stats()
         self._batchnorm_rows()
         self._event_rows(prev_index)
         self._gradient_rows()
         self.tables[TableName.CHECKPOINTS] = [self._checkpoint_row()]
 
+    def _tag_of(self, order: int) -> dict[str, int]:
+        """In a part, ``{"_order": order}`` for the rows of the checkpoint's tensor number ``order``; else nothing."""
+        return {} if self.part is None else {"_order": order}
+
     def _one(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
         """One tensor through the per-tensor path: (statistics row, histogram row, update row or None)."""
         result = tensor_stats(tensor, device=self.device)
         update = self._update(info, tensor, prev_info, first_info)
-        self._keep_running_stat(info, tensor)
+        if self.part is None:  # a part's lead keeps them in one pass (_keep_running_stats)
+            self._keep_running_stat(info, tensor)
         self._spectral(info, tensor)
         return result.as_row(), _histogram_row(result.histogram), update
 
-    def _batch(self, infos: list[TensorInfo], prev_index, first_index, done: dict) -> None:
-        """Small tensors read together and reduced by one kernel call (:mod:`ckptboard.core.batch_stats`), their
-        update statistics too; a tensor the batched path does not take goes through :meth:`_one`."""
-        if not infos:
+    def _batch(self, pending: list[tuple[int, TensorInfo]], prev_index, first_index, done: dict) -> None:
+        """Small tensors (with their order in the checkpoint) read together and reduced by one kernel call
+        (:mod:`ckptboard.core.batch_stats`), their update statistics too; a tensor the batched path does not take
+        goes through :meth:`_one`."""
+        if not pending:
             return
+        infos = [info for _, info in pending]
         tensors = self.ckpt.load_many(infos)
         fits = [i for i, t in enumerate(tensors) if batchable(t)]
         batch = small_stats([tensors[i] for i in fits])
@@ -141,11 +183,14 @@ class _Rows:
                 update = update_stats(prev_tensor, tensor, first_tensor, device=self.device).as_row()
             lo, hi, counts = batch.histogram_arrays(j)
             done[(info.group, info.name)] = (rows[j], {"lo": lo, "hi": hi, "counts": counts}, update)
-            self._keep_running_stat(info, tensor)
+            if self.part is None:
+                self._keep_running_stat(info, tensor)
+            self._tag = self._tag_of(pending[i][0])
             self._spectral(info, tensor)
         taken = set(fits)
         for i, info in enumerate(infos):
             if i not in taken:
+                self._tag = self._tag_of(pending[i][0])
                 done[(info.group, info.name)] = self._one(info, tensors[i], prev_index.get((info.group, info.name)),
                                                           first_index.get((info.group, info.name)))
 
@@ -187,15 +232,51 @@ class _Rows:
             first_tensor = prev_tensor if self.first is self.prev else _load_or_none(self.first, first_info)
         return update_stats(prev_tensor, tensor, first_tensor, device=self.device).as_row()
 
+    def _split(self, order: int, info: TensorInfo, chunks: list, prev_info: TensorInfo | None,
+               first_info: TensorInfo | None) -> tuple[dict | None, dict | None, dict | None]:
+        """A tensor split into DCP chunks: its statistics chunk by chunk, merged (in a part: its chunks' sums kept
+        for the merge, and placeholder rows from the part holding the first chunk). Spectral statistics and a norm
+        layer's running statistics need the whole tensor: for those (a matrix, a vector of channels) it is read."""
+        prev_ok = prev_info is not None and tuple(prev_info.shape) == tuple(info.shape)
+        first_ok = prev_ok and first_info is not None and tuple(first_info.shape) == tuple(info.shape)
+        part = self.part
+        sums = chunk_sums(self.ckpt, info, chunks, files=None if part is None else part.files,
+                          prev=self.prev if prev_ok else None, prev_info=prev_info if prev_ok else None,
+                          first=self.first if first_ok else None, first_info=first_info if first_ok else None,
+                          device=self.device)
+        owner = part is None or chunks[0].file in part.files
+        if owner and self._wants_spectral(info):
+            self._spectral(info, self.ckpt.load(info))
+        if part is not None:
+            self.partials.append((order, len(chunks), sums))
+            if not owner:
+                return None, None, None
+            return ({name: None for name in STAT_COLUMNS}, _histogram_row(None),
+                    {name: None for name in UPDATE_STAT_COLUMNS} if prev_ok else None)
+        if _is_running_stat(info):
+            self._keep_running_stat(info, self.ckpt.load(info))
+        stats, update = merge_chunk_sums(sums, len(chunks))
+        return stats.as_row(), _histogram_row(stats.histogram), None if update is None else update.as_row()
+
+    def _wants_spectral(self, info: TensorInfo) -> bool:
+        return self.spectral is not SpectralMode.OFF and info.kind == TensorKind.PARAMETER
+
     def _spectral(self, info: TensorInfo, tensor) -> None:
-        if self.spectral is SpectralMode.OFF or info.kind != TensorKind.PARAMETER:
+        if not self._wants_spectral(info):
             return
         stats = spectral_stats(tensor, self.spectral, device=self.device)
         if stats is not None:
             self.tables[TableName.SPECTRAL].append({
                 **self.base, "group": info.group, "name": info.name, "module": info.module, **stats.as_row(),
-                "alpha_band": str(alpha_band(stats.alpha)),
+                "alpha_band": str(alpha_band(stats.alpha)), **self._tag,
             })
+
+    def _keep_running_stats(self) -> None:
+        """The lead part's pass over the norm layers' running statistics (tiny vectors, in any of the files), in
+        tensor order, as one task keeps them."""
+        for info in self.ckpt.tensors:
+            if _is_running_stat(info) and not info.tied_to:
+                self._keep_running_stat(info, self.ckpt.load(info))
 
     def _gradient_rows(self) -> None:
         if not self.ckpt.optimizers:
@@ -262,6 +343,11 @@ class _Rows:
             "metadata_json": json.dumps(ckpt.metadata, sort_keys=True, default=str),
             "skipped_globals": "; ".join(ckpt.skipped_globals),
         }
+
+
+def _is_running_stat(info: TensorInfo) -> bool:
+    """A 1-D buffer named like a norm layer's running statistic (``_keep_running_stat`` then checks the tensor)."""
+    return info.name.rpartition(".")[2] in set(RunningStat) and info.kind == TensorKind.BUFFER and len(info.shape) == 1
 
 
 def _load_many_or_none(ckpt, infos: list[TensorInfo | None]) -> list:

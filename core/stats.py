@@ -60,6 +60,8 @@ __all__ = [
     "DEFAULT_RESOLUTION",
     "STAT_COLUMNS",
     "add_finite_codes",
+    "accumulate",
+    "finish",
 ]
 
 CHUNK_BYTES = 16 << 20
@@ -126,6 +128,36 @@ class _Acc:
     neginfs: int = 0
     low_bits: bool = False  # some finite value is not bf16-representable
     counts: np.ndarray = field(default_factory=lambda: np.zeros(N_CODES, dtype=np.int64))
+    codes_only: bool = False  # bf16 data: every statistic follows from ``counts`` (see _moments_from_codes)
+
+    def merged(self, other: _Acc) -> _Acc:
+        """The sums of both parts of one tensor, exactly (Chan et al.'s parallel update in shifted sums).
+
+        Both parts' sums are moved to this part's shift ``c`` (``s1 + n*d``, ``s2 + 2*d*s1 + n*d**2`` with
+        ``d = shift - c``; for equal shifts this is adding them); counts, code counts and extremes add up or
+        combine. bf16 parts recompute every moment from the merged code counts, as one pass over the whole would.
+        With this part the one holding the tensor's first element, ``c`` is the shift a single pass would use.
+        """
+        if self.codes_only != other.codes_only:
+            raise ValueError("cannot merge the sums of a bf16 part with those of another dtype")
+        out = _Acc(numel=self.numel + other.numel, shift=self.shift, codes_only=self.codes_only,
+                   counts=self.counts + other.counts)
+        if out.codes_only:
+            _moments_from_codes(out)
+            return out
+        for part in (self, other):
+            d = part.shift - out.shift
+            out.s1 += part.s1 + part.nfin * d
+            out.s2 += part.s2 + 2.0 * d * part.s1 + part.nfin * d * d
+            out.sa += part.sa
+            out.nfin += part.nfin
+            out.zeros += part.zeros
+            out.nans += part.nans
+            out.posinfs += part.posinfs
+            out.neginfs += part.neginfs
+        out.mn, out.mx = min(self.mn, other.mn), max(self.mx, other.mx)
+        out.low_bits = self.low_bits or other.low_bits
+        return out
 
 
 def as_float(chunk: torch.Tensor) -> torch.Tensor:
@@ -231,8 +263,18 @@ def tensor_stats(
         t = t.dequantize()
     if t.numel() <= EXACT_PERCENTILE_NUMEL:
         return _small_stats(t, resolution)
-    first = as_float(t[(0,) * t.dim()].reshape(1).cpu()).double().item()
-    acc = _Acc(numel=t.numel(), shift=first if math.isfinite(first) else 0.0)
+    return finish(accumulate(t, device=dev), resolution)
+
+
+def accumulate(t: torch.Tensor, *, device: str | torch.device = "cpu") -> _Acc:
+    """The running sums of ``t`` (any size, streamed), shifted by its first element: one part of a tensor whose
+    parts are merged with :meth:`_Acc.merged` and finished with :func:`finish` (a DCP tensor's chunks)."""
+    dev = resolve_device(device)
+    t = t.detach()
+    if t.is_quantized:
+        t = t.dequantize()
+    first = as_float(t[(0,) * t.dim()].reshape(1).cpu()).double().item() if t.numel() else 0.0
+    acc = _Acc(numel=t.numel(), shift=first if math.isfinite(first) else 0.0, codes_only=t.dtype == torch.bfloat16)
     kernels = _cpu_kernels() if dev.type == "cpu" else None
     chunks = (as_float(c) for (c,) in iter_chunks(t, device=dev))
     if t.dtype == torch.bfloat16:
@@ -242,6 +284,11 @@ def tensor_stats(
         _reduce_numba(chunks, acc, kernels)
     else:
         _reduce_torch(chunks, acc, dev)
+    return acc
+
+
+def finish(acc: _Acc, resolution: int | None = DEFAULT_RESOLUTION) -> TensorStats:
+    """The statistics of accumulated (possibly merged) sums: percentiles and histogram from the code counts."""
     hist = Histogram.from_code_counts(acc.counts)
     exact = not acc.low_bits
     pct = hist.percentiles(_QS, at_edges=True) if exact else hist.percentiles(_QS)

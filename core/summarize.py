@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ckptboard.core.discover import discover
 from ckptboard.core.errors import UnsafeCheckpointError, UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
 from ckptboard.core.model_spec import resolve_model
-from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, run_task
+from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, finish_parts, run_task
 
 __all__ = [
     "Failure",
@@ -31,7 +31,12 @@ __all__ = [
     "execute",
     "summarize",
     "refresh",
+    "shard_tasks",
+    "SPLIT_MIN_BYTES",
 ]
+
+# A checkpoint smaller than this is never split into shard tasks: its parts' extra listings would cost more.
+SPLIT_MIN_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -151,14 +156,26 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
 
 
 def execute(work: Plan, executor: Executor | None = None,
-            progress: Callable[[Receipt], None] | None = None) -> SummaryReport:
-    """Run ``work``'s tasks on ``executor`` (in this process by default); ``progress(receipt)`` as each finishes."""
+            progress: Callable[[Receipt], None] | None = None, *, split: bool | None = None) -> SummaryReport:
+    """Run ``work``'s tasks on ``executor`` (in this process by default); ``progress(receipt)`` as each checkpoint
+    finishes. ``split``: shard tasks for every checkpoint of several data files (True), for none (False), or for
+    those worth it (None, see :func:`shard_tasks`)."""
     start = time.perf_counter()
     report = SummaryReport(root=work.root, cache_dir=work.cache.dir, aliases=dict(work.aliases))
     for receipt in work.cached:
         report.add(receipt)
     executor = executor if executor is not None else LocalExecutor(1)
-    for receipt in executor.map_unordered(run_task, work.tasks):
+    tasks = shard_tasks(work.tasks, getattr(executor, "parallelism", 1), split)
+    wholes = {t.relpath: t for t in work.tasks}
+    parts: dict[str, list[Receipt]] = {}
+    counts = {t.relpath: t.part.count for t in tasks if t.part is not None}
+    for receipt in executor.map_unordered(run_task, tasks):
+        if receipt.part >= 0:  # a shard task: the checkpoint is done when its last part is
+            done = parts.setdefault(receipt.relpath, [])
+            done.append(receipt)
+            if len(done) < counts[receipt.relpath]:
+                continue
+            receipt = finish_parts(wholes[receipt.relpath], parts.pop(receipt.relpath))
         report.add(receipt)
         if progress is not None:
             progress(receipt)
@@ -166,6 +183,28 @@ def execute(work: Plan, executor: Executor | None = None,
     report.failures.sort(key=lambda f: f.relpath)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def shard_tasks(tasks: list[CheckpointTask], parallelism: int, split: bool | None = None) -> list[CheckpointTask]:
+    """``tasks`` with each checkpoint of several data files (Hugging Face shards, DCP ``.distcp`` files) replaced by
+    one shard task per file, when ``split`` is True, or (``split=None``) when tasks run in parallel and the checkpoint
+    is at least ``SPLIT_MIN_BYTES`` and ``1/(2*parallelism)`` of the bytes to do: a checkpoint that would keep one
+    worker busy while others idle. Smaller ones stay whole: each part lists the checkpoint (and its neighbours)
+    again, which costs more than it saves when the checkpoints alone already fill the workers."""
+    if split is False or (split is None and parallelism < 2):
+        return list(tasks)
+    from ckptboard.core.shards import Part, data_files
+
+    todo = sum(t.size for t in tasks)
+    out: list[CheckpointTask] = []
+    for task in tasks:
+        worth = split or (task.size >= SPLIT_MIN_BYTES and task.size * 2 * parallelism >= todo)
+        files = data_files(Path(task.root) / task.relpath) if worth else None
+        if not files or len(files) < 2:
+            out.append(task)
+            continue
+        out += [replace(task, part=Part(i, len(files), (name,))) for i, name in enumerate(files)]
+    return out
 
 
 def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_dir: str | Path | None = None,

@@ -14,7 +14,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptboard.core.fragment import Header
 from ckptboard.core.cache import StatsCache
@@ -26,7 +26,10 @@ from ckptboard.core.records import StrEnum
 from ckptboard.core.rows import RowSource, checkpoint_rows
 from ckptboard.core.schema import TableName
 
-__all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "RECENT_WRITE_S"]
+if TYPE_CHECKING:
+    from ckptboard.core.shards import Part
+
+__all__ = ["ReceiptStatus", "Receipt", "CheckpointTask", "run_task", "finish_parts", "RECENT_WRITE_S"]
 
 # A file modified this recently that fails to read is taken to be still being written, not corrupt.
 RECENT_WRITE_S = 5.0
@@ -51,6 +54,8 @@ class Receipt:
     tensors: int = 0
     bytes: int = 0  # bytes of the checkpoint read (0 when cached)
     seconds: float = 0.0
+    part: int = -1  # a shard task's part index (-1: the whole checkpoint)
+    record: bool = False  # a part's failure is the file's: the merge step writes the checkpoint's error fragment
 
 
 @dataclass
@@ -73,6 +78,7 @@ class CheckpointTask:
     ctime_ns: int = 0
     listed_at: float = 0.0  # when it was listed (epoch seconds); 0: when the task runs
     spectral: str = "off"  # ckptboard.core.spectral.SpectralMode
+    part: Part | None = None  # a shard task: only this part of the checkpoint (ckptboard.core.shards)
 
     @property
     def listed(self) -> FileIdentity:
@@ -84,7 +90,8 @@ class CheckpointTask:
         its time limit) the failure is the file's: its error row and fragment are written, so that a re-run does
         not repeat it, unless the file changed meanwhile (a worker reading a file truncated under it dies of
         SIGBUS): then it is skipped and read again next time."""
-        receipt = Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error=error, message=problem)
+        receipt = Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error=error, message=problem,
+                          part=self.part.index if self.part is not None else -1)
         if not record:
             return receipt
         path = Path(self.root) / self.relpath
@@ -95,6 +102,9 @@ class CheckpointTask:
         if changed:
             receipt.status = ReceiptStatus.INCOMPLETE
             receipt.message = f"changed while it was read ({problem}); read again next time"
+            return receipt
+        if self.part is not None:
+            receipt.record = True  # the merge step writes the checkpoint's error fragment
             return receipt
         try:
             _cache(self).write(self.relpath, _header(self, receipt), {TableName.ERRORS: [_error_row(self, receipt)]})
@@ -107,17 +117,20 @@ def run_task(task: CheckpointTask) -> Receipt:
     """Summarise one checkpoint and write its fragment; every failure becomes a receipt, never an exception."""
     start = time.perf_counter()
     path = Path(task.root) / task.relpath
-    receipt = Receipt(task.relpath, task.run, ReceiptStatus.OK)
+    receipt = Receipt(task.relpath, task.run, ReceiptStatus.OK, part=task.part.index if task.part else -1)
     try:
         listed = task.listed
         if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed since it was listed; still being written?")
         with bounded_memory(path, _files_bytes(task), task.device):
-            rows, receipt.tensors = _summarise(task, path)
+            rows, partials, receipt.tensors = _summarise(task, path)
         if file_identity(path) != listed:
             raise IncompleteCheckpointError(path, "changed while it was read; still being written?")
-        _cache(task).write(task.relpath, _header(task, receipt), rows)
-        receipt.bytes = task.size
+        if task.part is None:
+            _cache(task).write(task.relpath, _header(task, receipt), rows)
+        else:
+            _write_part(task, rows, partials)
+        receipt.bytes = task.size if task.part is None else 0
     except IncompleteCheckpointError as e:
         _set_error(receipt, ReceiptStatus.INCOMPLETE, e)
     except CheckpointError as e:
@@ -132,6 +145,42 @@ def run_task(task: CheckpointTask) -> Receipt:
     return receipt
 
 
+def finish_parts(task: CheckpointTask, receipts: list[Receipt]) -> Receipt:
+    """The checkpoint's receipt once every part of ``task`` (the whole checkpoint's task) has one: its parts merged
+    and its fragment written (commit record last), or the first part's failure as the checkpoint's, its error
+    fragment written when the failure is the file's. The parts' folder is removed either way."""
+    from ckptboard.core.merge import merge_parts, parts_dir, remove_parts
+
+    receipts = sorted(receipts, key=lambda r: r.part)
+    folder = parts_dir(task.cache_dir, StatsCache.stem(task.relpath))
+    receipt = Receipt(task.relpath, task.run, ReceiptStatus.OK, seconds=max(r.seconds for r in receipts))
+    try:
+        bad = [r for r in receipts if r.status == ReceiptStatus.INCOMPLETE] or \
+              [r for r in receipts if r.status == ReceiptStatus.FAILED]
+        if bad:
+            receipt.status, receipt.error, receipt.message = bad[0].status, bad[0].error, bad[0].message
+            if bad[0].record:
+                try:
+                    rows = {TableName.ERRORS: [_error_row(task, receipt)]}
+                    _cache(task).write(task.relpath, _header(task, receipt), rows)
+                except CacheError:
+                    pass  # the failure is reported all the same; it is just not remembered
+            return receipt
+        try:
+            rows = merge_parts(folder, len(receipts))
+            receipt.tensors = receipts[0].tensors
+            _cache(task).write(task.relpath, _header(task, receipt), rows)
+            receipt.bytes = task.size
+        except CkptboardError as e:
+            _set_error(receipt, ReceiptStatus.FAILED, e)
+        except (OSError, ValueError, KeyError) as e:  # a part's files damaged meanwhile: not the checkpoint's fault
+            receipt.status, receipt.error = ReceiptStatus.FAILED, type(e).__name__
+            receipt.message = f"its shard tasks' results could not be merged ({e}); run summarize again"
+        return receipt
+    finally:
+        remove_parts(folder)
+
+
 def _record_failure(task: CheckpointTask, receipt: Receipt, path: Path, error: BaseException) -> None:
     """A file that fails to read: skipped if a writer may still be at it, else its error row and failure fragment,
     so that the dashboard shows its error card and a re-run does not read it again until it changes."""
@@ -139,6 +188,9 @@ def _record_failure(task: CheckpointTask, receipt: Receipt, path: Path, error: B
         _set_error(receipt, ReceiptStatus.INCOMPLETE, error)
         return
     _set_error(receipt, ReceiptStatus.FAILED, error)
+    if task.part is not None:
+        receipt.record = True  # the merge step writes the checkpoint's error fragment
+        return
     try:
         rows = {TableName.ERRORS: [_error_row(task, receipt)]}
         _cache(task).write(task.relpath, _header(task, receipt), rows)
@@ -213,9 +265,20 @@ def _error_row(task: CheckpointTask, receipt: Receipt) -> dict[str, Any]:
 # --- opening the checkpoint and its neighbours ---------------------------------------------------------------------
 
 
-def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
+def _write_part(task: CheckpointTask, rows, partials) -> None:
+    from ckptboard.core.merge import parts_dir, write_part
+
+    try:
+        write_part(parts_dir(task.cache_dir, StatsCache.stem(task.relpath)), task.part.index, rows, partials)
+    except OSError as e:
+        raise CacheError(f"{task.cache_dir}: cannot write part {task.part.index} of {task.relpath} ({e})") from e
+
+
+def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[str, Any]]], list, int]:
+    """The checkpoint's rows (of a part: its rows and its split tensors' chunk sums) and its tensor count."""
     from ckptboard.core.classify import classify
     from ckptboard.core.reader import open_checkpoint
+    from ckptboard.core.rows import part_rows
 
     model = resolve_model(task.model)
     with ExitStack() as stack:
@@ -224,9 +287,16 @@ def _summarise(task: CheckpointTask, path: Path) -> tuple[dict[str, list[dict[st
         prev = _open_neighbour(stack, task, task.prev, model)
         first = _open_neighbour(stack, task, task.first, model) if task.first != task.prev else prev
         source = RowSource(task.run, task.relpath, task.prev, task.size, task.mtime_ns)
-        rows = checkpoint_rows(source, ckpt, prev, first, device=task.device, spectral=task.spectral)
-        rows[TableName.TRAINING_SCALARS] = _training_rows(task, path, ckpt.step, None if prev is None else prev.step)
-        return rows, len(ckpt.tensors)
+        if task.part is None:
+            rows = checkpoint_rows(source, ckpt, prev, first, device=task.device, spectral=task.spectral)
+            partials: list = []
+        else:
+            rows, partials = part_rows(source, ckpt, prev, first, task.part, device=task.device,
+                                       spectral=task.spectral)
+        if task.part is None or task.part.lead:
+            prev_step = None if prev is None else prev.step
+            rows[TableName.TRAINING_SCALARS] = _training_rows(task, path, ckpt.step, prev_step)
+        return rows, partials, len(ckpt.tensors)
 
 
 def _training_rows(task: CheckpointTask, path: Path, step: int | None, prev_step: int | None) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import torch
 from ckptboard.core.schema import RunningStat
 from ckptboard.core.stats import _cpu_kernels, _numpy, as_float, iter_chunks, resolve_device
 
-__all__ = ["UpdateStats", "update_stats", "norm_running_stats"]
+__all__ = ["UpdateStats", "update_stats", "update_sums", "update_from_sums", "norm_running_stats"]
 
 _NAN = float("nan")
 
@@ -46,6 +46,14 @@ def update_stats(
     prev: torch.Tensor, cur: torch.Tensor, first: torch.Tensor | None, *, device: str | torch.device = "cpu"
 ) -> UpdateStats:
     """Update statistics of ``cur`` against ``prev`` (and ``first``), streamed in chunks on ``device``."""
+    return update_from_sums(update_sums(prev, cur, first, device=device), first is not None)
+
+
+def update_sums(
+    prev: torch.Tensor, cur: torch.Tensor, first: torch.Tensor | None, *, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """The six float64 sums behind :class:`UpdateStats` (``(c-p)^2, p^2, c^2, c*p, (c-f)^2, f^2``, the last two 0
+    without ``first``): plain sums over elements, so those of a tensor's parts (DCP chunks) add up to its own."""
     tensors = [t.detach() for t in (cur, prev) + ((first,) if first is not None else ())]
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) != 1:
@@ -62,8 +70,12 @@ def update_stats(
             sums += kernels.update_sums(arrays[0], arrays[1], arrays[-1], len(arrays) == 3)
         else:
             on_device += _torch_sums(floats)
-    dd, pp, cc, cp, df, ff = (float(s) for s in sums + on_device.cpu().numpy())
-    has_first = first is not None
+    return sums + on_device.cpu().numpy()
+
+
+def update_from_sums(sums: np.ndarray, has_first: bool) -> UpdateStats:
+    """The update statistics of the six sums of :func:`update_sums` (merged over parts, or of one tensor)."""
+    dd, pp, cc, cp, df, ff = (float(s) for s in sums)
     return UpdateStats(
         update_norm=math.sqrt(dd),
         update_ratio=_ratio(math.sqrt(dd), math.sqrt(pp)),

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["tiny_gpt2", "hf_trainer_run", "nanogpt_checkpoint", "TinyMlp"]
+__all__ = ["tiny_gpt2", "hf_trainer_run", "nanogpt_checkpoint", "TinyMlp", "CodeRunningPayload"]
 
 
 def tiny_gpt2(seed: int = 0):
@@ -78,21 +78,40 @@ def dcp_model() -> nn.Sequential:
     return model
 
 
+def _fsdp2_model(world: int) -> nn.Module:
+    """:func:`dcp_model` under FSDP2 (``fully_shard`` per layer, then the whole) over ``world`` CPU ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = dcp_model()
+    for layer in model:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+class CodeRunningPayload:
+    """Pickles as a call of ``os.system("touch MARKER")``: hostile input whose marker file must never appear."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def _fsdp2_worker(rank: int, world: int, out: str, store: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     # A file rendezvous: a free TCP port, once picked and released, can be taken before gloo binds it.
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        mesh = init_device_mesh("cpu", (world,))
-        model = dcp_model()
-        for layer in model:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        model = _fsdp2_model(world)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         torch.manual_seed(1)
         model(torch.randn(4, 8)).sum().backward()
@@ -116,20 +135,25 @@ def fsdp2_save(out: Path, world: int = 2) -> None:
         store.unlink(missing_ok=True)
 
 
-def dcp_single_save(out: Path, flat: bool = False, seed: int = 0) -> nn.Module:
-    """Single-process ``dcp.save`` of :func:`dcp_model` after one AdamW step: ``{"model", "optim"}`` keys, or the
-    model's keys at the top level beside ``optimizer.…`` (torchtitan's flattening) when ``flat``; the model."""
+def dcp_single_save(out: Path, flat: bool = False, seed: int = 0, steps: int = 1) -> nn.Module:
+    """Single-process ``dcp.save`` of :func:`dcp_model` after ``steps`` AdamW steps: ``{"model", "optim"}`` keys,
+    or, when ``flat``, torchtitan's layout (``torchtitan/components/checkpoint.py`` and ``optimizer.py``): the model's
+    keys at the top level beside ``optimizer.…`` from ``get_optimizer_state_dict(...,
+    StateDictOptions(flatten_optimizer_state_dict=True))`` (``optimizer.state.<fqn>.exp_avg``,
+    ``optimizer.param_groups.<fqn>.lr``); the model."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     model = dcp_model()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     torch.manual_seed(seed + 1)
-    model(torch.randn(4, 8)).sum().backward()
-    opt.step()
-    msd, osd = get_state_dict(model, opt)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).square().mean().backward()
+        opt.step()
+    msd, osd = get_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=flat))
     state = {**msd, "optimizer": osd} if flat else {"model": msd, "optim": osd}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to save in a single process"
@@ -158,6 +182,65 @@ def accelerate_run(project: Path, saves: int = 3) -> tuple[nn.Module, nn.Module]
         opt2.step()
         acc.save_state()
     return first, second
+
+
+class Mlp(nn.Module):
+    """Linear(4, 5) + tanh + Linear(5, 3): every parameter of its own shape, so an optimizer's entries are placed
+    even over safetensors' name-sorted keys."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def accelerate_adam_run(project: Path, saves: int = 3, lr: float = 1e-2, betas=(0.9, 0.99)) -> nn.Module:
+    """``Accelerator.save_state()`` (automatic naming) after each of ``saves`` Adam steps on :class:`Mlp`:
+    ``project/checkpoints/checkpoint_N/{model.safetensors, optimizer.bin, random_states_0.pkl}``; the model."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True, project_config=ProjectConfiguration(project_dir=str(project),
+                                                                    automatic_checkpoint_naming=True))
+    model = Mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+    model, opt = acc.prepare(model, opt)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(saves):
+        x = torch.randn(8, 4, generator=gen)
+        opt.zero_grad()
+        acc.backward((model(x) - x[:, :3]).square().mean())
+        opt.step()
+        acc.save_state()
+    return model
+
+
+def dcp_train_run(run: Path, saves=(1, 2, 3), flat: bool = False) -> nn.Module:
+    """One AdamW training run of :func:`dcp_model` (single process), ``dcp.save`` into ``run/step-N`` after each
+    step in ``saves``: ``{"model", "optim"}`` from ``get_state_dict``, or torchtitan's flattened keys when ``flat``
+    (see :func:`dcp_single_save`); the model."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model = dcp_model()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, max(saves) + 1):
+        opt.zero_grad()
+        model(torch.randn(4, 8, generator=gen)).square().mean().backward()
+        opt.step()
+        if step in saves:
+            msd, osd = get_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=flat))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to save in a single process"
+                dcp.save({**msd, "optimizer": osd} if flat else {"model": msd, "optim": osd},
+                         checkpoint_id=str(run / f"step-{step}"))
+    return model
 
 
 def peft_adapter(out: Path, kind: str = "lora"):
@@ -270,12 +353,26 @@ class TiedMlp(nn.Module):
         self.frozen.requires_grad_(False)
 
 
-def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, seed: int = 0) -> nn.Module:
+def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, seed: int = 0, mp: int = 1):
     """A ``DeepSpeedEngine.save_checkpoint(save_dir, tag)`` folder as ``deepspeed/runtime/engine.py`` writes it
     (``_save_checkpoint``: ``_common_checkpoint_state``; ``_save_zero_checkpoint``; ``latest``), for ZeRO ``stage``
     2 or 3 over ``world`` data-parallel ranks, fp32 training with one param group; the model (its values are
     what the checkpoint holds). Partitioning follows ``zero_to_fp32.py``: ``ceil(numel / world)`` elements per
-    rank, zero-padded, parameters one after another in each rank's flat group."""
+    rank, zero-padded, parameters one after another in each rank's flat group. With ``mp`` model-parallel ranks
+    every rank writes its own files (``_get_rank_zero_ckpt_name``: ``zero_pp_rank_{dp}_mp_rank_{mp:02d}_…``,
+    ``mp_world_size`` in the common state), its ZeRO partitions over the data-parallel ranks of its own slice; the
+    slices here are whole models of seeds ``seed + m`` (the same names and shapes on every rank: the layout keys by
+    file, not by shape), and the list of those models is returned."""
+    folder = save_dir / tag
+    folder.mkdir(parents=True)
+    models = [_deepspeed_mp_rank(folder, tag, stage, world, seed + m, m, mp) for m in range(mp)]
+    (save_dir / "latest").write_text(tag)
+    (save_dir / "zero_to_fp32.py").write_text("# copied by DeepSpeed beside the tags\n")
+    return models[0] if mp == 1 else models
+
+
+def _deepspeed_mp_rank(folder: Path, tag: str, stage: int, world: int, seed: int, mp_rank: int, mp: int):
+    """The files of one model-parallel rank of :func:`deepspeed_checkpoint`; its model."""
     import math
     from collections import OrderedDict
 
@@ -292,11 +389,8 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
         frozen_param_shapes=OrderedDict((names[p], p.shape) for p in frozen),
         shared_params=shared, lr_scheduler=None, data_sampler=None, random_ltd=None, sparse_tensor_module_names=set(),
         skipped_steps=0, global_steps=int(tag.removeprefix("global_step")), global_samples=64, dp_world_size=world,
-        mp_world_size=1, ds_config={"zero_optimization": {"stage": stage}}, ds_version="0.16.4",
+        mp_world_size=mp, ds_config={"zero_optimization": {"stage": stage}}, ds_version="0.16.4",
     )
-    folder = save_dir / tag
-    folder.mkdir(parents=True)
-
     def pieces(p, rank):
         per = math.ceil(p.numel() / world)
         flat = torch.cat([p.detach().reshape(-1), torch.zeros(per * world - p.numel())])
@@ -310,7 +404,7 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
             state = dict(module=module, **common,
                          frozen_param_fragments=OrderedDict((names[p], pieces(p, rank)) for p in frozen))
             with _library_globals(**_DEEPSPEED_GLOBALS):
-                torch.save(state, folder / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+                torch.save(state, folder / f"zero_pp_rank_{rank}_mp_rank_{mp_rank:02d}_model_states.pt")
             flat = torch.cat([pieces(p, rank) for p in trainable])
         elif rank == 0:
             # ZeRO-2 (partition gradients): full module weights, frozen fragments are the whole frozen params
@@ -318,7 +412,7 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
             state = dict(module=module, **common,
                          frozen_param_fragments=OrderedDict((names[p], p.detach().clone()) for p in frozen))
             with _library_globals(**_DEEPSPEED_GLOBALS):
-                torch.save(state, folder / "mp_rank_00_model_states.pt")
+                torch.save(state, folder / f"mp_rank_{mp_rank:02d}_model_states.pt")
         if stage == 2:
             numel = sum(p.numel() for p in trainable)
             per = math.ceil(numel / world)
@@ -334,9 +428,7 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
         }
         with _library_globals(**_DEEPSPEED_GLOBALS):
             torch.save({"optimizer_state_dict": zero_state, "ds_config": common["ds_config"], "ds_version": "0.16.4"},
-                       folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
-    (save_dir / "latest").write_text(tag)
-    (save_dir / "zero_to_fp32.py").write_text("# copied by DeepSpeed beside the tags\n")
+                       folder / f"zero_pp_rank_{rank}_mp_rank_{mp_rank:02d}_optim_states.pt")
     return model
 
 
@@ -388,3 +480,263 @@ def megatron_checkpoint(save_dir: Path, iteration: int, tp: int = 2, seed: int =
 def deepspeed_pickling():
     """A context in which DeepSpeed's pickled classes (stand-ins above) load and save under their own names."""
     return _library_globals(**_DEEPSPEED_GLOBALS)
+
+
+# --- Megatron-Core dist_checkpointing, torch_dist backend --------------------------------------------------------
+
+_MCORE_TORCH = "megatron.core.dist_checkpointing.strategies.torch"
+
+
+def _mcore_metadata_class():
+    """``MCoreMetadata`` of Megatron-Core 0.15 (``strategies/torch.py``): DCP's ``Metadata`` plus ``mcore_data``;
+    pickled as the root of ``.metadata`` under Megatron's name."""
+    import dataclasses
+
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    @dataclasses.dataclass
+    class MCoreMetadata(Metadata):
+        mcore_data: dict | None = None
+
+    return MCoreMetadata
+
+
+def megatron_gpt_weights(layers: int = 2, hidden: int = 8, ffn: int = 16, vocab: int = 32, seed: int = 0) -> dict:
+    """A Megatron-Core GPT with TransformerEngine layers (``gpt_layer_specs.py``, TE spec), as its
+    ``sharded_state_dict`` keys it: ``key -> (global tensor, tensor-parallel axis or None, stacked over layers)``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    stacked = {  # one tensor per parameter for all layers: TransformerBlock.sharded_state_dict's (0, layer, layers)
+        "decoder.layers.self_attention.linear_qkv.layer_norm_weight": (1 + 0.1 * rand(layers, hidden), None),
+        "decoder.layers.self_attention.linear_qkv.weight": (rand(layers, 3 * hidden, hidden), 1),  # column parallel
+        "decoder.layers.self_attention.linear_qkv.bias": (rand(layers, 3 * hidden), 1),
+        "decoder.layers.self_attention.linear_proj.weight": (rand(layers, hidden, hidden), 2),  # row parallel
+        "decoder.layers.self_attention.linear_proj.bias": (rand(layers, hidden), None),
+        "decoder.layers.mlp.linear_fc1.layer_norm_weight": (1 + 0.1 * rand(layers, hidden), None),
+        "decoder.layers.mlp.linear_fc1.weight": (rand(layers, ffn, hidden), 1),
+        "decoder.layers.mlp.linear_fc2.weight": (rand(layers, hidden, ffn), 2),
+    }
+    whole = {
+        "embedding.word_embeddings.weight": (rand(vocab, hidden), 0),  # vocab parallel
+        "decoder.final_layernorm.weight": (1 + 0.1 * rand(hidden), None),
+        "output_layer.weight": (rand(vocab, hidden), 0),
+    }
+    return {**{k: (t, a, True) for k, (t, a) in stacked.items()}, **{k: (t, a, False) for k, (t, a) in whole.items()}}
+
+
+def _megatron_shards(tensor: torch.Tensor, tp_axis, stacked: bool, rank: int, world: int):
+    """This tensor-parallel rank's pieces ``(offsets, piece)``: one per layer when stacked, a replicated tensor on
+    rank 0 only (``keep_only_main_replica``: the other replicas are not saved)."""
+    if tp_axis is None and rank != 0:
+        return []
+    pieces = []
+    for layer in range(tensor.shape[0]) if stacked else [None]:
+        piece = tensor[layer : layer + 1] if stacked else tensor
+        offsets = [layer if stacked else 0] + [0] * (piece.dim() - 1) if stacked else [0] * piece.dim()
+        if tp_axis is not None:
+            size = piece.shape[tp_axis] // world
+            piece = piece.narrow(tp_axis, rank * size, size)
+            offsets[tp_axis] = rank * size
+        pieces.append((offsets, piece.contiguous().clone()))
+    return pieces
+
+
+def _megatron_sharded_tensor(tensor, tp_axis, stacked, rank, world):
+    """``strategies/torch.py`` ``sharded_tensor_to_torch_sharded_tensor``: a torch ShardedTensor from the local
+    shards and the global chunk grid, built without communication."""
+    from torch.distributed._shard.metadata import ShardMetadata
+    from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+    from torch.distributed._shard.sharded_tensor.metadata import ShardedTensorMetadata, TensorProperties
+
+    local = [Shard.from_tensor_and_offsets(piece, offsets, rank)
+             for offsets, piece in _megatron_shards(tensor, tp_axis, stacked, rank, world)]
+    if not local:
+        return None
+    everyone = []
+    for r in range(world):
+        for offsets, piece in _megatron_shards(tensor, tp_axis, stacked, r, world):
+            everyone.append(ShardMetadata(offsets, list(piece.shape), f"rank:{r}/cpu"))
+    meta = ShardedTensorMetadata(everyone, tensor.shape, TensorProperties(dtype=tensor.dtype))
+    return ShardedTensor._init_from_local_shards_and_global_metadata(local, meta, process_group=None)
+
+
+def _sharded_object(data) -> "io.BytesIO":
+    """``strategies/torch.py`` ``_mcore_to_torch_sharded_object``: the objects of one key, ``torch.save``d as a list."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save([data], buffer)
+    return buffer
+
+
+def _te_extra_state(layer: int) -> "io.BytesIO":
+    """TransformerEngine's ``get_extra_state`` (``transformer_engine/pytorch/module/base.py``, TE 1.x): the FP8
+    metadata ``torch.save``d into an ``io.BytesIO``."""
+    import io
+
+    state = io.BytesIO()
+    torch.save({"scale_fwd": torch.ones(3) * (layer + 1), "amax_history_fwd": torch.zeros(4, 3),
+                "extra_fp8_variables": {"num_gemms": 1}}, state)
+    return state
+
+
+def _megatron_common(iteration: int, tp: int) -> dict:
+    """The non-sharded part of ``megatron/training/checkpointing.py`` ``generate_state_dict`` (distributed
+    optimizer, ``fully_reshardable``): what ``common.pt`` holds."""
+    import argparse
+
+    return {
+        "args": argparse.Namespace(tensor_model_parallel_size=tp, ckpt_format="torch_dist", iteration=iteration),
+        "checkpoint_version": 3.0,
+        "iteration": iteration,
+        "optimizer": {"optimizer": {"param_groups": [
+            {"lr": 3e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1, "step": iteration,
+             "wd_mult": 1.0, "lr_mult": 1.0, "is_expert_parallel": False, "is_decoupled_lr": False}]},
+            "param_state_sharding_type": "fully_reshardable"},
+        "opt_param_scheduler": {"max_lr": 3e-4, "num_steps": iteration},
+        "num_floating_point_operations_so_far": 1.5e12,
+    }
+
+
+def _megatron_dist_worker(rank, world, save_dir, store, iterations, layers, seed, common_in_dcp):
+    import torch.distributed as dist
+    from torch.distributed.checkpoint import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import SavePlan
+    from torch.distributed.checkpoint.planner_helpers import _create_write_items
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    mcore_metadata = _mcore_metadata_class()
+
+    class MCoreSavePlanner(DefaultSavePlanner):
+        """``strategies/torch.py`` ``MCoreSavePlanner``: BytesIO values written on every rank, as they are."""
+
+        def create_local_plan(self) -> SavePlan:
+            items = [item for fqn, obj in self.state_dict.items() for item in _create_write_items(fqn, obj)]
+            self.plan = SavePlan(items=items, planner_data=getattr(self, "mappings", None))
+            return self.plan
+
+        def create_global_plan(self, all_plans):
+            plans, metadata = super().create_global_plan(all_plans)
+            if common_in_dcp:  # Megatron-Core after July 2026: a plain DCP Metadata
+                return plans, metadata
+            return plans, mcore_metadata(mcore_data={}, **vars(metadata))  # Megatron-Core 0.15
+
+        def transform_object(self, write_item, object):
+            return object
+
+    try:
+        for iteration in iterations:
+            _megatron_dist_save(rank, world, f"{save_dir}/iter_{iteration:07d}", iteration, layers, seed + iteration,
+                                common_in_dcp, MCoreSavePlanner, mcore_metadata)
+    finally:
+        dist.destroy_process_group()
+
+
+def _megatron_dist_save(rank, world, out, iteration, layers, seed, common_in_dcp, planner, mcore_metadata):
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    state = {}
+    weights = megatron_gpt_weights(layers=layers, seed=seed)
+    for key, (tensor, axis, stacked) in weights.items():
+        for prefix in ("", "optimizer.state.param.", "optimizer.state.exp_avg.", "optimizer.state.exp_avg_sq."):
+            value = tensor if not prefix or prefix.endswith("param.") else (
+                tensor.abs() * 1e-3 if "sq" in prefix else tensor * 1e-2)
+            sharded = _megatron_sharded_tensor(value, axis, stacked, rank, world)
+            if sharded is not None:
+                state[prefix + key] = sharded
+    if rank == 0:  # TE extra state: replica (0, tp_rank, dp_rank), saved by tensor-parallel rank 0 only
+        for module in ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
+                       "mlp.linear_fc2"):
+            for layer in range(layers):
+                key = f"decoder.layers.{module}._extra_state/shard_{layer}_{layers}"
+                state[key] = _sharded_object(_te_extra_state(layer))
+    rng = {"random_rng_state": (3, tuple(range(4)), None), "torch_rng_state": torch.zeros(8, dtype=torch.uint8),
+           "cuda_rng_state": None, "rng_tracker_states": {}}
+    state[f"rng_state/shard_0.{rank}_1.{world}"] = _sharded_object([rng])  # (pp, tp) grid, per rank
+    if common_in_dcp and rank == 0:
+        state["common_state"] = _sharded_object(_megatron_common(iteration, world))
+    with _library_globals(**{_MCORE_TORCH: {"MCoreMetadata": mcore_metadata}}):
+        dcp.save(state, checkpoint_id=out, planner=planner(flatten_state_dict=False, flatten_sharded_tensors=False))
+    dist.barrier()
+    if rank == 0:
+        if not common_in_dcp:
+            torch.save(_megatron_common(iteration, world), Path(out) / "common.pt")  # strategies/common.py
+        (Path(out) / "metadata.json").write_text('{"sharded_backend": "torch_dist", "sharded_backend_version": 1}')
+    dist.barrier()
+
+
+def megatron_dist_checkpoint(save_dir: Path, iterations=(100,), tp: int = 2, layers: int = 2, seed: int = 0,
+                             common_in_dcp: bool = False) -> dict[int, dict]:
+    """``megatron/training/checkpointing.py`` ``save_checkpoint`` with ``--ckpt-format torch_dist`` (Megatron-Core
+    ``dist_checkpointing/serialization.py`` ``save`` + ``strategies/torch.py`` ``TorchDistSaveShardedStrategy``) at
+    each of ``iterations``, tensor parallelism ``tp`` over gloo ranks, the distributed optimizer in
+    ``fully_reshardable`` form: ``iter_{iteration:07d}/{.metadata, __R_0.distcp, common.pt, metadata.json}`` and
+    ``latest_checkpointed_iteration.txt``. Torch's ShardedTensor carries each rank's chunks (as Megatron does for
+    layer-stacked tensors), ShardedObjects (TE ``_extra_state``, ``rng_state``) are ``torch.save``d lists, and
+    ``.metadata``'s root is Megatron-Core 0.15's ``MCoreMetadata``; with ``common_in_dcp``, the layout after
+    Megatron-Core deprecated ``common.pt`` (July 2026): ``common_state`` inside the DCP, a plain ``Metadata``.
+    Returns each iteration's weights as :func:`megatron_gpt_weights` gives them."""
+    import torch.multiprocessing as mp
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    store = save_dir / ".rendezvous"
+    try:
+        mp.spawn(_megatron_dist_worker, args=(tp, str(save_dir), str(store), tuple(iterations), layers, seed,
+                                              common_in_dcp), nprocs=tp)
+    finally:
+        store.unlink(missing_ok=True)
+    (save_dir / "latest_checkpointed_iteration.txt").write_text(str(max(iterations)))
+    return {i: megatron_gpt_weights(layers=layers, seed=seed + i) for i in iterations}
+
+
+def _accelerate_fsdp_worker(rank: int, world: int, project: str, store: str, saves: int) -> None:
+    import torch.distributed as dist
+    from accelerate import PartialState
+    from accelerate.checkpointing import save_accelerator_state
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import save_fsdp_model, save_fsdp_optimizer
+
+    import os
+
+    # accelerate's own process state (its logging needs one) sets up the gloo group, from a file rendezvous
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", OMP_NUM_THREADS="1")
+    accelerator = PartialState(cpu=True, init_method=f"file://{store}")
+    try:
+        model = _fsdp2_model(world)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.99))
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+        gen = torch.Generator().manual_seed(1)
+        for index in range(saves):
+            opt.zero_grad()
+            model(torch.randn(4, 8, generator=gen)).square().mean().backward()
+            opt.step()
+            out = f"{project}/checkpoints/checkpoint_{index}"
+            # Accelerator.save_state's FSDP branch (accelerate/accelerator.py), in its order
+            save_fsdp_model(plugin, accelerator, model, out, 0)
+            save_fsdp_optimizer(plugin, accelerator, opt, model, out, 0)
+            save_accelerator_state(out, [], [], [], [], rank, index + 1)
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def accelerate_fsdp_run(project: Path, saves: int = 2, world: int = 2) -> None:
+    """``Accelerator.save_state()`` under FSDP2 with ``SHARDED_STATE_DICT`` after each of ``saves`` AdamW steps on
+    :func:`dcp_model`, ``world`` gloo ranks: ``checkpoints/checkpoint_N/{pytorch_model_fsdp_0/, optimizer_0/,
+    random_states_R.pkl}`` (two DCP folders, written by accelerate's ``save_fsdp_model`` / ``save_fsdp_optimizer``
+    in ``utils/fsdp_utils.py``). The Accelerator refuses FSDP on CPU, so the fixture calls the functions its
+    ``save_state`` calls, in its order, on a real ``fully_shard`` model."""
+    import torch.multiprocessing as mp
+
+    project = Path(project).resolve()  # a file:// rendezvous URL needs an absolute path
+    store = project.parent / f".{project.name}.rendezvous"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mp.spawn(_accelerate_fsdp_worker, args=(world, str(project), str(store), saves), nprocs=world)
+    finally:
+        store.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from _fixtures_layouts import dcp_single_save, fsdp2_save
+from _fixtures_layouts import CodeRunningPayload, dcp_single_save, fsdp2_save
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from ckptboard.core.classify import classify
@@ -93,14 +93,6 @@ def test_flat_keys_beside_the_optimizer(tmp_path):
         assert torch.equal(ckpt.load(ckpt.tensors[0]), model[0].weight.detach())
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _old(path):
     os.utime(path, ns=(10**18, 10**18))  # long ago: a failing folder is damaged, not being written
 
@@ -139,7 +131,7 @@ def test_metadata_naming_code_is_refused_and_never_run(tmp_path, capsys):
     folder = tmp_path / "step-1"
     folder.mkdir()
     marker = tmp_path / "ran"
-    (folder / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    (folder / ".metadata").write_bytes(pickle.dumps(CodeRunningPayload(marker)))
     (folder / "__0_0.distcp").write_bytes(b"")
     with pytest.raises(UnsafeCheckpointError, match=r"\.metadata calls posix.system"):
         open_checkpoint(folder)
@@ -170,3 +162,26 @@ def test_lightning_sharded_ckpt_folder_takes_its_step_from_meta_pt(tmp_path):
     with open_checkpoint(folder) as ckpt:
         assert (ckpt.step, ckpt.step_source) == (7, StepSource.GLOBAL_STEP)
         assert ckpt.metadata["pytorch-lightning_version"] == "2.6.6"
+
+
+@pytest.mark.slow
+def test_fsdp2_optimizer_chunks_give_the_gradients_of_the_whole_state(fsdp2):
+    from ckptboard.core.gradients import gradient_rows
+
+    reference = torch.load(fsdp2 / "whole.pt", weights_only=False)  # DCP's own conversion of the folder
+    states = reference["optim"]["state"]
+    group = reference["optim"]["param_groups"][0]  # one AdamW group: lr 1e-2, betas (0.9, 0.999), eps 1e-8
+    with open_checkpoint(fsdp2 / "run" / "step-10") as ckpt:
+        classify(ckpt)
+        rows, notes = gradient_rows(ckpt)
+    assert not notes and sorted(r["name"] for r in rows) == sorted(n for n, t in _TRUTH.items() if t)
+    for row in rows:  # each state tensor put back together from both ranks' row chunks
+        state = states[row["name"]]
+        b1, b2 = group["betas"]
+        v_hat = state["exp_avg_sq"].double() / (1 - b2 ** float(state["step"]))  # one step: t = 1
+        m_hat = state["exp_avg"].double() / (1 - b1 ** float(state["step"]))
+        assert row["opt_step"] == 1.0 and row["lr"] == group["lr"]
+        assert row["grad_rms"] == pytest.approx(v_hat.mean().sqrt().item(), rel=1e-6)
+        update = group["lr"] * m_hat / (v_hat.sqrt() + group["eps"])
+        assert row["update_norm"] == pytest.approx(torch.linalg.norm(update).item(), rel=1e-6)
+        assert row["weight_norm"] == pytest.approx(torch.linalg.norm(reference["model"][row["name"]]).item(), rel=1e-6)

@@ -107,3 +107,22 @@ def test_megatron_tensor_parallel_ranks_are_groups(tmp_path):
         assert {t.trainable for t in ckpt.tensors} == {"true"}
         assert [o.key_path for o in ckpt.optimizers] == [
             "mp_rank_00/optimizer/optimizer", "mp_rank_01/optimizer/optimizer"]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_model_parallel_ranks_are_groups(tmp_path, stage):
+    # tensor parallelism 2 x data parallelism 2: under ZeRO-3 each model-parallel rank's weights come from its own
+    # zero_pp_rank_{0,1}_mp_rank_XX partitions only (mp_rank_01's are not more data-parallel ranks of mp_rank_00's)
+    models = deepspeed_checkpoint(tmp_path, "global_step30", stage=stage, world=2, mp=2)
+    names = sorted(p.name for p in (tmp_path / "global_step30").iterdir())
+    assert "zero_pp_rank_1_mp_rank_01_optim_states.pt" in names
+    with open_checkpoint(tmp_path / "global_step30") as ckpt:
+        classify(ckpt)
+        assert [g.name for g in ckpt.groups] == ["mp_rank_00", "mp_rank_01"]
+        assert any("2 model-parallel ranks, one group each" in n for n in ckpt.notes)
+        for rank, model in enumerate(models):
+            expected = model.state_dict()
+            group = [t for t in ckpt.tensors if t.group == f"mp_rank_{rank:02d}"]
+            assert {t.name: (t.kind, t.trainable) for t in group} == _truth(model)
+            for info in group:
+                assert torch.equal(ckpt.load(info), expected[info.name]), (rank, info.name)

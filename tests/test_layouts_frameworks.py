@@ -118,3 +118,55 @@ def test_a_stepless_copy_with_other_tensors_is_no_alias(tmp_path):
     torch.save({"w": torch.zeros(2), "global_step": 2}, tmp_path / "last.pt")  # other bytes: a checkpoint of its own
     names = [c.path.name for c in discover(tmp_path)[0].checkpoints]
     assert names == ["step_1.safetensors", "step_2.pt", "last.pt"]
+
+
+@pytest.mark.slow
+def test_accelerate_fsdp_sharded_state_is_read_from_its_dcp_folders(tmp_path):
+    import torch
+    from _fixtures_layouts import accelerate_fsdp_run
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from ckptboard.core.gradients import gradient_rows
+
+    accelerate_fsdp_run(tmp_path / "project", saves=2)  # two gloo ranks: pytorch_model_fsdp_0/ + optimizer_0/
+    runs = discover(tmp_path / "project")
+    assert [(r.name, [c.relpath for c in r.checkpoints]) for r in runs] == [
+        ("checkpoints", ["checkpoints/checkpoint_0", "checkpoints/checkpoint_1"])]
+    folder = tmp_path / "project" / "checkpoints" / "checkpoint_1"
+    assert runs[0].checkpoints[1].size == sum(  # every DCP file is in the identity; random_states are not
+        f.stat().st_size for sub in ("pytorch_model_fsdp_0", "optimizer_0") for f in (folder / sub).iterdir())
+    for sub in ("pytorch_model_fsdp_0", "optimizer_0"):  # DCP's own reading of what accelerate wrote
+        dcp_to_torch_save(folder / sub, tmp_path / f"{sub}.pt")
+    model = torch.load(tmp_path / "pytorch_model_fsdp_0.pt", weights_only=True)["model"]
+    optim = torch.load(tmp_path / "optimizer_0.pt", weights_only=False)["optimizer"]  # written just now, by DCP
+    with open_checkpoint(folder) as ckpt:
+        classify(ckpt)
+        assert ckpt.format == CheckpointFormat.ACCELERATE and (ckpt.step, ckpt.step_source) == (1, StepSource.FILENAME)
+        assert [g.name for g in ckpt.groups] == ["pytorch_model_fsdp_0/model"]
+        assert [o.key_path for o in ckpt.optimizers] == ["optimizer_0/optimizer"]
+        assert {t.name: t.trainable for t in ckpt.tensors} == {  # the LayerNorm weight is frozen (dcp_model)
+            "0.weight": "true", "0.bias": "true", "1.weight": "false", "1.bias": "true", "2.weight": "true",
+            "2.bias": "true"}
+        for info in ckpt.tensors:  # both ranks' row chunks, put back in place
+            assert torch.equal(ckpt.load(info), model[info.name]), info.name
+        rows, notes = gradient_rows(ckpt)
+    assert not notes and len(rows) == 5
+    group = optim["param_groups"][0]  # AdamW lr 1e-2, betas (0.9, 0.99); two steps taken
+    for row in rows:
+        state = optim["state"][row["name"]]
+        v_hat = state["exp_avg_sq"].double() / (1 - group["betas"][1] ** float(state["step"]))
+        assert row["opt_step"] == 2 and row["lr"] == group["lr"] == 1e-2
+        assert row["grad_rms"] == pytest.approx(v_hat.mean().sqrt().item(), rel=1e-6)
+
+
+def test_accelerate_fsdp_per_rank_files_are_refused_with_a_reason(tmp_path):
+    import torch
+
+    # accelerate/utils/fsdp_utils.py names for LOCAL_STATE_DICT (or use_dcp=False): one flat shard per rank
+    folder = tmp_path / "checkpoint_0"
+    folder.mkdir()
+    for rank in (0, 1):
+        torch.save({"_flat_param": torch.zeros(4)}, folder / f"pytorch_model_fsdp_0_rank{rank}.bin")
+        torch.save({"step": rank}, folder / f"random_states_{rank}.pkl")
+    with pytest.raises(CorruptCheckpointError, match=r"checkpoint_0: FSDP per-rank files \(pytorch_model_fsdp_0_rank0"):
+        open_checkpoint(folder)

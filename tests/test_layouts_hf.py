@@ -65,7 +65,22 @@ def test_registry_refuses_a_second_layout_of_the_same_name():
             name = "dcp"
 
     assert [layout.name for layout in registered()] == [
-        "dcp", "deepspeed", "megatron", "peft", "hf_trainer", "accelerate", "hf_model"]
+        "megatron_dist", "dcp", "deepspeed", "megatron", "peft", "hf_trainer", "accelerate", "hf_model"]
+
+
+def test_register_before_puts_a_specific_layout_ahead_of_the_general_one():
+    from ckptboard.core.layouts import _REGISTRY
+
+    before = dict(_REGISTRY)
+    try:
+        @register(before="deepspeed")
+        class Narrow(Layout):
+            name = "narrow"
+
+        assert [layout.name for layout in registered()][:4] == ["megatron_dist", "dcp", "narrow", "deepspeed"]
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
 
 
 def test_plain_folder_is_no_layout(tmp_path):

@@ -4,8 +4,10 @@ Every chunk (and every non-tensor value) is its own ``torch.save`` zip written o
 file (``FileSystemWriter``, torch 2.x); ``.metadata`` says which file, at which offset, how long. A tensor is
 rebuilt on demand from its chunks: each chunk's zip is read through a view of its byte range (pickle by
 :mod:`safe_unpickle`, storage record read with one ``readinto``, straight into place for whole-row chunks; no
-mmap, so a file truncated meanwhile is an error, not a SIGBUS). One tensor at a time is assembled (a tensor saved
-as one chunk is its record's buffer, no second copy); the statistics then stream over it as over any other tensor.
+mmap, so a file truncated meanwhile is an error, not a SIGBUS). :meth:`DcpReader.materialise` assembles one
+tensor (a tensor saved as one chunk is its record's buffer, no second copy); the statistics of a tensor of several
+chunks never ask for it: they read :meth:`DcpReader.read_chunk` one chunk at a time (:mod:`ckptboard.core.shards`),
+and the previous checkpoint's same block with :meth:`DcpReader.read_region`.
 """
 
 from __future__ import annotations
@@ -116,6 +118,43 @@ class DcpReader(FileReader):
             raise CorruptCheckpointError(self.path, f"{item.fqn}: its chunks cover {covered} of {out.numel()} elements")
         return out if device.type == "cpu" else out.to(device)
 
+    def chunks(self, lazy: LazyTensor) -> list[DcpChunk]:
+        """The chunks of ``lazy``'s tensor in the order of their offsets (the first holds element 0), checked to
+        cover the tensor: the order in which per-chunk statistics are merged, whichever task computed them."""
+        item = self.dcp.items[lazy.storage.key]
+        chunks = sorted(item.chunks, key=lambda c: c.offsets)
+        covered = sum(_numel(c.sizes) for c in chunks)
+        if covered != _numel(item.shape) or (chunks and any(chunks[0].offsets)):
+            raise CorruptCheckpointError(self.path, f"{item.fqn}: its chunks cover {covered} of "
+                                                    f"{_numel(item.shape)} elements")
+        return chunks
+
+    def read_chunk(self, lazy: LazyTensor, chunk: DcpChunk) -> torch.Tensor:
+        """One chunk of ``lazy``'s tensor (shape ``chunk.sizes``), read on its own from its ``.distcp`` file."""
+        return self._read_chunk(self.dcp.items[lazy.storage.key], chunk)
+
+    def read_region(self, lazy: LazyTensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+        """The block ``[offsets, offsets + sizes)`` of ``lazy``'s tensor, copied from the chunks it overlaps, one
+        chunk read at a time (the previous checkpoint's part of a chunk, when the two are chunked differently)."""
+        item = self.dcp.items[lazy.storage.key]
+        out = torch.empty(sizes, dtype=item.dtype)
+        covered = 0
+        for chunk in item.chunks:
+            lo = [max(o, c) for o, c in zip(offsets, chunk.offsets)]
+            hi = [min(o + n, c + m) for o, n, c, m in zip(offsets, sizes, chunk.offsets, chunk.sizes)]
+            if any(a >= b for a, b in zip(lo, hi)) and lo:
+                continue
+            piece = self._read_chunk(item, chunk)
+            src = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, chunk.offsets))
+            dst = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offsets))
+            out[dst] = piece[src]
+            covered += _numel(tuple(b - a for a, b in zip(lo, hi)))
+            del piece
+        if covered != out.numel():
+            raise CorruptCheckpointError(self.path, f"{item.fqn}: its chunks cover {covered} of the {out.numel()} "
+                                                    f"elements at {offsets}")
+        return out
+
     def _read_chunk(self, item: DcpItem, chunk: DcpChunk, into: torch.Tensor | None = None) -> torch.Tensor | None:
         """One chunk's tensor: its zip's pickle read safely, its storage record read from the file; with ``into``
         (contiguous, the chunk's size) a contiguous record is read into it instead and None is returned."""
@@ -201,3 +240,10 @@ def _read_into(guarded: GuardedFile, offset: int, into: torch.Tensor, what: str)
             done += n
     guarded.check()
 
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    numel = 1
+    for n in shape:
+        numel *= n
+    return numel

@@ -51,6 +51,9 @@ _RECORDS = {
         f"{_DCP}.metadata.ChunkStorageMetadata", f"{_DCP}.metadata.BytesStorageMetadata",
         f"{_DCP}.metadata.MetadataIndex", f"{_DCP}.metadata.StorageMeta", f"{_DCP}.filesystem._StorageInfo",
         "torch.distributed._shard.sharded_tensor.metadata.TensorProperties",  # torch < 2.2 wrote it from there
+        # Megatron-Core 0.15's torch_dist: DCP's Metadata plus ``mcore_data`` (megatron/core/dist_checkpointing/
+        # strategies/torch.py), the root of its ``.metadata``
+        "megatron.core.dist_checkpointing.strategies.torch.MCoreMetadata",
     )
 }  # fmt: skip
 _VALUES = {
@@ -139,7 +142,7 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _convert(root: Any, folder: Path) -> DcpMetadata:
-    if getattr(root, "qualname", "").rpartition(".")[2] != "Metadata":
+    if getattr(root, "qualname", "").rpartition(".")[2] not in ("Metadata", "MCoreMetadata"):
         raise ValueError(f"the pickle holds {type(root).__name__}")
     where: dict[tuple[str, tuple[int, ...] | None], Any] = {}
     for index, info in (getattr(root, "storage_data", None) or {}).items():

@@ -28,6 +28,7 @@ __all__ = [
     "LazyStorage",
     "LazyTensor",
     "Skipped",
+    "BytesBuffer",
     "DangerousGlobal",
     "BadRecord",
     "SafeUnpickler",
@@ -137,6 +138,21 @@ class Skipped:
 
     def __repr__(self) -> str:
         return f"<skipped {self.qualname}>"
+
+
+class BytesBuffer(Skipped):
+    """``io.BytesIO`` as pickled (TransformerEngine's ``_extra_state``: its FP8 scaling state, itself a
+    ``torch.save`` pickle): only the length is kept, the bytes are never read as a pickle. NEWOBJ with no
+    arguments, then BUILD with ``(bytes, position, dict or None)``; any other state is refused."""
+
+    qualname = "_io.BytesIO"
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 3 and isinstance(state[0], (bytes, bytearray))
+                and type(state[1]) is int and (state[2] is None or type(state[2]) is dict) and not self.args):
+            raise BadRecord(f"io.BytesIO state {short_repr(state)} is not (bytes, position, dict)")
+        self.nbytes = len(state[0])
+        self.state = f"<{self.nbytes} bytes>"  # what an inspect report shows; the content is not kept
 
 
 StorageHook = Callable[[torch.dtype, str, str, int, Any], LazyStorage]
@@ -291,6 +307,7 @@ _ALLOWED: dict[str, Any] = {
     "_codecs.encode": _latin1_encode,
     "torch.Size": torch.Size,
     "torch.device": torch.device,
+    "_io.BytesIO": BytesBuffer, "io.BytesIO": BytesBuffer,  # data only; every other io / _io global stays refused
     **{f"torch.{name}": getattr(torch, name) for name in _QSCHEMES},
     **_REBUILDERS,
 }  # fmt: skip

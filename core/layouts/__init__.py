@@ -65,12 +65,21 @@ class Layout:
 _REGISTRY: dict[str, Layout] = {}
 
 
-def register(cls: type[Layout]) -> type[Layout]:
-    """Class decorator: add one instance of ``cls`` to the registry, after those already there."""
-    if not cls.name or cls.name in _REGISTRY:
-        raise UsageError(f"layout name {cls.name!r} is empty or registered twice")
-    _REGISTRY[cls.name] = cls()
-    return cls
+def register(cls: type[Layout] | None = None, *, before: str = ""):
+    """Class decorator: add one instance of ``cls`` to the registry, after those already there, or just ``before``
+    the layout of that name (a more specific layout that builds on a general one, imported after it)."""
+
+    def add(cls: type[Layout]) -> type[Layout]:
+        if not cls.name or cls.name in _REGISTRY:
+            raise UsageError(f"layout name {cls.name!r} is empty or registered twice")
+        items = list(_REGISTRY.items())
+        at = next((i for i, (name, _) in enumerate(items) if name == before), len(items))
+        items.insert(at, (cls.name, cls()))
+        _REGISTRY.clear()
+        _REGISTRY.update(items)
+        return cls
+
+    return add if cls is None else add(cls)
 
 
 def registered() -> list[Layout]:
@@ -103,3 +112,4 @@ def checkpoint_files(path: Path) -> list[Path]:
 
 # Registration order is detection order: the most specific markers first.
 from ckptboard.core.layouts import dcp, deepspeed, megatron, peft, hf_trainer, accelerate, hf_model  # noqa: E402,F401
+from ckptboard.core.layouts import megatron_dist  # noqa: E402,F401  (registered before dcp)

@@ -26,6 +26,11 @@ def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.devic
     contents = Contents()
     try:
         for group, file in match.weights:
+            if file.is_dir():  # a DCP folder inside the checkpoint (accelerate's FSDP pytorch_model_fsdp_0/)
+                found = _dcp_contents(file, ckpt)
+                contents.groups += [(f"{group}/{inner}" if inner else group, t) for inner, t in found.groups]
+                contents.optimizers += _named(found.optimizers, group)
+                continue
             reader = _file_reader(file, file.name)[0]
             ckpt._readers.append(reader)
             found = split_contents(reader.read_root(), _read_scalar)
@@ -40,7 +45,10 @@ def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.devic
                 contents.metadata.setdefault(key, value)
             ckpt.skipped_globals += [g for g in reader.skipped_globals if g not in ckpt.skipped_globals]
             ckpt.notes += [n for n in reader.notes if n not in ckpt.notes]
-        contents.optimizers += read_optimizers(match.optimizers, match.path, keep=ckpt._readers)
+        contents.optimizers += read_optimizers([f for f in match.optimizers if not f.is_dir()], match.path,
+                                               keep=ckpt._readers)
+        for folder in (f for f in match.optimizers if f.is_dir()):  # accelerate's FSDP optimizer_0/ DCP folder
+            contents.optimizers += _named(_dcp_contents(folder, ckpt).optimizers, folder.name)
     except BaseException:
         ckpt.close()
         raise
@@ -49,6 +57,23 @@ def open_file_set(match: LayoutMatch, fmt: CheckpointFormat, device: torch.devic
     if match.step is not None:
         ckpt.step, ckpt.step_source = match.step, match.step_source
     return ckpt
+
+
+def _dcp_contents(folder: Path, ckpt) -> Contents:
+    """The groups and optimizers of a DCP folder inside a checkpoint; its reader joins the checkpoint's readers."""
+    from ckptboard.core.formats.dcp import DcpReader
+    from ckptboard.core.layouts.dcp import Dcp
+
+    reader = DcpReader(folder)
+    ckpt._readers.append(reader)
+    contents, _ = Dcp()._contents(LayoutMatch(Dcp(), folder, files=[]), reader, ckpt)
+    return contents
+
+
+def _named(optimizers: list[OptimizerState], where: str) -> list[OptimizerState]:
+    for opt in optimizers:
+        opt.key_path = f"{where}/{opt.key_path}" if opt.key_path else where
+    return optimizers
 
 
 def read_optimizers(files: list[Path], folder: Path, keep: list | None = None) -> list[OptimizerState]:

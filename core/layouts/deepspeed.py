@@ -9,8 +9,11 @@
 The model-states file's ``param_shapes`` (the optimizer's parameters), ``frozen_param_shapes`` and ``buffer_names``
 give exact verdicts (source ``deepspeed:…``); ``shared_params`` ties. Under ZeRO-3 each weight is rebuilt from
 the ranks' flat partitions one tensor at a time (:mod:`ckptboard.core.formats.deepspeed_zero`). With several
-model-parallel ranks under ZeRO 0-2, each ``mp_rank_XX`` file is a group named so; under ZeRO-3 only ``mp_rank_00``
-is read (a note says so). The step is the tag's number (``global_step100``).
+model-parallel ranks (tensor parallelism: ``mp_world_size`` > 1), each rank's weights are a group named ``mp_rank_XX``
+(its slices are not concatenated: a note says so): under ZeRO 0-2 its ``mp_rank_XX_model_states.pt``; under ZeRO-3
+rebuilt from ``zero_pp_rank_R_mp_rank_XX_*`` alone, as each model-parallel rank partitions its own slice over the
+data-parallel ranks (``zero_to_fp32.py`` itself reads ``mp_rank_00`` only). The step is the tag's number
+(``global_step100``).
 """
 
 from __future__ import annotations
@@ -49,10 +52,8 @@ class DeepSpeed(Layout):
     def detect(self, folder: Path) -> LayoutMatch | None:
         names = {p.name for p in folder.iterdir() if p.is_file()}
         models = sorted((n for n in names if _MODEL.fullmatch(n)), key=lambda n: int(_MODEL.fullmatch(n).group(1)))
-        zero3 = sorted((n for n in names if (m := _ZERO3_MODEL.fullmatch(n)) and m.group(2) == "00"),
-                       key=lambda n: int(_ZERO3_MODEL.fullmatch(n).group(1)))
-        optims = sorted((n for n in names if (m := _OPTIM.fullmatch(n)) and m.group(2) == "00"),
-                        key=lambda n: int(_OPTIM.fullmatch(n).group(1)))
+        zero3 = sorted((n for n in names if _ZERO3_MODEL.fullmatch(n)), key=lambda n: _ranks(_ZERO3_MODEL, n))
+        optims = sorted((n for n in names if _OPTIM.fullmatch(n)), key=lambda n: _ranks(_OPTIM, n))
         if not (models or zero3 or optims):
             return None
         if not (models or zero3):
@@ -149,9 +150,35 @@ def _zero012(match: LayoutMatch, ckpt) -> tuple[Contents, dict, dict]:
     return contents, verdicts, metadata
 
 
+def _ranks(pattern: re.Pattern, name: str) -> tuple[int, int]:
+    """``(model-parallel rank, data-parallel rank)`` of a ZeRO file name: files sort by slice, then partition."""
+    m = pattern.fullmatch(name)
+    return int(m.group(2)), int(m.group(1))
+
+
 def _zero3(match: LayoutMatch, ckpt) -> tuple[Contents, dict, dict]:
-    models = [f for f in match.files if f.name.endswith("_model_states.pt")]
-    optims = [f for f in match.files if f.name.endswith("_optim_states.pt")]
+    by_mp: dict[int, list[Path]] = {}
+    for file in match.files:
+        pattern = _ZERO3_MODEL if file.name.endswith("_model_states.pt") else _OPTIM
+        by_mp.setdefault(_ranks(pattern, file.name)[0], []).append(file)
+    contents, verdicts, metadata = Contents(), {}, {}
+    for mp_rank, files in sorted(by_mp.items()):
+        tensors, rank_verdicts, metadata = _zero3_slice(files, ckpt)
+        group = "" if len(by_mp) == 1 else f"mp_rank_{mp_rank:02d}"
+        contents.groups.append((group, tensors))
+        verdicts.update(rank_verdicts)
+    if len(by_mp) > 1:
+        ckpt.notes.append(f"{len(by_mp)} model-parallel ranks, one group each (mp_rank_XX): tensor-parallel slices "
+                          "are not concatenated")
+    return contents, verdicts, metadata
+
+
+def _zero3_slice(files: list[Path], ckpt) -> tuple[dict[str, Any], dict, dict]:
+    """One model-parallel rank's weights, rebuilt from its data-parallel ranks' partitions."""
+    models = [f for f in files if f.name.endswith("_model_states.pt")]
+    optims = [f for f in files if f.name.endswith("_optim_states.pt")]
+    if not models:
+        raise CorruptCheckpointError(ckpt.path, f"{optims[0].name} has no model-states file beside it")
     roots = [_model_state(ckpt, f)[0] for f in models]
     root = roots[0]
     world = len(models)
@@ -194,9 +221,10 @@ def _zero3(match: LayoutMatch, ckpt) -> tuple[Contents, dict, dict]:
     for alias, target in (root.get("shared_params") or {}).items():
         if target in tensors and alias not in tensors:
             tensors[str(alias)] = tensors[target]
-    ckpt.notes.append(f"ZeRO-3 over {world} data-parallel ranks: weights rebuilt from the fp32 partitions")
-    contents = Contents(groups=[("", tensors)])
-    return contents, _verdicts(root, list(tensors)), _metadata(root)
+    note = f"ZeRO-3 over {world} data-parallel ranks: weights rebuilt from the fp32 partitions"
+    if note not in ckpt.notes:
+        ckpt.notes.append(note)
+    return tensors, _verdicts(root, list(tensors)), _metadata(root)
 
 
 def _prod(shape: tuple[int, ...]) -> int:

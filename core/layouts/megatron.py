@@ -9,7 +9,7 @@ Each rank's file (``megatron/training/checkpointing.py``: ``args``, ``checkpoint
 or ``model0``/``model1`` … for virtual pipeline stages, ``optimizer``, ``opt_param_scheduler``, ``rng_state``) is a
 group named by its rank folder (``mp_rank_01/model``): tensor-parallel ranks hold different slices of the same
 parameters, so they stay separate groups and are not concatenated. The optimizer's fp32 master copies are not
-listed. The step is ``iteration`` (else the folder's number). ``torch_dist`` checkpoints are DCP folders.
+listed. The step is ``iteration`` (else the folder's number). ``torch_dist`` checkpoints: :mod:`.megatron_dist`.
 """
 
 from __future__ import annotations
