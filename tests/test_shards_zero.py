@@ -1,0 +1,150 @@
+"""DeepSpeed ZeRO-3 ``global_stepN/`` folders as shard tasks: each parameter's rank slices are its chunks (one per
+``zero_pp_rank_R_mp_rank_XX_optim_states.pt``, in rank order, padding excluded), summarised one slice at a time and
+merged exactly; the shard planner makes one task per rank's optim-states file. DeepSpeed does not run here: the
+fixture writes the folders as ``deepspeed/runtime/engine.py`` does (:func:`_fixtures_layouts.deepspeed_checkpoint`)."""
+
+from __future__ import annotations
+
+import math
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _fixtures_layouts import deepspeed_checkpoint
+from _fixtures_shards import age, assert_same_fragments
+
+from ckptboard.core.executors import LocalExecutor
+from ckptboard.core.formats.deepspeed_zero import Zero3Reader
+from ckptboard.core.formats.torchzip import TorchZipReader
+from ckptboard.core.load import load_stats
+from ckptboard.core.merge import PARTS_DIRNAME
+from ckptboard.core.reader import open_checkpoint
+from ckptboard.core.shards import split_chunks
+from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL
+from ckptboard.core.summarize import execute, plan, shard_tasks
+
+_WORLD, _VOCAB, _WIDTH = 4, 999, 1000
+# emb.weight (tied to head.weight): 999 x 6 = 5,994 elements, ceil(5,994 / 4) = 1,499 a rank, the last rank's slice
+# 5,994 - 3 x 1,499 = 1,497 (2 padding); frozen.weight (frozen fragments in the model-states files): 5 x 1,000 =
+# 5,000, 1,250 a rank. Both are larger than EXACT_PERCENTILE_NUMEL (4,096): the per-slice path.
+_SPLIT = ("emb.weight", "head.weight", "frozen.weight")
+
+
+def _series(root: Path, stage: int = 3) -> dict[int, torch.nn.Module]:
+    return {step: deepspeed_checkpoint(root, f"global_step{step}", stage=stage, world=_WORLD, seed=step,
+                                       vocab=_VOCAB, width=_WIDTH) for step in (10, 20)}
+
+
+@pytest.fixture(scope="module")
+def zero_root(tmp_path_factory) -> tuple[Path, dict[int, torch.nn.Module]]:
+    root = tmp_path_factory.mktemp("zero3")
+    models = _series(root)
+    age(root)
+    return root, models
+
+
+def _summarise(root: Path, cache: Path, executor, split: bool):
+    report = execute(plan(root, cache_dir=cache), executor, split=split)
+    assert report.ok, report.failures
+    assert not (cache / PARTS_DIRNAME).exists()  # every part's results merged and removed
+    return report
+
+
+def test_zero3_slices_are_chunks_in_rank_order_without_padding(zero_root):
+    root, _ = zero_root
+    with open_checkpoint(root / "global_step10") as ckpt:
+        emb = next(t for t in ckpt.tensors if t.name == "emb.weight")
+        chunks = split_chunks(ckpt, emb)
+        assert [(c.rank, c.start, c.count) for c in chunks] == [(0, 0, 1499), (1, 1499, 1499), (2, 2998, 1499),
+                                                                (3, 4497, 1497)]
+        assert [c.file for c in chunks] == [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4)]
+        frozen = split_chunks(ckpt, next(t for t in ckpt.tensors if t.name == "frozen.weight"))
+        assert [c.file for c in frozen] == [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(4)]
+        assert split_chunks(ckpt, next(t for t in ckpt.tensors if t.name == "fc.weight")) is None  # 15: read whole
+
+
+def test_zero3_one_task_and_one_task_per_rank_file_give_the_same_tables(zero_root, tmp_path):
+    root, _ = zero_root
+    _summarise(root, tmp_path / "one", LocalExecutor(1), split=False)
+    parts = shard_tasks(plan(root, cache_dir=tmp_path / "many").tasks, 2, split=True)
+    assert [t.part.count for t in parts] == [_WORLD] * 8  # 2 checkpoints x 4 optim-states files
+    models = tuple(f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(_WORLD))
+    assert parts[0].part.files == ("zero_pp_rank_0_mp_rank_00_optim_states.pt", *models)  # the lead: buffers, frozen
+    assert parts[3].part.files == ("zero_pp_rank_3_mp_rank_00_optim_states.pt",)
+    many = _summarise(root, tmp_path / "many", LocalExecutor(2), split=True)
+    assert many.checkpoints == 2 and many.tensors == 2 * 11  # 8 parameter names (head.weight tied to emb.weight), 3 buffers
+    assert_same_fragments(tmp_path / "one", tmp_path / "many")
+    tables = load_stats(root, tmp_path / "many")
+    assert set(tables.updates.name) >= set(_SPLIT)  # step 20's slices against step 10's
+
+
+def test_zero3_statistics_equal_those_of_the_rebuilt_weights(zero_root, tmp_path):
+    """Against the same weights saved whole (``torch.save`` of the model's state_dict): counts, extremes, histogram,
+    percentiles exactly; std, abs_mean, norm to 1e-12 relative and the mean to 1e-12 of the RMS (the slices' sums
+    are added in another order than one pass over the whole); the update statistics to 1e-12 relative."""
+    root, models = zero_root
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    for step, model in models.items():
+        torch.save(model.state_dict(), whole / f"global_step{step}.pt")
+    age(whole)
+    _summarise(whole, tmp_path / "a", LocalExecutor(1), split=False)
+    _summarise(root, tmp_path / "b", LocalExecutor(2), split=True)
+    a, b = load_stats(whole, tmp_path / "a"), load_stats(root, tmp_path / "b")
+    ta = a.tensors[a.tensors.checkpoint == "global_step20.pt"].set_index("name")
+    tb = b.tensors[b.tensors.checkpoint == "global_step20"].set_index("name")
+    assert sorted(ta.index) == sorted(tb.index)
+    for name in _SPLIT:
+        assert tb.loc[name, "numel"] > EXACT_PERCENTILE_NUMEL
+        for column in [c for c in ta.columns if c.startswith("p") and c[1:].isdigit()] + [
+            "numel", "zeros", "nans", "posinfs", "neginfs", "min", "max"
+        ]:
+            assert tb.loc[name, column] == ta.loc[name, column], (name, column)
+        for column in ("std", "abs_mean", "norm"):
+            assert tb.loc[name, column] == pytest.approx(ta.loc[name, column], rel=1e-12, abs=0.0), (name, column)
+        rms = math.hypot(ta.loc[name, "mean"], ta.loc[name, "std"])  # the mean's error is one of the RMS
+        assert tb.loc[name, "mean"] == pytest.approx(ta.loc[name, "mean"], rel=0.0, abs=1e-12 * rms), name
+    ha = a.histograms[a.histograms.checkpoint == "global_step20.pt"].set_index("name")
+    hb = b.histograms[b.histograms.checkpoint == "global_step20"].set_index("name")
+    for name in _SPLIT:
+        for column in ("lo", "hi", "counts"):
+            np.testing.assert_array_equal(np.asarray(hb.loc[name, column]), np.asarray(ha.loc[name, column]))
+    ua, ub = a.updates.set_index("name"), b.updates.set_index("name")
+    for name in _SPLIT:
+        for column in ("update_norm", "update_ratio", "cosine", "dist_from_first", "rel_dist_from_first"):
+            assert ub.loc[name, column] == pytest.approx(ua.loc[name, column], rel=1e-12, abs=0.0), (name, column)
+
+
+def test_a_zero3_weight_is_read_one_rank_slice_at_a_time(zero_root, tmp_path, monkeypatch):
+    """No parameter above the exact-percentile size is assembled, and no read from a rank file returns more than one
+    slice: each flat group (1,499 x 2 + 15 + 3 + 5 + 5 = 3,026 elements a rank) is never read whole (spies on the
+    real readers: every read still happens)."""
+    assembled, reads = [], []
+    materialise, read_elements = Zero3Reader.materialise, TorchZipReader.read_elements
+
+    def spy_materialise(self, lazy, device):
+        out = materialise(self, lazy, device)
+        if not any(frame.name == "gradient_rows" for frame in traceback.extract_stack()):
+            assembled.append(out.numel())
+        return out
+
+    def spy_read_elements(self, lazy, start, count):
+        out = read_elements(self, lazy, start, count)
+        reads.append((out.numel(), count))
+        return out
+
+    monkeypatch.setattr(Zero3Reader, "materialise", spy_materialise)
+    monkeypatch.setattr(TorchZipReader, "read_elements", spy_read_elements)
+    root, _ = zero_root
+    _summarise(root, tmp_path / "c", LocalExecutor(1), split=False)
+    assert assembled and max(assembled) <= EXACT_PERCENTILE_NUMEL
+    assert reads and all(got == count for got, count in reads)
+    assert max(count for _, count in reads) == 1499  # emb.weight's slice on ranks 0-2 (frozen.weight's: 1,250)
+
+
+def test_zero2_folders_are_not_split(tmp_path):
+    _series(tmp_path, stage=2)
+    parts = shard_tasks(plan(tmp_path, cache_dir=tmp_path / "c").tasks, 2, split=True)
+    assert [t.part for t in parts] == [None, None]  # one model-states file holds every weight
