@@ -6,6 +6,7 @@ fixture writes the folders as ``deepspeed/runtime/engine.py`` does (:func:`_fixt
 from __future__ import annotations
 
 import math
+import os
 import traceback
 from pathlib import Path
 
@@ -148,3 +149,40 @@ def test_zero2_folders_are_not_split(tmp_path):
     _series(tmp_path, stage=2)
     parts = shard_tasks(plan(tmp_path, cache_dir=tmp_path / "c").tasks, 2, split=True)
     assert [t.part for t in parts] == [None, None]  # one model-states file holds every weight
+
+
+def test_zero3_with_model_parallel_ranks_splits_by_every_optim_states_file(tmp_path):
+    # tensor parallelism 2 x data parallelism 2: 4 optim-states files, 4 parts; each mp rank's group is merged from
+    # its own 2 slices (zero_pp_rank_{0,1}_mp_rank_XX), never from the other mp rank's
+    for step in (10, 20):
+        deepspeed_checkpoint(tmp_path / "run", f"global_step{step}", stage=3, world=2, mp=2, seed=step, vocab=_VOCAB,
+                             width=_WIDTH)
+    root = tmp_path / "run"
+    age(root)
+    parts = shard_tasks(plan(root, cache_dir=tmp_path / "many").tasks, 2, split=True)
+    assert [t.part.count for t in parts] == [4] * 8
+    assert [t.part.files[0] for t in parts[:4]] == [f"zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt"
+                                                    for mp in (0, 1) for dp in (0, 1)]
+    _summarise(root, tmp_path / "one", LocalExecutor(1), split=False)
+    _summarise(root, tmp_path / "many", LocalExecutor(2), split=True)
+    assert_same_fragments(tmp_path / "one", tmp_path / "many")
+    tables = load_stats(root, tmp_path / "many")
+    emb = tables.tensors[tables.tensors.name == "emb.weight"]
+    assert sorted(emb.group) == ["mp_rank_00", "mp_rank_00", "mp_rank_01", "mp_rank_01"] and emb.numel.eq(5994).all()
+
+
+def test_a_truncated_rank_file_fails_its_checkpoint_in_one_line(zero_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "ckpts"
+    shutil.copytree(zero_root[0], root)
+    path = root / "global_step20" / "zero_pp_rank_2_mp_rank_00_optim_states.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    age(root)
+    for folder in root.iterdir():  # long ago: damaged, not being written
+        os.utime(folder, ns=(10**18, 10**18))
+    report = execute(plan(root, cache_dir=tmp_path / "c"), LocalExecutor(2), split=True)
+    assert report.checkpoints == 1 and [f.relpath for f in report.failures] == ["global_step20"]
+    assert report.failures[0].error in ("CorruptCheckpointError", "NotACheckpointError")
+    assert "\n" not in report.failures[0].message
+    assert not (tmp_path / "c" / PARTS_DIRNAME).exists()
