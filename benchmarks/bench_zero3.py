@@ -39,7 +39,8 @@ import json, resource, sys, time
 from pathlib import Path
 from ckptboard.core.executors import LocalExecutor
 from ckptboard.core.summarize import execute, plan
-root, warm, cache, workers, split = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+root, warm, cache = (Path(a) for a in sys.argv[1:4])
+workers, split = int(sys.argv[4]), sys.argv[5] == "1"
 execute(plan(warm, cache_dir=cache / "warm"), LocalExecutor(1), split=False)
 def status(key):
     with open("/proc/self/status") as f:

@@ -75,7 +75,7 @@ def test_zero3_one_task_and_one_task_per_rank_file_give_the_same_tables(zero_roo
     assert parts[0].part.files == ("zero_pp_rank_0_mp_rank_00_optim_states.pt", *models)  # the lead: buffers, frozen
     assert parts[3].part.files == ("zero_pp_rank_3_mp_rank_00_optim_states.pt",)
     many = _summarise(root, tmp_path / "many", LocalExecutor(2), split=True)
-    assert many.checkpoints == 2 and many.tensors == 2 * 11  # 8 parameter names (head.weight tied to emb.weight), 3 buffers
+    assert many.checkpoints == 2 and many.tensors == 2 * 11  # 8 parameter names (head.weight tied), 3 buffers
     assert_same_fragments(tmp_path / "one", tmp_path / "many")
     tables = load_stats(root, tmp_path / "many")
     assert set(tables.updates.name) >= set(_SPLIT)  # step 20's slices against step 10's
