@@ -11,7 +11,11 @@ With ``--browser`` it also measures what a user sees: ``ckptboard serve`` on the
 (``/usr/bin/chromium``): the time from opening the URL to the Overview's chart on screen, in a fresh server (cold:
 the cache is read) and in a new tab of a running server, and from a click on a view to its content on screen.
 
-Usage: ``python benchmarks/bench_app.py [--work DIR] [--checkpoints 200] [--repeats 5] [--browser]``
+With ``--root ROOT`` it measures an existing summarised series instead (e.g. one written by ``bench_scale.py``),
+each AppTest round in a fresh process, and reports peak memory: the AppTest process's ``ru_maxrss`` (the app's own
+memory, no browser) and, with ``--browser``, the Streamlit server's ``VmHWM`` after the round.
+
+Usage: ``python benchmarks/bench_app.py [--work DIR] [--checkpoints 200] [--root ROOT] [--repeats 5] [--browser]``
 """
 
 from __future__ import annotations
@@ -93,13 +97,13 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def one_round(root: Path) -> dict[str, float]:
-    """Seconds for: the cache's own reads (side by side), a cold first render, each view twice (first visit,
-    memoised), and the first render of a second session while the server is warm."""
+def one_round(root: Path, baselines: bool = True) -> dict[str, float]:
+    """Seconds for: the cache's own reads (side by side, with ``baselines``), a cold first render, each view twice
+    (first visit, memoised), and the first render of a second session while the server is warm."""
     times = {
         "load_stats alone": _timed(lambda: load_stats(root)),
         "plan alone (look for new files)": _timed(lambda: plan(root)),
-    }
+    } if baselines else {}
     st.cache_resource.clear()
     st.cache_data.clear()
     at = _new_session(root)
@@ -110,6 +114,38 @@ def one_round(root: Path) -> dict[str, float]:
             times[f"{view} ({visit})"] = _timed_run(at)
     times["first render (new session, warm)"] = _timed_run(_new_session(root))
     return times
+
+
+def probe_round(root: Path) -> dict[str, float]:
+    """:func:`one_round` (the app only) in a fresh process, with that process's peak RSS in MB."""
+    import json
+
+    done = subprocess.run([sys.executable, __file__, "--probe", str(root)], check=True, capture_output=True,
+                          text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _probe(root: Path) -> int:
+    import json
+    import resource
+
+    streamlit.logger.set_log_level("error")
+    times = one_round(root, baselines=False)
+    times["peak RSS, AppTest process (MB)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(times))
+    return 0
+
+
+def _server_hwm_mb(proc: subprocess.Popen) -> float:
+    """The largest peak RSS (VmHWM) of ``proc`` and its children: the Streamlit server that ``serve`` started."""
+    import psutil
+
+    peak = 0.0
+    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+        for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
 
 
 def _free_port() -> int:
@@ -148,7 +184,7 @@ def browser_round(root: Path) -> dict[str, float]:
 
     def shown(page, view: View) -> None:
         _wait_drawn(page, view)
-        if view in CHART_VIEWS:
+        if view in CHART_VIEWS and page.locator(".stPlotlyChart").count():  # a synthetic series may draw none
             page.wait_for_selector(".js-plotly-plot .main-svg")
 
     times = {}
@@ -173,6 +209,7 @@ def browser_round(root: Path) -> dict[str, float]:
                     shown(page, view)
                     times[f"{view} ({visit})"] = time.perf_counter() - start
             browser.close()
+        times["peak RSS, server (MB)"] = _server_hwm_mb(proc)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
@@ -185,8 +222,9 @@ def _print(title: str, rounds: list[dict[str, float]]) -> float:
     for name in rounds[0]:
         values = [r[name] for r in rounds]
         median = statistics.median(values)
-        worst = max(worst, median)
-        print(f"  {name:<34} {median:6.3f}  ({min(values):.3f}–{max(values):.3f})")
+        if "(MB)" not in name:
+            worst = max(worst, median)
+        print(f"  {name:<34} {median:8.3f}  ({min(values):.3f}–{max(values):.3f})")
     print(f"slowest median: {worst:.3f} s")
     return worst
 
@@ -197,9 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--browser", action="store_true", help="also time the real server in headless Chromium")
+    parser.add_argument("--root", type=Path, help="an existing summarised series (its cache in ROOT) to measure")
+    parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)  # one AppTest round in this process
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     streamlit.logger.set_log_level("error")  # AppTest's "no runtime" chatter
+    if args.probe:
+        return _probe(args.probe)
+    if args.root:
+        root = args.root
+        print(f"series {root}; load average {os.getloadavg()[0]:.2f}", flush=True)
+        rounds = [probe_round(root) for _ in range(args.repeats)]
+        _print("AppTest (whole script run, a fresh process per round)", rounds)
+        if args.browser:
+            _print("ckptboard serve + Chromium (content on screen)", [browser_round(root) for _ in range(args.repeats)])
+        print(f"load average {os.getloadavg()[0]:.2f}")
+        return 0
     root = args.work / f"series_{args.checkpoints}"
     if not root.exists():
         start = time.perf_counter()

@@ -14,6 +14,7 @@ to :class:`~ckptboard.core.schema.TableName` is stored and read by this code unc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -28,10 +29,11 @@ import pyarrow.parquet as pq
 
 from ckptboard.core.cache import StatsCache, warn_invalid
 from ckptboard.core.errors import UsageError
+from ckptboard.core.formats.sniff import is_checkpoint_file
 from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
 from ckptboard.core.schema import COLUMNS, StatsTables, TableName, arrow_schema
 
-__all__ = ["Selection", "StatsDataset", "TableView"]
+__all__ = ["Selection", "StatsDataset", "TableView", "module_rollup"]
 
 _READERS = 4  # Parquet decoding releases the GIL: a few threads hide file-system latency
 _SORT = ("run", "step", "checkpoint")  # stable: rows of one checkpoint keep the checkpoint's own (state_dict) order
@@ -40,7 +42,8 @@ _SORT = ("run", "step", "checkpoint")  # stable: rows of one checkpoint keep the
 @dataclass(frozen=True)
 class Selection:
     """Which rows to read: every field ``None`` means all. ``steps`` is inclusive; ``modules`` are module prefixes
-    (``encoder`` takes ``encoder`` and ``encoder.*``). A filter applies to the tables that have its column.
+    (``encoder`` takes ``encoder`` and ``encoder.*``); ``kinds`` are tensor kinds (``parameter``, ``buffer``). A
+    filter applies to the tables that have its column.
     ``columns``, when given, are the only columns read of every table but ``checkpoints`` (whose rows are the
     in-memory index), each table taking those it has."""
 
@@ -50,6 +53,7 @@ class Selection:
     names: tuple[str, ...] | None = None
     modules: tuple[str, ...] | None = None
     columns: tuple[str, ...] | None = None
+    kinds: tuple[str, ...] | None = None
 
     def narrow(self, **changes: Any) -> Selection:
         """This selection with some fields replaced (sequences become tuples)."""
@@ -66,6 +70,8 @@ class Selection:
             parts.append(pc.field("checkpoint").isin(list(self.checkpoints)))
         if self.names is not None and "name" in columns:
             parts.append(pc.field("name").isin(list(self.names)))
+        if self.kinds is not None and "kind" in columns:
+            parts.append(pc.field("kind").isin(list(self.kinds)))
         if self.modules is not None and "module" in columns:
             module = pc.field("module")
             parts.append(module.isin(list(self.modules)))
@@ -81,12 +87,15 @@ class Selection:
 
 @dataclass(frozen=True)
 class _Entry:
-    """One committed fragment: its stem, its checkpoint's path, run and step (None for a failed checkpoint)."""
+    """One committed fragment: its stem, its checkpoint's path, run and step (None for a failed checkpoint), the
+    identity its key recorded (size, mtime_ns, ino, ctime_ns) and when its commit record was written."""
 
     stem: str
     relpath: str
     run: str | None
     step: int | None
+    identity: tuple[int, int, int, int] | None = None
+    written_ns: int = 0
 
 
 class StatsDataset:
@@ -105,15 +114,16 @@ class StatsDataset:
                      for p in self.cache.legacy_fragments()]
         warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
         # Checkpoints deleted since they were summarised are left out (``summarize`` prunes their fragments).
+        self._committed = entries
         self._entries = [e for e in entries if (root / e.relpath).exists()]
         kept = pa.array([e.relpath for e in self._entries], pa.string())
         self._index = index.filter(pc.is_in(index.column("checkpoint"), value_set=kept))
         self._listing: dict[TableName, set[str]] = {}
 
     def read(self, table: TableName | str, selection: Selection = Selection(),
-             columns: list[str] | None = None) -> pa.Table:
+             columns: list[str] | None = None, *, sort: bool = True) -> pa.Table:
         """``table``'s rows in ``selection`` (``columns`` only, when given) as one Arrow table, sorted by run, step,
-        checkpoint (stable)."""
+        checkpoint (stable; with ``sort=False`` in file order, each checkpoint's rows in its own order)."""
         table = TableName(table)
         names = COLUMNS[table]
         expression = selection.expression(names)
@@ -126,7 +136,7 @@ class StatsDataset:
             paths = [table_path(self.cache.dir, table, e.stem) for e in self._files(table, selection)]
             result = _scan(paths, arrow_schema(table), expression, columns)
         keys = [(c, "ascending", "at_start") for c in _SORT if c in result.column_names]
-        if keys and result.num_rows:
+        if sort and keys and result.num_rows:
             result = result.take(pc.sort_indices(result, sort_keys=keys))
         return result
 
@@ -143,6 +153,20 @@ class StatsDataset:
         index = rows.group_by(keys, use_threads=False).aggregate([("numel", "max")])  # first-seen order
         return index.select([*keys, "numel_max"]).rename_columns([*keys, "numel"]).to_pandas()
 
+    def module_rollup(self, selection: Selection = Selection(), depth: int | None = None) -> pd.DataFrame:
+        """:func:`module_rollup` of the tensors of ``selection``, reading only the nine columns it needs."""
+        return module_rollup(self.read(TableName.TENSORS, selection, columns=list(_ROLLUP_INPUT), sort=False), depth)
+
+    def parameter_elements(self, selection: Selection = Selection()) -> pd.Series:
+        """Parameter elements per checkpoint (tensors tied to another counted once), summed in the scan: four
+        columns read, parameters only (the filter pushed down)."""
+        rows = self.read(TableName.TENSORS, selection.narrow(kinds=("parameter",)),
+                         columns=["checkpoint", "tied_to", "numel"], sort=False)
+        rows = rows.filter(pc.invert(pc.fill_null(pc.not_equal(rows.column("tied_to"), ""), False)))
+        sums = rows.group_by("checkpoint", use_threads=False).aggregate([("numel", "sum")])
+        return pd.Series(sums.column("numel_sum").to_numpy(), index=sums.column("checkpoint").to_pylist(),
+                         name="numel", dtype="int64")
+
     def tables(self, selection: Selection = Selection()) -> StatsTables:
         """Every table of ``selection`` read whole (for notebooks and small series; views read a :class:`TableView`)."""
         return StatsTables(**{str(name): self.frame(name, selection) for name in TableName})
@@ -152,6 +176,45 @@ class StatsDataset:
         """A lazy view of ``selection``: each table read on first access (through ``reader``, to share a cache)."""
         return TableView(self, selection, reader)
 
+    def unseen_change(self) -> str | None:
+        """Why ROOT may hold checkpoints this cache does not (a path and what changed), or None: by ``stat`` alone,
+        without importing torch, so that a new session can skip the full look (``summarize.plan``) when nothing did.
+
+        Conservative: a cached checkpoint gone or with another identity than its key (a folder: any file or
+        subfolder changed after its fragment was written); any other file changed after the cache folder was last
+        touched (``plan`` touches it before listing ROOT); a checkpoint file the cache does not hold (a summarize
+        cut short, or a copy such as Lightning's ``last.ckpt``, which only the full look names as an alias).
+        Missed: a checkpoint *folder* that an interrupted summarize listed and never read (Refresh reads it).
+        """
+        known = {e.relpath: e for e in self._committed}
+        for entry in known.values():
+            reason = _changed(self.root / entry.relpath, entry)
+            if reason:
+                return f"{entry.relpath}: {reason}"
+        try:
+            listed_ns = self.cache.dir.stat().st_mtime_ns
+        except OSError:
+            return f"{self.cache.dir}: no cache folder"
+        cache_dir = os.path.abspath(self.cache.dir)
+        for folder, dirs, files in os.walk(self.root):
+            rel = Path(folder).relative_to(self.root)
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"
+                       and (rel / d).as_posix() not in known and os.path.join(os.path.abspath(folder), d) != cache_dir]
+            for name in files:
+                relpath = (rel / name).as_posix()
+                if name.startswith(".") or relpath in known:
+                    continue
+                path = Path(folder) / name
+                try:
+                    ctime_ns = path.stat().st_ctime_ns
+                except OSError:
+                    continue  # removed meanwhile
+                if ctime_ns > listed_ns:
+                    return f"{relpath}: written since ROOT was last listed"
+                if is_checkpoint_file(path):
+                    return f"{relpath}: a checkpoint the cache does not hold"
+        return None
+
     def _files(self, table: TableName, selection: Selection) -> list[_Entry]:
         """The committed fragments that have a ``table`` file and may hold rows of ``selection``."""
         if table not in self._listing:
@@ -159,6 +222,25 @@ class StatsDataset:
             self._listing[table] = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
         listed = self._listing[table]
         return [e for e in self._entries if e.stem in listed and _may_hold(e, selection)]
+
+
+def _changed(path: Path, entry: _Entry) -> str | None:
+    """What changed in the cached checkpoint at ``path`` since its fragment was written, or None (``stat`` only)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return "deleted"
+    if not path.is_dir():
+        now = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
+        return None if entry.identity is None or now == entry.identity else "changed"
+    for folder, _dirs, files in os.walk(path):
+        for name in [".", *files]:
+            try:
+                if (Path(folder) / name).stat().st_ctime_ns > entry.written_ns:
+                    return "changed"
+            except OSError:
+                return "changed"
+    return None
 
 
 def _may_hold(entry: _Entry, selection: Selection) -> bool:
@@ -210,9 +292,9 @@ def _read_index(commits: list[Path]) -> tuple[pa.Table, list[_Entry], list[str]]
         if isinstance(result, str):
             problems.append(f"{path.name}: {result}")
             continue
-        relpath, run, rows = result
+        relpath, run, rows, identity, written_ns = result
         step = rows.column("step")[0].as_py() if rows.num_rows else None
-        entries.append(_Entry(path.stem, relpath, run, step))
+        entries.append(_Entry(path.stem, relpath, run, step, identity, written_ns))
         if rows.num_rows:
             parts.append(rows)
     schema = arrow_schema(COMMIT_TABLE)
@@ -220,12 +302,16 @@ def _read_index(commits: list[Path]) -> tuple[pa.Table, list[_Entry], list[str]]
     return index, entries, problems
 
 
-def _read_commit(path: Path) -> tuple[str, str | None, pa.Table] | str:
+def _read_commit(path: Path) -> tuple[str, str | None, pa.Table, tuple[int, int, int, int] | None, int] | str:
     try:
+        written_ns = path.stat().st_mtime_ns
         file = pq.ParquetFile(path)
         header = _header(file.metadata.metadata)  # the version first: another version's columns may differ
         rows = file.read().replace_schema_metadata(None)
-        return header.key["relpath"], header.info.get("run"), rows
+        key = header.key
+        fields = ("size", "mtime_ns", "ino", "ctime_ns")
+        identity = tuple(key[f] for f in fields) if all(f in key for f in fields) else None
+        return key["relpath"], header.info.get("run"), rows, identity, written_ns
     except FragmentReadError as e:
         return str(e)
     except (OSError, pa.ArrowException, KeyError) as e:
@@ -251,3 +337,38 @@ def _scan(paths: list[Path], schema: pa.Schema, expression, columns: list[str] |
             problems.append(f"{path.parent.name}/{path.name}: unreadable ({type(e).__name__})")
     warn_invalid(problems, "were unreadable and are left out (run summarize)")
     return pa.concat_tables(parts) if parts else _scan([], schema, None, columns)
+
+_ROLLUP_INPUT = ("checkpoint", "group", "name", "kind", "trainable", "dtype", "numel", "nbytes", "tied_to")
+
+
+def module_rollup(rows: pa.Table | pd.DataFrame, depth: int | None = None) -> pd.DataFrame:
+    """Rows of the tensors table summed per ``checkpoint``, ``group``, ``module`` (the tensor's module, cut to its
+    first ``depth`` names; ``""`` is the root), ``kind``, ``trainable``, ``dtype`` and ``counted``: columns
+    ``tensors``, ``numel``, ``nbytes``, in the order of their first tensor. Computed in Arrow (``group_by``): a size
+    tree to ``depth`` is built from these few rows, not from every tensor's.
+
+    ``counted`` is False for a tensor whose data an earlier tensor of its checkpoint and group holds (the first
+    of the tensors sharing a ``tied_to`` key is counted), the rule of :mod:`ckptboard.core.size`.
+    """
+    if isinstance(rows, pd.DataFrame):
+        rows = pa.Table.from_pandas(rows[list(_ROLLUP_INPUT)], preserve_index=False)
+    name = rows.column("name")
+    tied = pc.fill_null(rows.column("tied_to"), "")
+    share = pc.if_else(pc.equal(tied, ""), name, tied)  # tensors with equal ``share`` hold the same data
+    rows = rows.append_column("_share", share).append_column("_i", pa.array(range(rows.num_rows), pa.int64()))
+    first = rows.group_by(["checkpoint", "group", "_share"], use_threads=False).aggregate([("_i", "min")])
+    counted = pc.is_in(rows.column("_i"), value_set=first.column("_i_min"))
+    module = pc.if_else(pc.match_substring(name, "."), pc.replace_substring_regex(name, r"\.[^.]*$", ""), "")
+    if depth == 0:
+        module = pa.repeat("", rows.num_rows)
+    elif depth is not None:
+        keep = r"^((?:[^.]*\.){%d}[^.]*)\..*$" % (depth - 1)  # the first ``depth`` names
+        module = pc.replace_substring_regex(module, keep, r"\1")
+    rows = rows.select(["checkpoint", "group", "kind", "trainable", "dtype", "numel", "nbytes", "_i"])
+    rows = rows.append_column("module", module).append_column("counted", counted)
+    group_keys = ["checkpoint", "group", "module", "kind", "trainable", "dtype", "counted"]
+    out = rows.group_by(group_keys, use_threads=False).aggregate(
+        [("numel", "count"), ("numel", "sum"), ("nbytes", "sum"), ("_i", "min")])
+    out = out.take(pc.sort_indices(out, sort_keys=[("_i_min", "ascending")]))  # in the order of their tensors
+    return out.select([*group_keys, "numel_count", "numel_sum", "nbytes_sum"]).rename_columns(
+        [*group_keys, "tensors", "numel", "nbytes"]).to_pandas()

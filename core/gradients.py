@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ckptboard.core.readings import APPROXIMATION
 from ckptboard.core.histogram import N_CODES, Histogram
 from ckptboard.core.records import OptimizerParam, OptimizerState, StrEnum, TensorInfo, TensorKind, Trainable
 from ckptboard.core.diff import _cpu_kernels
@@ -46,10 +47,6 @@ __all__ = [
     "APPROXIMATION",
 ]
 
-APPROXIMATION = (
-    "From the optimizer state: Adam's moments are exponential moving averages of the gradient (β₂ ≈ 0.999: the last "
-    "~1000 steps), bias-corrected with the saved step; not the gradient of any single step."
-)
 _NAN = float("nan")
 _SHAPED_STATES = ("exp_avg", "momentum_buffer", "exp_avg_sq")
 

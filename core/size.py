@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
-import torch
 
 from ckptboard.core.errors import UsageError
 from ckptboard.core.records import OptimizerKind, OptimizerState, TensorKind, Trainable
@@ -174,6 +173,8 @@ def size_tree_from_frame(df: Any, group: str | None = None) -> SizeNode:
 
 def dtype_itemsize(dtype: str) -> int:
     """Bytes per element of a torch dtype written without ``torch.`` (``bfloat16`` → 2)."""
+    import torch  # here, not at the top: the app draws size trees without importing torch
+
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype):
         raise UsageError(f"{dtype!r} is not a torch dtype; use names like 'float32', 'bfloat16' or 'int64'")

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ckptboard.core.readings import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE, AlphaBand, alpha_band
 from ckptboard.core.records import StrEnum
 
 __all__ = [
@@ -54,8 +55,6 @@ MIN_EVALS = 20  # WeightWatcher's SMALL_N_CUTOFF: below it, its standard fit is 
 _NUMPY_EIG_MAX = 128  # measured: NumPy eigvalsh 0.02 vs torch 0.2 ms at 16x16; 570 vs 18 ms at 256x256
 POWER_ITERS = 64
 POWER_TOL = 1e-5
-OVER_TRAINED_BELOW = 2.0
-UNDER_TRAINED_ABOVE = 6.0
 _NAN = float("nan")
 
 
@@ -65,15 +64,6 @@ class SpectralMode(StrEnum):
     OFF = "off"
     DEFAULT = "default"  # sigma_max by power iteration, stable rank
     FULL = "full"  # the whole ESD (eigenvalues of a Gram matrix): exact sigma_max, stable rank, alpha
-
-
-class AlphaBand(StrEnum):
-    """WeightWatcher's published interpretation of alpha (its labels, not ckptboard's judgement)."""
-
-    OVER_TRAINED = "over-trained"  # alpha < 2
-    WELL_TRAINED = "well-trained"  # 2 <= alpha <= 6
-    UNDER_TRAINED = "under-trained"  # alpha > 6
-    NONE = ""  # no alpha
 
 
 @dataclass
@@ -218,16 +208,6 @@ def fit_alpha(evals: np.ndarray) -> tuple[float, float, float, float, int] | Non
         return None
     return alpha, xmin, ks, (alpha - 1.0) / math.sqrt(n), n
 
-
-def alpha_band(alpha: float) -> AlphaBand:
-    """WeightWatcher's label for ``alpha`` (NaN: none)."""
-    if not math.isfinite(alpha):
-        return AlphaBand.NONE
-    if alpha < OVER_TRAINED_BELOW:
-        return AlphaBand.OVER_TRAINED
-    if alpha > UNDER_TRAINED_ABOVE:
-        return AlphaBand.UNDER_TRAINED
-    return AlphaBand.WELL_TRAINED
 
 
 def _ratio(num: float, den: float) -> float:

@@ -137,10 +137,11 @@ def allowed_hosts(host: str, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def streamlit_command(config: AppConfig, *, host: str, port: int, allow_hosts: tuple[str, ...] = ()) -> list[str]:
-    """The ``python -m streamlit run`` command line serving the app on ``host:port`` to the allowed Host names."""
+    """The ``streamlit run`` command line serving the app on ``host:port`` to the allowed Host names (through
+    :mod:`ckptboard.dashboard.launch`, which warms the page's libraries while the server starts)."""
     hosts = [arg for name in allowed_hosts(host, allow_hosts) for arg in ("--server.allowedHosts", name)]
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+        sys.executable, "-m", "ckptboard.dashboard.launch", "run", str(APP_PATH),
         "--server.address", host,
         "--server.port", str(port),
         "--server.headless", "true",

@@ -44,7 +44,7 @@ from plotly.offline import get_plotlyjs
 
 from ckptboard.core.atomic import atomic_write
 from ckptboard.core.errors import CkptboardError, UsageError
-from ckptboard.core.gradients import APPROXIMATION
+from ckptboard.core.readings import APPROXIMATION
 from ckptboard.core.health import bn_modules, compare_checkpoints, error_cards, health_table
 from ckptboard.core.schema import StatsTables
 from ckptboard.core.size import size_tree_from_frame

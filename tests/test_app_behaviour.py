@@ -3,6 +3,7 @@ the sidebar filters, ROOT confinement of typed paths, and Health leading to a te
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 
@@ -56,6 +57,46 @@ def test_new_session_on_a_filled_cache_draws_then_reads_what_is_new(tiny_root, t
     (tmp_path / "later" / "step_40.pt").rename(tiny_root / "tiny" / "step_40.pt")
     at = _run(app_test(str(tiny_root)))  # draws the 3 cached checkpoints, then reads step 40 and reruns
     assert _metric(at, "Checkpoints") == "4"
+
+
+def test_new_session_on_an_unchanged_cache_skips_the_full_look(tiny_root, monkeypatch):
+    # The full look (summarize.refresh) imports torch: seconds a fresh server's first chart used to wait for.
+    summarize(tiny_root)
+    summarize_module = importlib.import_module("ckptboard.core.summarize")  # the package re-exports the function
+    looks = []
+    monkeypatch.setattr(summarize_module, "refresh", lambda *a, **k: looks.append(a))
+    at = _run(app_test(str(tiny_root)))
+    assert _metric(at, "Checkpoints") == "3" and looks == []
+
+
+_NO_TORCH_PROBE = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=120)
+at.session_state["app_argv"] = [sys.argv[2]]
+for view in sys.argv[3:]:
+    at.session_state["view"] = view
+    at.run()
+    assert not at.exception, (view, [e.value for e in at.exception])
+    assert "torch" not in sys.modules, f"{view} imported torch"
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_server_draws_every_view_but_a_models_flops_without_importing_torch(tmp_path):
+    # torch's import is seconds of a first chart or a first view switch; only the FLOPs of a model may pay it.
+    import subprocess
+    import sys
+
+    from _fixtures_app import APP, copy_samples
+
+    root = copy_samples(tmp_path / "samples")
+    summarize(root)
+    views = [View.OVERVIEW, View.TENSORS, View.SCALARS, View.HISTOGRAMS, View.BATCHNORM, View.SIZE_FLOPS,
+             View.COMPARE, View.HEALTH, View.SPECTRAL, View.GRADIENTS]
+    done = subprocess.run([sys.executable, "-c", _NO_TORCH_PROBE, str(APP), str(root), *map(str, views)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_cache_dir_keeps_root_untouched(tiny_root, tmp_path):

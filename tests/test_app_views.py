@@ -70,6 +70,18 @@ def test_app_opens_on_overview_with_sidebar(samples):
     assert at.get("plotly_chart"), "the runs overview chart is drawn"
 
 
+def test_overview_table_shows_each_file_within_its_run_in_the_columns_that_fit(samples):
+    at = _open(samples, View.OVERVIEW)
+    table = at.dataframe[0]  # a display-only table has no widget key in the element tree
+    # the byte split and the optimizer line are left to Size & FLOPs and the metadata (1440 px with the sidebar)
+    assert list(table.proto.column_order) == ["run", "file", "step", "step_source", "format", "size", "n_tensors",
+                                              "n_parameters", "n_trainable", "n_frozen", "n_buffers"]
+    frame = table.value
+    assert frame["file"].iloc[0] == "epoch=0-step=30.ckpt" and frame["run"].iloc[0] == "adamw_lr1e-2"
+    at.selectbox(key="overview_run").set_value("sgd_safetensors").run()
+    assert "run" not in at.dataframe[0].proto.column_order  # one run: no run column
+
+
 @pytest.mark.parametrize("view", list(View), ids=lambda v: v.name.lower())
 def test_every_view_renders_with_its_widgets(samples, view):
     at = _open(samples, view)
@@ -112,16 +124,16 @@ def test_compare_two_runs_at_a_step(samples):
 
 
 def test_views_read_only_what_they_draw(samples, monkeypatch):
-    """Histograms are read for one tensor of one run; the tensors table is read with all its columns and no tensor
-    or checkpoint filter only by Compare (its two runs: every tensor's every statistic may differ)."""
+    """Histograms are read for one tensor of one run; no view reads the tensors table with all its columns and no
+    tensor or checkpoint filter (Compare reads its two checkpoints' rows)."""
     import streamlit as st
 
     from ckptboard.core.dataset import Selection, StatsDataset
 
     reads = []
     real = StatsDataset.read
-    monkeypatch.setattr(StatsDataset, "read", lambda self, table, selection=Selection(), columns=None: reads.append(
-        (str(table), selection, columns)) or real(self, table, selection, columns))
+    monkeypatch.setattr(StatsDataset, "read", lambda self, table, selection=Selection(), columns=None, **kw: (
+        reads.append((str(table), selection, columns)) or real(self, table, selection, columns, **kw)))
     whole_tensors = set()
     for view in View:
         st.cache_resource.clear()  # shared reads of an earlier test or view would hide this view's own
@@ -132,7 +144,7 @@ def test_views_read_only_what_they_draw(samples, monkeypatch):
         if any(t == "tensors" and c is None and s.columns is None and s.names is None and s.checkpoints is None
                for t, s, c in reads):
             whole_tensors.add(view)
-    assert whole_tensors == {View.COMPARE}
+    assert whole_tensors == set()
 
 
 def test_compare_exact_diff_of_two_runs(samples):
@@ -162,3 +174,32 @@ def test_gradients_view_by_module_states_the_approximation(samples):
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect(key="grad_modules").value
     assert _chart(at, "grad_chart") is not None and _chart(at, "grad_hist_chart") is not None
+
+
+def test_overview_counts_parameters_in_the_query_as_from_every_tensor_row(samples):
+    from ckptboard.core.dataset import StatsDataset
+    from ckptboard.core.load import load_stats
+    from ckptboard.dashboard.figures.overview import runs_overview_figure
+    from ckptboard.dashboard.views.overview import _runs_figure
+
+    queried, whole = _runs_figure(StatsDataset(samples).view()), runs_overview_figure(load_stats(samples))
+    assert [list(t.y) for t in queried.data] == [list(t.y) for t in whole.data]
+    # every sample checkpoint: 3 (top-level) + conv1 432 + bn1 32 + conv2 4608 + bn2 64 + conv3 9216 + bn3 64
+    # + head 132 = 14,551 parameter elements
+    assert {y for t in queried.data if t.yaxis == "y2" for y in t.y} == {14551.0}
+
+
+def test_compare_reads_two_checkpoints_and_finds_what_the_whole_tables_find(samples):
+    import pandas as pd
+
+    from ckptboard.core.dataset import StatsDataset
+    from ckptboard.core.health import compare_checkpoints
+    from ckptboard.core.load import load_stats
+    from ckptboard.dashboard.views.compare import _compare
+
+    view, whole = StatsDataset(samples).view(), load_stats(samples)
+    first, second, last = "adamw_lr1e-2/epoch=0-step=30.ckpt", "adamw_lr1e-2/epoch=1-step=60.ckpt", \
+        "adamw_lr1e-2/epoch=15-step=480.ckpt"
+    # consecutive (the update row), against the first (dist_from_first), neither (the lower bound), across runs
+    for a, b in [(first, second), (first, last), (second, last), (last, "sgd_safetensors/checkpoint_000480.safetensors")]:
+        pd.testing.assert_frame_equal(_compare(view, a, b).changes, compare_checkpoints(whole, a, b).changes)

@@ -4,6 +4,7 @@ half way leaves nothing half-read."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from dataclasses import fields
 
@@ -143,3 +144,55 @@ def test_health_view_columns_give_the_same_findings_as_whole_tables(root):
     narrow = health_table(StatsDataset(root).view(Selection(columns=_HEALTH_COLUMNS)))
     assert len(whole) > 0  # findings to compare, not two empty tables
     _same(narrow, whole)
+
+
+# --- unseen_change: the stat-only look a new app session makes before deciding to import torch -----------------
+
+
+def test_unchanged_root_has_no_unseen_change_even_with_other_files(root):
+    (root / "notes.txt").write_text("lr sweep")
+    summarize(root)  # lists ROOT again (touching the cache folder first): the notes are seen, and are no checkpoint
+    assert StatsDataset(root).unseen_change() is None
+
+
+def test_a_lightning_copy_is_an_unseen_change_for_the_full_look_to_name(root):
+    # last.ckpt is never cached (plan shows it once, as an alias): only the full look can say so to the app
+    shutil.copy2(root / "lightning" / "epoch=2-step=4.ckpt", root / "lightning" / "last.ckpt")
+    summarize(root)
+    assert StatsDataset(root).unseen_change() == "lightning/last.ckpt: a checkpoint the cache does not hold"
+
+
+def test_a_new_checkpoint_is_an_unseen_change(root, tmp_path):
+    write_safetensors_run(tmp_path / "later", 4)
+    (tmp_path / "later" / "step_000006.safetensors").rename(root / "safetensors" / "step_000006.safetensors")
+    reason = StatsDataset(root).unseen_change()
+    assert reason == "safetensors/step_000006.safetensors: written since ROOT was last listed"
+
+
+def test_a_checkpoint_listed_but_never_read_is_an_unseen_change(root, tmp_path):
+    # A summarize cut short: the file was there when ROOT was listed (older than the cache folder's last touch).
+    write_safetensors_run(tmp_path / "later", 4)
+    (tmp_path / "later" / "step_000006.safetensors").rename(root / "safetensors" / "step_000006.safetensors")
+    StatsCache(root).ensure()
+    reason = StatsDataset(root).unseen_change()
+    assert reason == "safetensors/step_000006.safetensors: a checkpoint the cache does not hold"
+
+
+def test_a_rewritten_or_deleted_checkpoint_is_an_unseen_change(root):
+    path = root / "safetensors" / "step_000002.safetensors"
+    data = StatsDataset(root)
+    path.write_bytes(path.read_bytes())  # same bytes, same size: a new ctime all the same
+    assert data.unseen_change() == "safetensors/step_000002.safetensors: changed"
+    path.unlink()
+    assert data.unseen_change() == "safetensors/step_000002.safetensors: deleted"
+
+
+def test_a_file_changed_inside_a_cached_checkpoint_folder_is_an_unseen_change(tmp_path):
+    from _fixtures_app import write_hf_resnet_run
+
+    write_hf_resnet_run(tmp_path / "hf", [1])
+    summarize(tmp_path)
+    assert StatsDataset(tmp_path).unseen_change() is None
+    config = tmp_path / "hf" / "checkpoint-1" / "config.json"
+    config.write_text(config.read_text())
+    assert StatsDataset(tmp_path).unseen_change() == "hf/checkpoint-1: changed"

@@ -90,3 +90,50 @@ def test_module_table_is_the_core_join(tree):
     assert table.loc[0].to_dict() == {
         "module": "", "depth": 0, "params": 68, "buffers": 9, "bytes": 312, "flops": 336, "macs": 168,
     }  # flops: block.0 2*3*4*4 = 96 + lm_head 2*3*4*10 = 240
+
+
+@pytest.mark.parametrize("depth", [None, 0, 1, 2, 3])
+def test_module_rollup_tree_equals_the_tree_of_every_tensor(tmp_path, depth):
+    """A size tree built from the roll-up computed in the scan (StatsDataset.module_rollup) has the figures of the
+    tree built from every tensor row, node for node down to its depth: a tied head (TinyGPT), frozen and buffer
+    tensors, two state_dicts (model and EMA) in one checkpoint."""
+    import torch
+
+    from _fixtures_size import TinyGPT
+    from ckptboard.core.dataset import Selection, StatsDataset
+    from ckptboard.core.size import size_tree_from_frame
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.figures.size import rollup_tree
+
+    torch.manual_seed(0)
+    gpt = TinyGPT()
+    gpt.wpe.weight.requires_grad_(False)
+    (tmp_path / "run").mkdir()
+    torch.save(gpt.state_dict(), tmp_path / "run" / "gpt.pt")
+    torch.save({"state_dict": gpt.state_dict(), "ema": TinyGPT().state_dict()}, tmp_path / "run" / "ema.pt")
+    summarize(tmp_path)
+    data = StatsDataset(tmp_path)
+    tensors = data.frame("tensors")
+    rollup = data.module_rollup(Selection(), depth)
+    pairs = tensors[["checkpoint", "group"]].fillna("").drop_duplicates().itertuples(index=False)
+    seen = 0
+    for checkpoint, group in pairs:
+        rows = tensors[(tensors["checkpoint"] == checkpoint) & (tensors["group"].fillna("") == group)]
+        want = [n.to_json() for n in size_tree_from_frame(rows).walk(depth)]
+        mine = rollup[(rollup["checkpoint"] == checkpoint) & (rollup["group"].fillna("") == group)]
+        assert [n.to_json() for n in rollup_tree(mine).walk(depth)] == want, (checkpoint, group)
+        seen += 1
+    assert seen == 3  # gpt.pt's one state_dict, ema.pt's two
+    assert (rollup["counted"] == False).sum() >= 1  # noqa: E712  the tied lm_head is left uncounted
+
+
+def test_a_module_with_more_children_than_a_chart_draws_keeps_the_largest_and_one_box_for_the_rest():
+    from ckptboard.dashboard.figures.size import MAX_CHILDREN
+
+    # 60 Linear(2, 2) layers: 6 float32 elements = 24 bytes each; the first has 2 more outputs: Linear(2, 4) = 48 B
+    layers = [nn.Linear(2, 4)] + [nn.Linear(2, 2) for _ in range(59)]
+    (trace,) = size_treemap(size_tree(records_of(nn.Sequential(*layers))), max_depth=1).data
+    assert MAX_CHILDREN == 50 and len(trace.ids) == 1 + 50 + 1  # the model, 50 layers, one box for the others
+    assert trace.ids[:3] == ("(model)", "(10 more)", "0") and trace.ids[-1] == "49"  # the largest, layer 0, kept
+    assert trace.values[0] == 48 + 59 * 24 and trace.values[1] == 10 * 24  # the total is unchanged: 1,464 B
+    assert sum(trace.values[1:]) == trace.values[0]

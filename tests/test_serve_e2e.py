@@ -229,6 +229,10 @@ def test_real_layouts_in_chromium(layouts_server, tmp_path):
                     cut = chips.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
                                              ".map(e => e.textContent)")
                     assert cut == [], f"run chips cut in the sidebar: {cut}"
+                    grid = page.locator('[data-testid="stDataFrame"] .dvn-scroller')  # the checkpoints table
+                    grid.first.wait_for()
+                    widths = grid.evaluate_all("els => els.map(e => [e.scrollWidth, e.clientWidth])")
+                    assert widths and all(full <= shown + 1 for full, shown in widths), f"table scrolls: {widths}"
                 if view == View.SCALARS:  # each run draws a line by default, and has its legend entry
                     assert set(runs) <= set(_legend_texts(page, "scalars_chart")), view
                 if view == View.BATCHNORM:

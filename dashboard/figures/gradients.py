@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.gradients import APPROXIMATION
+from ckptboard.core.readings import APPROXIMATION
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
 from ckptboard.dashboard.figures.histograms import histogram_figure
 

@@ -46,13 +46,16 @@ def _parameter_elements(tables: StatsTables) -> pd.Series:
     return params.groupby("checkpoint", sort=False)["numel"].sum()
 
 
-def runs_overview_figure(tables: StatsTables) -> go.Figure:
-    """Checkpoint file size and parameter count over step, one trace per run in each of two stacked panels."""
+def runs_overview_figure(tables: StatsTables, elements: pd.Series | None = None) -> go.Figure:
+    """Checkpoint file size and parameter count over step, one trace per run in each of two stacked panels.
+
+    ``elements`` (parameter elements by checkpoint, tied tensors once) is counted from the tensors table when not
+    given; the app passes it from the module roll-up computed in the query."""
     ck = tables.checkpoints
     if ck.empty:
         return empty_figure("No checkpoints summarised yet")
     ck = ck.sort_values(["run", "step", "mtime", "checkpoint"], kind="stable", na_position="last")
-    elements = _parameter_elements(tables)
+    elements = _parameter_elements(tables) if elements is None else elements
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("checkpoint size", "parameters (elements)"))
     n_runs = ck["run"].nunique()

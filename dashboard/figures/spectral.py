@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ckptboard.core.errors import UsageError
-from ckptboard.core.spectral import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
+from ckptboard.core.readings import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, series_color, tensor_label
 
 __all__ = ["SPECTRAL_METRICS", "spectral_figure", "spectral_layers"]

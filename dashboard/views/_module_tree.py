@@ -1,38 +1,45 @@
 """The module tree of one checkpoint as a treemap or sunburst, with its pickers: drawn by the Size & FLOPs and the
-Tensors views."""
+Tensors views from the module roll-up computed in the query (:func:`ckptboard.core.dataset.module_rollup`), not from
+every tensor's row."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from ckptboard.core.size import size_tree_from_frame
-from ckptboard.dashboard.figures.size import ChartKind, SizeMetric, size_treemap
+from ckptboard.core.dataset import module_rollup
+from ckptboard.core.size import SizeNode
+from ckptboard.dashboard.figures.size import ChartKind, SizeMetric, rollup_tree, size_treemap
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 
-__all__ = ["module_tree_chart", "checkpoint_tensors", "size_tree"]
+__all__ = ["module_tree_chart", "checkpoint_rollup", "size_tree"]
 
 _METRIC_LABELS = {SizeMetric.ELEMENTS: "elements (with buffers)"}
 
 
-def checkpoint_tensors(ctx: ViewContext, checkpoint: str) -> pd.DataFrame:
-    """The tensor rows of one checkpoint."""
-    frame = ctx.narrow(checkpoints=[checkpoint]).tables.tensors
-    return frame[frame["checkpoint"] == checkpoint]
+def checkpoint_rollup(tables, checkpoint: str, depth: int | None = None) -> pd.DataFrame:
+    """The module roll-up of one checkpoint to ``depth``: computed in the scan of a dataset view, or from whole
+    tables' tensor rows (tests, notebooks)."""
+    if hasattr(tables, "dataset"):
+        return tables.dataset.module_rollup(tables.selection.narrow(checkpoints=[checkpoint]), depth)
+    rows = tables.tensors[tables.tensors["checkpoint"] == checkpoint]
+    return module_rollup(rows, depth)
 
 
-def size_tree(tables, checkpoint: str, group: str):
-    """The size tree of one state_dict (``group``) of one checkpoint."""
-    return size_tree_from_frame(tables.tensors[tables.tensors["checkpoint"] == checkpoint], group=group)
+def size_tree(tables, checkpoint: str, group: str, depth: int | None = None) -> SizeNode:
+    """The size tree of one state_dict (``group``) of one checkpoint, down to ``depth``."""
+    rollup = checkpoint_rollup(tables, checkpoint, depth)
+    return rollup_tree(rollup[rollup["group"].fillna("").astype(str) == group])
 
 
 def _size_chart(tables, checkpoint: str, group: str, metric: str, chart: str, depth: int | None = None):
-    return size_treemap(size_tree(tables, checkpoint, group), metric, chart=chart, max_depth=depth)
+    return size_treemap(size_tree(tables, checkpoint, group, depth), metric, chart=chart, max_depth=depth)
 
 
 def _groups(ctx: ViewContext, checkpoint: str) -> list[str]:
     """The state_dicts (groups) of ``checkpoint``: one for a plain model, two with an EMA copy, …"""
-    return sorted(checkpoint_tensors(ctx, checkpoint)["group"].fillna("").astype(str).unique())
+    rollup = memo(checkpoint_rollup, ctx.narrow(checkpoints=[checkpoint]), checkpoint, 1)
+    return sorted(rollup["group"].fillna("").astype(str).unique())
 
 
 def module_tree_chart(ctx: ViewContext, checkpoint: str, *, key_prefix: str) -> str:

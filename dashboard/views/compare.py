@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ def render(ctx: ViewContext) -> None:
         st.stop()
     runs = ctx.tables.checkpoints.set_index("checkpoint")["run"]
     # The runs of a and b only: their checkpoints table stays whole (compare finds each run's first checkpoint).
-    result = memo(compare_checkpoints, ctx.narrow(runs=sorted({runs.get(a), runs.get(b)} - {None})), a, b)
+    result = memo(_compare, ctx.narrow(runs=sorted({runs.get(a), runs.get(b)} - {None})), a, b)
     cols = st.columns(4)
     cols[0].metric("Added", len(result.added))
     cols[1].metric("Removed", len(result.removed))
@@ -41,6 +43,16 @@ def render(ctx: ViewContext) -> None:
     st.plotly_chart(compare_figure(result, top=top), key="compare_chart")
     st.dataframe(result.changes, hide_index=True, key="compare_table")
     _exact(ctx, a, b)
+
+
+def _compare(tables, a: str, b: str):
+    """:func:`compare_checkpoints` reading the tensor and update rows of ``a`` and ``b`` alone (not their whole
+    runs': a gigabyte at a million tensor rows), beside the runs' whole checkpoints table."""
+    if not hasattr(tables, "narrow"):
+        return compare_checkpoints(tables, a, b)
+    two = tables.narrow(checkpoints=[a, b])
+    return compare_checkpoints(SimpleNamespace(tensors=two.tensors, updates=two.updates,
+                                               checkpoints=tables.checkpoints), a, b)
 
 
 def exact_diff(tables, root: str, a: str, b: str, trust: bool) -> dict:

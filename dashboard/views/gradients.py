@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ckptboard.core.gradients import APPROXIMATION
+from ckptboard.core.readings import APPROXIMATION
 from ckptboard.dashboard.figures.gradients import GRADIENT_METRICS, grad_rms_histogram_figure, gradient_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import LinesPer

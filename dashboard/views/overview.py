@@ -13,6 +13,22 @@ from ckptboard.dashboard.state import ViewContext, aliases, memo, pick_default, 
 __all__ = ["render"]
 
 _ALL = "All runs"
+# The table's columns on screen, labelled and sized to fit 1440 px with the sidebar open (~970 px): the file within
+# its run (the run has its own column), no byte split or optimizer line (Size & FLOPs, the metadata below and the
+# export have them).
+_COLUMNS = {
+    "run": st.column_config.TextColumn("run", width=115),
+    "file": st.column_config.TextColumn("file", width=170, help="the checkpoint's path within its run"),
+    "step": st.column_config.NumberColumn("step", width=55),
+    "step_source": st.column_config.TextColumn("step from", width=145, help="where the step number was read"),
+    "format": st.column_config.TextColumn("format", width=85),
+    "size": st.column_config.TextColumn("size", width=75, help="the file's size on disk"),
+    "n_tensors": st.column_config.NumberColumn("tensors", width=62),
+    "n_parameters": st.column_config.NumberColumn("params", width=62, help="parameter tensors"),
+    "n_trainable": st.column_config.NumberColumn("trainable", width=70, help="parameter tensors that train"),
+    "n_frozen": st.column_config.NumberColumn("frozen", width=58, help="parameter tensors that do not train"),
+    "n_buffers": st.column_config.NumberColumn("buffers", width=62, help="buffer tensors (BatchNorm statistics, …)"),
+}
 
 
 def render(ctx: ViewContext) -> None:
@@ -37,15 +53,14 @@ def render(ctx: ViewContext) -> None:
     cols[1].metric("Checkpoints", len(checkpoints))
     cols[2].metric("Unreadable files", len(cards))
     cols[3].metric("Tensors per checkpoint (max)", int(checkpoints["n_tensors"].max()))
-    # The figure counts parameter elements per checkpoint: four columns of the tensors table, not forty.
-    shown = ctx.narrow(columns=["run", "checkpoint", "step", "kind", "tied_to", "numel"])
-    st.plotly_chart(memo(runs_overview_figure, shown), key="overview_runs_chart")
+    st.plotly_chart(memo(_runs_figure, ctx), key="overview_runs_chart")
 
     runs = [_ALL, *ctx.runs]
     pick_default("overview_run", runs, _ALL)
     run = st.selectbox("Checkpoints of", runs, key="overview_run", persist_state="session")
     table = memo(checkpoints_table, ctx, None if run == _ALL else run)
-    st.dataframe(table, hide_index=True, key="overview_checkpoints")
+    st.dataframe(_on_screen(table), hide_index=True, key="overview_checkpoints", column_config=_COLUMNS,
+                 column_order=[c for c in _COLUMNS if run == _ALL or c != "run"])
 
     names = ctx.checkpoints(None if run == _ALL else run)
     if names:
@@ -54,6 +69,20 @@ def render(ctx: ViewContext) -> None:
             "Metadata of", names, key="overview_checkpoint", format_func=ctx.checkpoint_label, persist_state="session"
         )
         _metadata(ctx, chosen)
+
+
+def _runs_figure(tables):
+    """The runs chart, its parameter counts summed in the query, not from every tensor's row."""
+    if not hasattr(tables, "dataset"):
+        return runs_overview_figure(tables)
+    return runs_overview_figure(tables, tables.dataset.parameter_elements(tables.selection))
+
+
+def _on_screen(table):
+    """The checkpoints table with ``file``: each checkpoint's path within its run (the run is its own column)."""
+    prefixes = table["run"].astype(str).where(table["run"] != ".", "") + "/"
+    files = [c[len(p):] if c.startswith(p) else c for c, p in zip(table["checkpoint"], prefixes)]
+    return table.assign(file=files)
 
 
 def _problem(card: dict) -> str:

@@ -4,42 +4,52 @@ the checkpoint's own config.json (transformers) on inputs the config implies."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import pandas as pd
 import streamlit as st
 
 from ckptboard.core.errors import CkptboardError, FlopCountError, UsageError
-from ckptboard.core.flops import InputSpec, count_flops, module_table, parse_input_specs
-from ckptboard.core.hf_model import HF_EXTRA_HINT, find_config, transformers_installed
-from ckptboard.core.model_spec import HF_PREFIX, load_model
 from ckptboard.dashboard.config import resolve_under_root
 from ckptboard.dashboard.figures.size import dtype_bars, flops_treemap
 from ckptboard.dashboard.state import ViewContext, memo
 from ckptboard.dashboard.text import format_bytes
-from ckptboard.dashboard.views._module_tree import checkpoint_tensors, module_tree_chart, size_tree
+from ckptboard.dashboard.views._module_tree import checkpoint_rollup, module_tree_chart, size_tree
 from ckptboard.dashboard.views._pickers import checkpoint_picker
 
+if TYPE_CHECKING:
+    from ckptboard.core.flops import InputSpec
+
 __all__ = ["render", "checked_spec"]
+
+# The FLOP modules import torch (seconds, once per server): they are imported where the FLOP section needs them, after
+# the size charts are on screen.
 
 
 def render(ctx: ViewContext) -> None:
     checkpoint = checkpoint_picker(ctx, "size_checkpoint")
     group = module_tree_chart(ctx, checkpoint, key_prefix="size")
-    frame = checkpoint_tensors(ctx, checkpoint)
-    frame = frame[frame["group"].fillna("").astype(str) == group]
+    shown = ctx.narrow(checkpoints=[checkpoint])
     left, right = st.columns(2)
     with left:
-        shown = ctx.narrow(checkpoints=[checkpoint])
         st.plotly_chart(memo(_dtype_bars, shown, checkpoint, group), key="size_dtype_chart")
     with right:
-        kinds = frame.groupby("kind", as_index=False)[["numel", "nbytes"]].sum()
-        kinds["tensors"] = frame.groupby("kind")["name"].size().to_numpy()
-        kinds["nbytes"] = kinds["nbytes"].map(format_bytes)  # the units of the charts above
-        st.dataframe(kinds, hide_index=True, key="size_kinds_table")
+        st.dataframe(memo(_kinds, shown, checkpoint, group), hide_index=True, key="size_kinds_table")
     st.subheader("FLOPs")
     _flops(ctx, checkpoint)
 
 
 def _dtype_bars(tables, checkpoint: str, group: str):
-    return dtype_bars(size_tree(tables, checkpoint, group))
+    return dtype_bars(size_tree(tables, checkpoint, group, depth=1))
+
+
+def _kinds(tables, checkpoint: str, group: str) -> pd.DataFrame:
+    """Elements, bytes and tensors of one state_dict by kind (tied tensors included), from the module roll-up."""
+    rollup = checkpoint_rollup(tables, checkpoint, depth=1)
+    rollup = rollup[rollup["group"].fillna("").astype(str) == group]
+    kinds = rollup.groupby("kind", as_index=False)[["numel", "nbytes", "tensors"]].sum()
+    kinds["nbytes"] = kinds["nbytes"].map(format_bytes)  # the units of the charts above
+    return kinds
 
 
 def checked_spec(root, spec: str) -> str:
@@ -58,7 +68,9 @@ def checked_spec(root, spec: str) -> str:
 @st.cache_resource(show_spinner="Counting FLOPs…", max_entries=8)
 def _flop_report(spec: str, inputs: tuple[InputSpec, ...] | None):
     """FLOPs of SPEC's model on ``inputs``; ``None`` inputs: those its transformers config implies."""
+    from ckptboard.core.flops import count_flops
     from ckptboard.core.hf_inputs import default_inputs
+    from ckptboard.core.model_spec import load_model
 
     model = load_model(spec)
     how = ""
@@ -72,7 +84,13 @@ def _flop_report(spec: str, inputs: tuple[InputSpec, ...] | None):
 
 def _config_spec(ctx: ViewContext, checkpoint: str) -> tuple[str | None, str]:
     """``hf:CONFIG`` for a checkpoint with a transformers config.json beside it, and a line saying why not."""
-    config, peft_base = find_config(ctx.config.root / checkpoint)
+    path = ctx.config.root / checkpoint
+    if not ((path if path.is_dir() else path.parent) / "config.json").is_file():
+        return None, ""  # find_config's first test (and, with no metadata, its only one), before importing torch
+    from ckptboard.core.hf_model import HF_EXTRA_HINT, find_config, transformers_installed
+    from ckptboard.core.model_spec import HF_PREFIX
+
+    config, peft_base = find_config(path)
     if config is None or peft_base:
         return None, ""
     if not transformers_installed():
@@ -101,6 +119,9 @@ def _flops(ctx: ViewContext, checkpoint: str) -> None:
         st.info("Give a model SPEC (a `file.py:factory` under ROOT) and an input shape to see the FLOP breakdown; "
                 "a Hugging Face checkpoint's own config.json needs neither. " + why_not)
         return
+    from ckptboard.core.flops import module_table, parse_input_specs
+    from ckptboard.core.model_spec import HF_PREFIX
+
     try:
         # The command line's --model is trusted as given; what is typed here must stay under ROOT.
         spec = config_spec or (typed if typed == config.model else checked_spec(config.root, typed))

@@ -1,0 +1,33 @@
+"""The process ``ckptboard serve`` starts: Streamlit's own command line (``python -m ckptboard.dashboard.launch run
+app.py ...`` is ``streamlit run app.py ...``), with the libraries every page needs imported before the server
+starts, so that the first page of a fresh server does not wait the second they take: the server answers that much
+later, usually while the user is still reading the URL that ``serve`` printed.
+
+Not on a background thread: a library imported half-way on one thread is seen half-initialised by another
+(Plotly's validators look ``pandas`` up in ``sys.modules``), which fails the page.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["WARM_IMPORTS", "main"]
+
+WARM_IMPORTS = ("pandas", "pyarrow.compute", "pyarrow.dataset", "pyarrow.parquet", "plotly.graph_objects",
+                "plotly.subplots")
+
+
+def main() -> None:
+    """Import :data:`WARM_IMPORTS`, then hand the command line to Streamlit."""
+    for name in WARM_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001  a broken install: the page imports it again and shows the error
+            break
+    from streamlit.web.cli import main as streamlit_main
+
+    streamlit_main(prog_name="streamlit")  # the name Streamlit's server expects on its command line
+
+
+if __name__ == "__main__":
+    main()
