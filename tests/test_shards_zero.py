@@ -169,3 +169,17 @@ def test_a_truncated_rank_file_fails_its_checkpoint_in_one_line(zero_root, tmp_p
     assert report.failures[0].error in ("CorruptCheckpointError", "NotACheckpointError")
     assert "\n" not in report.failures[0].message
     assert not (tmp_path / "c" / PARTS_DIRNAME).exists()
+
+
+def test_zero3_slices_against_a_zero2_predecessor(tmp_path):
+    # step 10 saved under ZeRO-2 (whole weights in one model-states file), step 20 under ZeRO-3: each slice's update
+    # sums are taken against the same flat range of the previous weight, read whole once per tensor
+    deepspeed_checkpoint(tmp_path / "run", "global_step10", stage=2, world=_WORLD, seed=10, vocab=_VOCAB, width=_WIDTH)
+    deepspeed_checkpoint(tmp_path / "run", "global_step20", stage=3, world=_WORLD, seed=20, vocab=_VOCAB, width=_WIDTH)
+    root = tmp_path / "run"
+    age(root)
+    _summarise(root, tmp_path / "one", LocalExecutor(1), split=False)
+    _summarise(root, tmp_path / "many", LocalExecutor(2), split=True)
+    assert_same_fragments(tmp_path / "one", tmp_path / "many")
+    updates = load_stats(root, tmp_path / "many").updates.set_index("name")
+    assert set(_SPLIT) <= set(updates.index) and updates.loc[list(_SPLIT), "update_norm"].gt(0).all()
