@@ -75,6 +75,7 @@ class _Rows:
         self.spectral = spectral
         self.part = part
         self.partials: list[tuple[int, int, list[ChunkSums]]] = []
+        self._split_sums: dict[tuple[str, str], tuple[int, list[ChunkSums]]] = {}  # in a part, by (group, name)
         self._tag: dict[str, int] = {}  # in a part, {"_order": index} of the tensor whose rows are being made
         self.base = {"run": source.run, "checkpoint": source.relpath, "step": ckpt.step}
         self.tables: dict[TableName, list[dict[str, Any]]] = {
@@ -100,6 +101,8 @@ class _Rows:
                 continue
             held.append((order, info))
             if tied in computed:  # the same storage: the same numbers, computed once
+                if tied in self._split_sums:  # a tied split tensor's placeholder rows merge the same sums
+                    self.partials.append((order, *self._split_sums[tied]))
                 continue
             computed.add(ident)
             if chunks is None and small and info.numel <= EXACT_PERCENTILE_NUMEL:
@@ -249,6 +252,7 @@ class _Rows:
             self._spectral(info, self.ckpt.load(info))
         if part is not None:
             self.partials.append((order, len(chunks), sums))
+            self._split_sums[(info.group, info.name)] = (len(chunks), sums)
             if not owner:
                 return None, None, None
             return ({name: None for name in STAT_COLUMNS}, _histogram_row(None),

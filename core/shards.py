@@ -1,10 +1,12 @@
 """Shard tasks and split tensors: a checkpoint's work divided by the files that hold it, a tensor's by its chunks.
 
 A checkpoint stored in several data files (a Hugging Face index's ``model-0000X-of-0000N`` shards, a DCP folder's
-``.distcp`` files) can be summarised by one task per file, a :class:`Part`. A part computes the rows of the tensors
-whose data lies in its file and, of a tensor split into chunks over several files (DCP under FSDP), the sums of its
-own chunks (:class:`ChunkSums`); the lead part (index 0) also makes the checkpoint-level rows. Which part holds a
-tensor is decided from the listing alone, so that every part decides alike.
+``.distcp`` files, a DeepSpeed ZeRO-3 folder's ``zero_pp_rank_R_mp_rank_XX_optim_states.pt``) can be summarised by
+one task per file, a :class:`Part`. A part computes the rows of the tensors whose data lies in its file and, of a
+tensor split into chunks over several files (DCP under FSDP; a ZeRO-3 parameter's rank slices,
+:class:`~ckptboard.core.formats.deepspeed_zero.ZeroSlice`), the sums of its own chunks (:class:`ChunkSums`); the
+lead part (index 0) also makes the checkpoint-level rows (and, under ZeRO-3, holds the model-states files: buffers,
+frozen fragments). Which part holds a tensor is decided from the listing alone, so that every part decides alike.
 
 A split tensor's statistics are always computed chunk by chunk (:func:`chunk_sums`, one chunk in memory at a time)
 and merged in the order of the chunks' offsets (:func:`merge_chunk_sums`), whether one task or many computed them:
@@ -62,9 +64,10 @@ class ChunkSums:
     has_first: bool = False
 
 
-def data_files(path: Path) -> list[str] | None:
-    """The files a checkpoint's tensors are split over, by name (a DCP folder's ``.distcp`` files, a Hugging Face
-    index's shards), or None when it is not such a checkpoint (one file, a folder of another layout)."""
+def data_files(path: Path) -> list[tuple[str, ...]] | None:
+    """The files of each part a checkpoint's tensors are split over, by name (a DCP folder's ``.distcp`` files, a
+    Hugging Face index's shards, one each; a ZeRO-3 folder's optim-states files, the first with every model-states
+    file), or None when it is not such a checkpoint (one file, a folder of another layout)."""
     from ckptboard.core.formats.hf_folder import INDEX_NAMES, hf_weight_files
     from ckptboard.core.layouts import detect
 
@@ -73,11 +76,15 @@ def data_files(path: Path) -> list[str] | None:
         if match is None or match.error is not None:
             return None
         if match.layout.name == "dcp":
-            return [f.name for f in match.files if f.suffix == ".distcp"]
+            return [(f.name,) for f in match.files if f.suffix == ".distcp"]
         if match.layout.name in ("hf_model", "hf_trainer"):
             files = hf_weight_files(Path(path))
             if files and files[0].name in INDEX_NAMES:
-                return [f.name for f in files[1:]]
+                return [(f.name,) for f in files[1:]]
+        if match.layout.name == "deepspeed" and match.metadata.get("zero3"):
+            models = tuple(f.name for f in match.files if f.name.endswith("_model_states.pt"))
+            optims = [f.name for f in match.files if f.name.endswith("_optim_states.pt")]
+            return [(name, *models) if i == 0 else (name,) for i, name in enumerate(optims)]
     except (CheckpointError, OSError):
         return None  # its task reports the damage
     return None
@@ -88,13 +95,10 @@ def _ref(ckpt, info: TensorInfo) -> Any:
 
 
 def split_chunks(ckpt, info: TensorInfo) -> list | None:
-    """The chunks of a tensor stored as several DCP chunks and larger than ``EXACT_PERCENTILE_NUMEL`` (in offset
-    order), or None for a tensor read whole."""
-    from ckptboard.core.formats.dcp import DcpReader
-    from ckptboard.core.formats.safe_unpickle import LazyTensor
-
+    """The chunks of a tensor stored as several DCP chunks or ZeRO-3 rank slices and larger than
+    ``EXACT_PERCENTILE_NUMEL`` (in offset order), or None for a tensor read whole."""
     ref = _ref(ckpt, info)
-    if not isinstance(ref, LazyTensor) or not isinstance(ref.storage.reader, DcpReader):
+    if _chunked_reader(ref) is None:
         return None
     if info.numel <= EXACT_PERCENTILE_NUMEL:
         return None
@@ -104,17 +108,26 @@ def split_chunks(ckpt, info: TensorInfo) -> list | None:
 
 def tensor_file(ckpt, info: TensorInfo) -> str | None:
     """The name of the file holding a tensor read whole (a DCP tensor's: that of its first chunk), or None."""
-    from ckptboard.core.formats.dcp import DcpReader
     from ckptboard.core.formats.safe_unpickle import LazyTensor
 
     ref = _ref(ckpt, info)
     if not isinstance(ref, LazyTensor) or ref.storage.reader is None:
         return None
-    reader = ref.storage.reader
-    if isinstance(reader, DcpReader):
-        chunks = reader.chunks(ref)
+    if _chunked_reader(ref) is not None:
+        chunks = ref.storage.reader.chunks(ref)
         return chunks[0].file if chunks else None
-    return Path(reader.path).name
+    return Path(ref.storage.reader.path).name
+
+
+def _chunked_reader(ref: Any) -> Any:
+    """The reader of a tensor stored in chunks (DCP, ZeRO-3: ``chunks``, ``read_chunk``), or None."""
+    from ckptboard.core.formats.dcp import DcpReader
+    from ckptboard.core.formats.deepspeed_zero import Zero3Reader
+    from ckptboard.core.formats.safe_unpickle import LazyTensor
+
+    if isinstance(ref, LazyTensor) and isinstance(ref.storage.reader, (DcpReader, Zero3Reader)):
+        return ref.storage.reader
+    return None
 
 
 def chunk_sums(ckpt, info: TensorInfo, chunks: list, *, files: tuple[str, ...] | None = None, prev=None,
@@ -144,20 +157,27 @@ def chunk_sums(ckpt, info: TensorInfo, chunks: list, *, files: tuple[str, ...] |
 
 
 def _region(ckpt, info: TensorInfo | None, chunk, whole: dict[int, Any]):
-    """The elements of ``chunk``'s block in another checkpoint's version of the tensor, or None if unreadable."""
+    """The elements of ``chunk``'s block (a ZeRO-3 slice's flat range) in another checkpoint's version of the
+    tensor, or None if unreadable."""
     from ckptboard.core.formats.dcp import DcpReader
-    from ckptboard.core.formats.safe_unpickle import LazyTensor
+    from ckptboard.core.formats.deepspeed_zero import Zero3Reader, ZeroSlice
 
     if ckpt is None or info is None:
         return None
     ref = _ref(ckpt, info)
+    reader = _chunked_reader(ref)
+    flat = isinstance(chunk, ZeroSlice)
     try:
-        if isinstance(ref, LazyTensor) and isinstance(ref.storage.reader, DcpReader):
-            return ref.storage.reader.read_region(ref, chunk.offsets, chunk.sizes)
+        if isinstance(reader, DcpReader) and not flat:
+            return reader.read_region(ref, chunk.offsets, chunk.sizes)
+        if isinstance(reader, Zero3Reader) and flat:
+            return reader.read_range(ref, chunk.start, chunk.count)
         if id(ckpt) not in whole:
             whole[id(ckpt)] = ckpt.load(info)
     except CheckpointError:
         return None  # a neighbour being rewritten costs the update statistics, as for a whole tensor
+    if flat:
+        return whole[id(ckpt)].reshape(-1)[chunk.start : chunk.start + chunk.count]
     index = tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))
     return whole[id(ckpt)][index]
 

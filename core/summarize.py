@@ -186,8 +186,8 @@ def execute(work: Plan, executor: Executor | None = None,
 
 
 def shard_tasks(tasks: list[CheckpointTask], parallelism: int, split: bool | None = None) -> list[CheckpointTask]:
-    """``tasks`` with each checkpoint of several data files (Hugging Face shards, DCP ``.distcp`` files) replaced by
-    one shard task per file, when ``split`` is True, or (``split=None``) when tasks run in parallel and the checkpoint
+    """``tasks`` with each checkpoint of several data files (Hugging Face shards, DCP ``.distcp`` files, ZeRO-3
+    optim-states files) replaced by one shard task per file, when ``split`` is True, or (``split=None``) when tasks run in parallel and the checkpoint
     is at least ``SPLIT_MIN_BYTES`` and ``1/(2*parallelism)`` of the bytes to do: a checkpoint that would keep one
     worker busy while others idle. Smaller ones stay whole: each part lists the checkpoint (and its neighbours)
     again, which costs more than it saves when the checkpoints alone already fill the workers."""
@@ -203,7 +203,7 @@ def shard_tasks(tasks: list[CheckpointTask], parallelism: int, split: bool | Non
         if not files or len(files) < 2:
             out.append(task)
             continue
-        out += [replace(task, part=Part(i, len(files), (name,))) for i, name in enumerate(files)]
+        out += [replace(task, part=Part(i, len(files), names)) for i, names in enumerate(files)]
     return out
 
 

@@ -340,20 +340,23 @@ _DEEPSPEED_GLOBALS = {"deepspeed.runtime.zero.config": {"ZeroStageEnum": ZeroSta
 
 
 class TiedMlp(nn.Module):
-    """Embedding tied to the head, a frozen Linear, a BatchNorm (buffers): every DeepSpeed verdict kind."""
+    """Embedding tied to the head, a frozen Linear, a BatchNorm (buffers): every DeepSpeed verdict kind. A
+    ``vocab`` of 683 or more makes the embedding larger than ``EXACT_PERCENTILE_NUMEL`` (6 x 683 = 4,098 > 4,096),
+    and ``width`` the frozen Linear's input too (5 x width): statistics then take the per-chunk path."""
 
-    def __init__(self):
+    def __init__(self, vocab: int = 10, width: int = 6):
         super().__init__()
-        self.emb = nn.Embedding(10, 6)
-        self.frozen = nn.Linear(6, 5)
+        self.emb = nn.Embedding(vocab, 6)
+        self.frozen = nn.Linear(width, 5)
         self.bn = nn.BatchNorm1d(5)
         self.fc = nn.Linear(5, 3)
-        self.head = nn.Linear(6, 10, bias=False)
+        self.head = nn.Linear(6, vocab, bias=False)
         self.head.weight = self.emb.weight
         self.frozen.requires_grad_(False)
 
 
-def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, seed: int = 0, mp: int = 1):
+def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, seed: int = 0, mp: int = 1,
+                         vocab: int = 10, width: int = 6):
     """A ``DeepSpeedEngine.save_checkpoint(save_dir, tag)`` folder as ``deepspeed/runtime/engine.py`` writes it
     (``_save_checkpoint``: ``_common_checkpoint_state``; ``_save_zero_checkpoint``; ``latest``), for ZeRO ``stage``
     2 or 3 over ``world`` data-parallel ranks, fp32 training with one param group; the model (its values are
@@ -362,22 +365,24 @@ def deepspeed_checkpoint(save_dir: Path, tag: str, stage: int, world: int = 2, s
     every rank writes its own files (``_get_rank_zero_ckpt_name``: ``zero_pp_rank_{dp}_mp_rank_{mp:02d}_…``,
     ``mp_world_size`` in the common state), its ZeRO partitions over the data-parallel ranks of its own slice; the
     slices here are whole models of seeds ``seed + m`` (the same names and shapes on every rank: the layout keys by
-    file, not by shape), and the list of those models is returned."""
+    file, not by shape), and the list of those models is returned. ``vocab``/``width`` size the model
+    (:class:`TiedMlp`)."""
     folder = save_dir / tag
     folder.mkdir(parents=True)
-    models = [_deepspeed_mp_rank(folder, tag, stage, world, seed + m, m, mp) for m in range(mp)]
+    models = [_deepspeed_mp_rank(folder, tag, stage, world, seed + m, m, mp, vocab, width) for m in range(mp)]
     (save_dir / "latest").write_text(tag)
     (save_dir / "zero_to_fp32.py").write_text("# copied by DeepSpeed beside the tags\n")
     return models[0] if mp == 1 else models
 
 
-def _deepspeed_mp_rank(folder: Path, tag: str, stage: int, world: int, seed: int, mp_rank: int, mp: int):
+def _deepspeed_mp_rank(folder: Path, tag: str, stage: int, world: int, seed: int, mp_rank: int, mp: int,
+                       vocab: int = 10, width: int = 6):
     """The files of one model-parallel rank of :func:`deepspeed_checkpoint`; its model."""
     import math
     from collections import OrderedDict
 
     torch.manual_seed(seed)
-    model = TiedMlp()
+    model = TiedMlp(vocab, width)
     names = {p: n for n, p in model.named_parameters()}  # engine.param_names: first name of a tied parameter
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]

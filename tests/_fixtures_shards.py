@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["shard_model", "fsdp2_series", "hf_sharded_series", "age", "assert_same_fragments"]
+__all__ = ["shard_model", "fsdp2_series", "hf_sharded_series", "age", "assert_same_fragments", "assert_like_assembled"]
 
 
 def shard_model() -> nn.Sequential:
@@ -126,3 +126,28 @@ def assert_same_fragments(one: Path, other: Path, ignore: tuple[str, ...] = ()) 
                 assert x.keys() == y.keys()
                 bad = [k for k in x if k not in ignore and not _same(x[k], y[k])]
                 assert not bad, (stem, name, x.get("name"), bad)
+
+
+def assert_like_assembled(whole, split, names) -> None:
+    """The ``tensors`` and ``histograms`` rows of ``names`` in ``split`` (tables indexed by name, one checkpoint) are
+    those of the assembled tensors in ``whole``: counts, extremes, histogram, percentiles exactly; std, abs_mean, norm
+    to 1e-12 relative and the mean to 1e-12 of the RMS (a split tensor's sums are added in another order than one
+    pass over the whole: README, *Tensors in parts*)."""
+    import numpy as np
+    import pytest
+
+    from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL
+
+    (ta, ha), (tb, hb) = whole, split
+    for name in names:
+        assert tb.loc[name, "numel"] > EXACT_PERCENTILE_NUMEL
+        for column in [c for c in ta.columns if c.startswith("p") and c[1:].isdigit()] + [
+            "numel", "zeros", "nans", "posinfs", "neginfs", "min", "max"
+        ]:
+            assert tb.loc[name, column] == ta.loc[name, column], (name, column)
+        for column in ("std", "abs_mean", "norm"):
+            assert tb.loc[name, column] == pytest.approx(ta.loc[name, column], rel=1e-12, abs=0.0), (name, column)
+        rms = math.hypot(ta.loc[name, "mean"], ta.loc[name, "std"])  # the mean's error is one of the RMS
+        assert tb.loc[name, "mean"] == pytest.approx(ta.loc[name, "mean"], rel=0.0, abs=1e-12 * rms), name
+        for column in ("lo", "hi", "counts"):
+            np.testing.assert_array_equal(np.asarray(hb.loc[name, column]), np.asarray(ha.loc[name, column]))

@@ -23,7 +23,7 @@ from ckptboard.core.errors import CheckpointError, CorruptCheckpointError, NotAC
 from ckptboard.core.formats.filereader import FileReader
 from ckptboard.core.formats.guarded import GuardedFile
 from ckptboard.core.formats.materialise import build_tensor, bytes_tensor
-from ckptboard.core.formats.safe_unpickle import LazyStorage, LazyTensor, load_pickle
+from ckptboard.core.formats.safe_unpickle import LazyStorage, LazyTensor, contiguous_stride, load_pickle
 from ckptboard.core.formats.sniff import zip_kind
 
 __all__ = ["TorchZipReader", "inflate_limit"]
@@ -132,6 +132,24 @@ class TorchZipReader(FileReader):
                 continue  # read alone, by _record, which says what is wrong with it
             records[storage.key] = torch.from_numpy(buffer[data:data + storage.nbytes].copy())
 
+    def read_elements(self, lazy: LazyTensor, start: int, count: int) -> torch.Tensor:
+        """Elements ``[start, start + count)`` of a contiguous, unquantised ``lazy`` as a 1-D tensor, read on their own
+        from the file (a ZeRO-3 partition's slice of a flat group), not the whole storage record."""
+        storage = lazy.storage
+        if lazy.quantizer is not None or lazy.flags or tuple(lazy.stride) != contiguous_stride(lazy.shape):
+            raise CorruptCheckpointError(self.path, f"storage record {storage.key}: not a contiguous tensor, "
+                                                    "its elements cannot be read as a range")
+        if start < 0 or count < 0 or start + count > lazy.numel:
+            raise CorruptCheckpointError(self.path, f"storage record {storage.key}: elements {start}..{start + count} "
+                                                    f"of a tensor of {lazy.numel}")
+        itemsize = lazy.dtype.itemsize
+        info = self._zf.getinfo(f"{self._prefix}/data/{storage.key}")
+        if info.compress_type != zipfile.ZIP_STORED or not count:
+            return self.materialise(lazy, torch.device("cpu")).reshape(-1)[start : start + count].clone()
+        offset = self._stored_offset(storage, info) + (lazy.offset + start) * itemsize
+        raw = self._guarded.read_at(offset, count * itemsize)
+        return torch.empty(0, dtype=lazy.dtype).set_(raw.untyped_storage(), 0, (count,), (1,))
+
     def close(self) -> None:
         if hasattr(self, "_zf"):
             self._zf.close()
@@ -196,6 +214,13 @@ class TorchZipReader(FileReader):
         if info.compress_type != zipfile.ZIP_STORED:
             data = self._inflate(info, f"storage record {info.filename}", storage.nbytes)
             return bytes_tensor(data, 0, storage.nbytes)
+        if not storage.nbytes:
+            self._stored_offset(storage, info)
+            return bytes_tensor(b"", 0, 0)
+        return self._guarded.read_at(self._stored_offset(storage, info), storage.nbytes)
+
+    def _stored_offset(self, storage: LazyStorage, info: zipfile.ZipInfo) -> int:
+        """Where an uncompressed storage record's bytes start in the file, checked to lie inside it."""
         file_size = self._guarded.size
         if info.header_offset + _LOCAL_HEADER.size > file_size:
             raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
@@ -207,6 +232,4 @@ class TorchZipReader(FileReader):
         offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         if signature != b"PK\x03\x04" or offset + storage.nbytes > file_size:
             raise CorruptCheckpointError(self.path, f"storage record {info.filename} lies outside the file")
-        if not storage.nbytes:
-            return bytes_tensor(b"", 0, 0)
-        return self._guarded.read_at(offset, storage.nbytes)
+        return offset

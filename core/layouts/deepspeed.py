@@ -8,7 +8,9 @@
 
 The model-states file's ``param_shapes`` (the optimizer's parameters), ``frozen_param_shapes`` and ``buffer_names``
 give exact verdicts (source ``deepspeed:…``); ``shared_params`` ties. Under ZeRO-3 each weight is rebuilt from
-the ranks' flat partitions one tensor at a time (:mod:`ckptboard.core.formats.deepspeed_zero`). With several
+the ranks' flat partitions one tensor at a time, or (a large one) summarised rank slice by rank slice
+(:mod:`ckptboard.core.formats.deepspeed_zero`); shard tasks split it by optim-states file (:func:`ckptboard.core.shards.data_files`).
+With several
 model-parallel ranks (tensor parallelism: ``mp_world_size`` > 1), each rank's weights are a group named ``mp_rank_XX``
 (its slices are not concatenated: a note says so): under ZeRO 0-2 its ``mp_rank_XX_model_states.pt``; under ZeRO-3
 rebuilt from ``zero_pp_rank_R_mp_rank_XX_*`` alone, as each model-parallel rank partitions its own slice over the
@@ -198,7 +200,8 @@ def _zero3_slice(files: list[Path], ckpt) -> tuple[dict[str, Any], dict, dict]:
         offset = 0
         for name, shape in _shapes(shapes).items():
             per_rank = partitioned_numel(_prod(shape), world)
-            pieces[name] = ZeroPiece(name, shape, [ranks[g] for ranks in flat], offset, per_rank)
+            pieces[name] = ZeroPiece(name, shape, [ranks[g] for ranks in flat], offset, per_rank,
+                                     tuple(f.name for f in optims))
             offset += per_rank
         if any(offset != ranks[g].numel for ranks in flat):
             raise CorruptCheckpointError(ckpt.path, f"param group {g}: consumed {offset} elements of each rank's "
@@ -207,7 +210,7 @@ def _zero3_slice(files: list[Path], ckpt) -> tuple[dict[str, Any], dict, dict]:
         fragments = [r.get("frozen_param_fragments", {}).get(name) for r in roots]
         if not all(is_tensor(f) for f in fragments):
             raise CorruptCheckpointError(ckpt.path, f"frozen parameter {name} lacks a rank's fragment")
-        pieces[name] = ZeroPiece(name, shape, fragments, 0, fragments[0].numel)
+        pieces[name] = ZeroPiece(name, shape, fragments, 0, fragments[0].numel, tuple(f.name for f in models))
     zero = Zero3Reader(ckpt.path, pieces, [])
     ckpt._readers.append(zero)
     module = root["module"]
