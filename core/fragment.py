@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ckptboard.core.arrow_rows import table_from_rows
 from ckptboard.core.atomic import TMP_PREFIX, atomic_write
 from ckptboard.core.schema import FORMAT_VERSION, TableName, arrow_schema
 
@@ -85,15 +86,23 @@ def write_fragment(cache_dir: Path, stem: str, header: Header, rows: dict[TableN
         if not records and name != COMMIT_TABLE:
             path.unlink(missing_ok=True)
             continue
-        table = pa.Table.from_pylist(records, schema=arrow_schema(name).with_metadata(metadata))
         options = {}
         if name == TableName.HISTOGRAMS:
-            table = table.sort_by([("group", "ascending"), ("name", "ascending")])
+            # sorted here, not by Table.sort_by: that imports pyarrow.compute (~0.1 s of a fresh process); Python's
+            # order of str is code point order, Arrow's of UTF-8 bytes the same
+            records = sorted(records, key=_by_tensor)
             options["row_group_size"] = _HISTOGRAM_ROW_GROUP
+        table = table_from_rows(records, arrow_schema(name).with_metadata(metadata))
         path.parent.mkdir(exist_ok=True)
         # A crash leaves at most a ``.tmp-*`` file, which nothing reads (and summarize prunes).
         atomic_write(path, lambda f, t=table: pq.write_table(t, f, compression="zstd", **options))
     return commit
+
+
+def _by_tensor(row: dict[str, Any]) -> tuple:
+    """Sort key of a histogram row: ``(group, name)``, a missing value last (as Arrow places nulls)."""
+    group, name = row.get("group"), row.get("name")
+    return group is None, group or "", name is None, name or ""
 
 
 def remove_fragment(cache_dir: Path, stem: str) -> None:

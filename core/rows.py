@@ -1,12 +1,16 @@
 """One opened checkpoint (and its run's previous and first checkpoints) -> the rows of every statistics table.
 
 Plain arguments in, plain row dicts out (table name -> rows, columns of :mod:`ckptboard.core.schema`): no task, no
-cache, no file opened here. Tensors are loaded one at a time (with their previous/first versions beside them), and
-a tensor tied to one already done reuses its numbers.
+cache, no file opened here. Large tensors are loaded one at a time (with their previous/first versions beside them);
+small ones (at most ``EXACT_PERCENTILE_NUMEL`` elements, on CPU) are read and reduced in batches of up to
+``BATCH_ELEMENTS`` elements (:mod:`ckptboard.core.batch_stats`: the same numbers, without the per-tensor Python
+cost), in file order, so that side effects (spectral rows, norm layers' running statistics) keep the file's order.
+A tensor tied to one already done reuses its numbers. Histogram rows hold NumPy arrays or lists.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +18,14 @@ from typing import Any
 import torch
 
 from ckptboard.core.errors import CheckpointError
+from ckptboard.core.gcfreeze import freeze_in_worker
 from ckptboard.core.records import TensorInfo, TensorKind, Trainable
 from ckptboard.core.schema import EventKind, RunningStat, TableName
 from ckptboard.core.gradients import gradient_rows
 from ckptboard.core.spectral import SpectralMode, alpha_band, spectral_stats
+from ckptboard.core.batch_stats import BATCH_ELEMENTS, batchable, small_stats, small_updates
 from ckptboard.core.shards import ChunkSums, Part, chunk_sums, merge_chunk_sums, split_chunks
-from ckptboard.core.stats import STAT_COLUMNS, tensor_stats
+from ckptboard.core.stats import EXACT_PERCENTILE_NUMEL, STAT_COLUMNS, tensor_stats
 from ckptboard.core.updates import UpdateStats, norm_running_stats, update_stats
 
 __all__ = ["RowSource", "checkpoint_rows", "part_rows", "UPDATE_STAT_COLUMNS"]
@@ -44,6 +50,7 @@ def checkpoint_rows(source: RowSource, ckpt, prev=None, first=None, *, device: s
     """The rows of every table for the opened, classified ``ckpt``; ``prev``/``first`` (opened, or None) give the
     update statistics and the added/removed/reshaped events; ``spectral`` (a :class:`SpectralMode`) the spectral
     rows of its parameters; its optimizer state (if any) the gradients rows."""
+    freeze_in_worker()  # the long-lived objects of a worker, out of the cycle collector's way (core.gcfreeze)
     rows = _Rows(source, ckpt, prev, first, device, SpectralMode(spectral))
     rows.collect()
     return rows.tables
@@ -77,40 +84,50 @@ class _Rows:
         self._running: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
 
     def collect(self) -> None:
-        device = self.device
         prev_index = _index(self.prev)
         first_index = _index(self.first)
-        done: dict[tuple[str, str], tuple[dict, dict, dict | None]] = {}
+        done: dict[tuple[str, str], tuple[dict | None, dict | None, dict | None]] = {}
         part = self.part
+        held: list[tuple[int, TensorInfo]] = []  # the tensors whose rows this checkpoint (or part) makes, in order
+        computed: set[tuple[str, str]] = set()
+        pending: list[tuple[int, TensorInfo]] = []  # small tensors waiting for their batch, in file order
+        pending_numel = 0
+        small = self.device == "cpu"
         for order, info in enumerate(self.ckpt.tensors):
             ident = (info.group, info.name)
             tied = (info.group, info.tied_to) if info.tied_to else None
             chunks = split_chunks(self.ckpt, info)
-            if part is not None:
-                if not part.holds(self.ckpt, info, chunks):
-                    continue
-                self._tag = {"_order": order}
-            if tied in done:  # the same storage: the same numbers, computed once
-                stats, hist, update = done[tied]
+            if part is not None and not part.holds(self.ckpt, info, chunks):
+                continue
+            held.append((order, info))
+            if tied in computed:  # the same storage: the same numbers, computed once
                 if tied in self._split_sums:  # a tied split tensor's placeholder rows merge the same sums
                     self.partials.append((order, *self._split_sums[tied]))
-            elif chunks is not None:
-                stats, hist, update = self._split(order, info, chunks, prev_index.get(ident), first_index.get(ident))
-                done[ident] = (stats, hist, update)
+                continue
+            computed.add(ident)
+            if chunks is None and small and info.numel <= EXACT_PERCENTILE_NUMEL:
+                pending.append((order, info))
+                pending_numel += info.numel
+                if pending_numel >= BATCH_ELEMENTS:
+                    self._batch(pending, prev_index, first_index, done)
+                    pending, pending_numel = [], 0
+                continue
+            self._batch(pending, prev_index, first_index, done)  # side effects (spectral, running stats) in order
+            pending, pending_numel = [], 0
+            self._tag = self._tag_of(order)
+            if chunks is not None:
+                done[ident] = self._split(order, info, chunks, prev_index.get(ident), first_index.get(ident))
             else:
                 tensor = self.ckpt.load(info)
-                result = tensor_stats(tensor, device=device)
-                stats = result.as_row()
-                hist = _histogram_row(result.histogram)
-                update = self._update(info, tensor, prev_index.get(ident), first_index.get(ident))
-                if part is None:
-                    self._keep_running_stat(info, tensor)
-                self._spectral(info, tensor)
+                done[ident] = self._one(info, tensor, prev_index.get(ident), first_index.get(ident))
                 del tensor
-                done[ident] = (stats, hist, update)
+        self._batch(pending, prev_index, first_index, done)
+        for order, info in held:
+            ident = (info.group, info.name)
+            stats, hist, update = done[ident] if ident in done else done[(info.group, info.tied_to)]
             if stats is None:
                 continue  # chunks of a tensor whose rows the part holding its first chunk writes
-            tag = self._tag
+            tag = self._tag_of(order)
             self.tables[TableName.TENSORS].append({**self.base, **_identity_row(info), **stats, **tag})
             self.tables[TableName.HISTOGRAMS].append({**self.base, "group": info.group, "name": info.name, **hist,
                                                       **tag})
@@ -125,6 +142,85 @@ class _Rows:
         self._event_rows(prev_index)
         self._gradient_rows()
         self.tables[TableName.CHECKPOINTS] = [self._checkpoint_row()]
+
+    def _tag_of(self, order: int) -> dict[str, int]:
+        """In a part, ``{"_order": order}`` for the rows of the checkpoint's tensor number ``order``; else nothing."""
+        return {} if self.part is None else {"_order": order}
+
+    def _one(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
+        """One tensor through the per-tensor path: (statistics row, histogram row, update row or None)."""
+        result = tensor_stats(tensor, device=self.device)
+        update = self._update(info, tensor, prev_info, first_info)
+        if self.part is None:  # a part's lead keeps them in one pass (_keep_running_stats)
+            self._keep_running_stat(info, tensor)
+        self._spectral(info, tensor)
+        return result.as_row(), _histogram_row(result.histogram), update
+
+    def _batch(self, pending: list[tuple[int, TensorInfo]], prev_index, first_index, done: dict) -> None:
+        """Small tensors (with their order in the checkpoint) read together and reduced by one kernel call
+        (:mod:`ckptboard.core.batch_stats`), their update statistics too; a tensor the batched path does not take
+        goes through :meth:`_one`."""
+        if not pending:
+            return
+        infos = [info for _, info in pending]
+        tensors = self.ckpt.load_many(infos)
+        fits = [i for i, t in enumerate(tensors) if batchable(t)]
+        batch = small_stats([tensors[i] for i in fits])
+        rows = batch.rows()
+        neighbours = self._neighbours([infos[i] for i in fits], prev_index, first_index)
+        triples, with_update = [], []
+        for j, i in enumerate(fits):
+            pair = neighbours[j]
+            if pair is None:
+                continue
+            prev_tensor, first_tensor = pair
+            if batchable(prev_tensor) and (first_tensor is None or batchable(first_tensor)):
+                triples.append((tensors[i], prev_tensor, first_tensor))
+                with_update.append(j)
+        updates = dict(zip(with_update, small_updates(triples)))
+        for j, i in enumerate(fits):
+            info, tensor = infos[i], tensors[i]
+            update = updates.get(j)
+            if update is None and neighbours[j] is not None:  # a neighbour the batch does not take
+                prev_tensor, first_tensor = neighbours[j]
+                update = update_stats(prev_tensor, tensor, first_tensor, device=self.device).as_row()
+            lo, hi, counts = batch.histogram_arrays(j)
+            done[(info.group, info.name)] = (rows[j], {"lo": lo, "hi": hi, "counts": counts}, update)
+            if self.part is None:
+                self._keep_running_stat(info, tensor)
+            self._tag = self._tag_of(pending[i][0])
+            self._spectral(info, tensor)
+        taken = set(fits)
+        for i, info in enumerate(infos):
+            if i not in taken:
+                self._tag = self._tag_of(pending[i][0])
+                done[(info.group, info.name)] = self._one(info, tensors[i], prev_index.get((info.group, info.name)),
+                                                          first_index.get((info.group, info.name)))
+
+    def _neighbours(self, infos: list[TensorInfo], prev_index, first_index) -> list[tuple | None]:
+        """Per tensor: its (previous, first or None) versions for the update statistics, or None (no previous of
+        its shape, or unreadable), as :meth:`_update` decides, each neighbour read in one batch."""
+        want_prev, want_first = [], []
+        for info in infos:
+            ident = (info.group, info.name)
+            prev_info, first_info = prev_index.get(ident), first_index.get(ident)
+            same = prev_info is not None and tuple(prev_info.shape) == tuple(info.shape)
+            want_prev.append(prev_info if same else None)
+            same_first = same and first_info is not None and tuple(first_info.shape) == tuple(info.shape)
+            want_first.append(first_info if same_first and self.first is not self.prev else None)
+        prevs = _load_many_or_none(self.prev, want_prev)
+        firsts = _load_many_or_none(self.first, want_first)
+        out: list[tuple | None] = []
+        for info, prev_tensor, first_tensor in zip(infos, prevs, firsts):
+            if prev_tensor is None:
+                out.append(None)
+                continue
+            if self.first is self.prev:
+                first_info = first_index.get((info.group, info.name))
+                same = first_info is not None and tuple(first_info.shape) == tuple(info.shape)
+                first_tensor = prev_tensor if same else None
+            out.append((prev_tensor, first_tensor))
+        return out
 
     def _update(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
         if prev_info is None or tuple(prev_info.shape) != tuple(info.shape):
@@ -258,6 +354,22 @@ def _is_running_stat(info: TensorInfo) -> bool:
     return info.name.rpartition(".")[2] in set(RunningStat) and info.kind == TensorKind.BUFFER and len(info.shape) == 1
 
 
+def _load_many_or_none(ckpt, infos: list[TensorInfo | None]) -> list:
+    """``ckpt.load_many`` of the infos given (None where None); a batch that fails is read one by one, each
+    unreadable tensor None (as :func:`_load_or_none`)."""
+    wanted = [i for i, info in enumerate(infos) if info is not None]
+    out: list = [None] * len(infos)
+    if not wanted:
+        return out
+    try:
+        tensors = ckpt.load_many([infos[i] for i in wanted])
+    except CheckpointError:
+        tensors = [_load_or_none(ckpt, infos[i]) for i in wanted]
+    for i, tensor in zip(wanted, tensors):
+        out[i] = tensor
+    return out
+
+
 def _load_or_none(ckpt, info: TensorInfo):
     try:
         return ckpt.load(info)
@@ -278,17 +390,20 @@ def _identity_row(info: TensorInfo) -> dict[str, Any]:
 
 
 def _shape(shape) -> str:
-    return json.dumps([int(s) for s in shape])
+    return _shape_text(tuple(int(s) for s in shape))
 
 
-def _histogram_row(histogram) -> dict[str, list]:
+@functools.lru_cache(maxsize=4096)
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """``[8, 16]``: a series repeats a few shapes thousands of times."""
+    return json.dumps(list(shape))
+
+
+def _histogram_row(histogram) -> dict[str, Any]:
+    """The histogram's arrays as they are (the fragment writer takes arrays or lists)."""
     if histogram is None:
         return {"lo": [], "hi": [], "counts": []}
-    return {"lo": _floats(histogram.lo), "hi": _floats(histogram.hi), "counts": [int(c) for c in histogram.counts]}
-
-
-def _floats(values) -> list[float]:
-    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    return {"lo": histogram.lo, "hi": histogram.hi, "counts": histogram.counts}
 
 
 def _optimizer_text(optimizers) -> str:

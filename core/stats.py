@@ -428,7 +428,9 @@ def _small_stats(t: torch.Tensor, resolution: int | None) -> TensorStats:
     pct = np.full(_QS.shape, _NAN)
     if v.size:
         d = v - acc.shift
-        acc.s1, acc.s2, acc.sa = float(d.sum()), float(np.dot(d, d)), float(np.abs(v).sum())
+        # pairwise sums (not np.dot's BLAS order): core._batch_kernels reproduces them bit for bit
+        with np.errstate(over="ignore"):  # a square past float64's range is inf, as np.dot gave it
+            acc.s1, acc.s2, acc.sa = float(d.sum()), float((d * d).sum()), float(np.abs(v).sum())
         acc.mn, acc.mx = float(v[0]), float(v[-1])
         rank = _QS / 100.0 * (v.size - 1)  # NumPy's linear method, without np.percentile's overhead
         below = np.floor(rank).astype(np.int64)

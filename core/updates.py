@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ class UpdateStats:
     rel_dist_from_first: float
 
     def as_row(self) -> dict:
-        return asdict(self)
+        return {"update_norm": self.update_norm, "update_ratio": self.update_ratio, "cosine": self.cosine,
+                "dist_from_first": self.dist_from_first, "rel_dist_from_first": self.rel_dist_from_first}
 
 
 def update_stats(

@@ -120,10 +120,12 @@ def summarize_with_progress(args: argparse.Namespace) -> SummaryReport:
     root = check_summarize_options(args)
     from tqdm import tqdm
 
+    from ckptboard.core.gcfreeze import freeze_short_lived
     from ckptboard.core.stats import resolve_device
     from ckptboard.core.summarize import refresh
 
     device = str(resolve_device(args.device))
+    freeze_short_lived()  # the ckptboard command ends with its work: its imports out of the collector's way
     tqdm.monitor_interval = 0  # no monitor thread: a single-threaded CLI can fork its workers (core.executors)
     with ExitStack() as stack:
         bar: tqdm | None = None

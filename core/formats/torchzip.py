@@ -38,6 +38,11 @@ _ZIP_FAILURES = (
 )  # fmt: skip
 
 
+_GAP = 64 << 10  # bytes between two stored records that one read still spans (cheaper than another read)
+_RUN = 64 << 20  # bytes one read of neighbouring records may span
+_EXTRA_SLACK = 256  # bytes allowed for a local header's extra field when planning a read (torch pads to 64)
+
+
 def inflate_limit(archive_size: int) -> int:
     """The most bytes a compressed member of an archive of ``archive_size`` bytes may inflate to."""
     return min(_INFLATE_CAP, max(_INFLATE_FLOOR, _INFLATE_RATIO * archive_size))
@@ -75,6 +80,57 @@ class TorchZipReader(FileReader):
         """One tensor, read into memory of its own (writes to it never reach the file)."""
         tensor = build_tensor(self._record(lazy.storage), lazy, lambda q: self.materialise(q, torch.device("cpu")))
         return tensor if device.type == "cpu" else tensor.to(device)
+
+    def materialise_many(self, lazies: list[LazyTensor], device: torch.device) -> list[torch.Tensor]:
+        """Several tensors as :meth:`materialise` gives them; stored records less than ``_GAP`` bytes apart are read
+        together (local headers included, up to ``_RUN`` bytes a read), each storage once however many tensors view
+        it. Anything else (a compressed or large record, a header that does not fit) is read as by :meth:`materialise`."""
+        records: dict[str, torch.Tensor | None] = {}
+        planned: list[tuple[int, int, zipfile.ZipInfo, LazyStorage]] = []  # (header offset, end bound, info, storage)
+        for lazy in lazies:
+            storage = lazy.storage
+            if storage.key in records:
+                continue
+            records[storage.key] = None
+            info = self._zf.getinfo(f"{self._prefix}/data/{storage.key}")
+            if info.compress_type == zipfile.ZIP_STORED and 0 < storage.nbytes <= _RUN:
+                # the local header's extra field (torch pads data to 64 bytes) is read with it: allow for it
+                bound = info.header_offset + _LOCAL_HEADER.size + len(info.orig_filename) + _EXTRA_SLACK + storage.nbytes
+                planned.append((info.header_offset, min(bound, self._guarded.size), info, storage))
+        planned.sort(key=lambda p: p[0])
+        run: list[tuple[int, int, zipfile.ZipInfo, LazyStorage]] = []
+        for item in planned:
+            if run and (item[0] - run[-1][1] > _GAP or item[1] - run[0][0] > _RUN):
+                self._read_records(run, records)
+                run = []
+            run.append(item)
+        if run:
+            self._read_records(run, records)
+        out = []
+        for lazy in lazies:
+            raw = records[lazy.storage.key]
+            if raw is None:
+                out.append(self.materialise(lazy, device))
+                continue
+            tensor = build_tensor(raw, lazy, lambda q: self.materialise(q, torch.device("cpu")))
+            out.append(tensor if device.type == "cpu" else tensor.to(device))
+        return out
+
+    def _read_records(self, run: list[tuple[int, int, zipfile.ZipInfo, LazyStorage]], records: dict) -> None:
+        """One read of neighbouring stored records; each record whose local header checks out gets a copy of its
+        bytes of its own (a storage of its own, as :meth:`_record` gives); the others stay None."""
+        start = run[0][0]
+        end = max(item[1] for item in run)
+        buffer = self._guarded.read_at(start, end - start).numpy()
+        for header_offset, _, info, storage in run:
+            at = header_offset - start
+            if at + _LOCAL_HEADER.size > buffer.size:
+                continue
+            signature, name_len, extra_len = _LOCAL_HEADER.unpack(buffer[at:at + _LOCAL_HEADER.size].tobytes())
+            data = at + _LOCAL_HEADER.size + name_len + extra_len
+            if signature != b"PK\x03\x04" or data + storage.nbytes > buffer.size:
+                continue  # read alone, by _record, which says what is wrong with it
+            records[storage.key] = torch.from_numpy(buffer[data:data + storage.nbytes].copy())
 
     def read_elements(self, lazy: LazyTensor, start: int, count: int) -> torch.Tensor:
         """Elements ``[start, start + count)`` of a contiguous, unquantised ``lazy`` as a 1-D tensor, read on their own
