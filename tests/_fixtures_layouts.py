@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _fixtures_procs import leave_rank
+
 __all__ = ["tiny_gpt2", "hf_trainer_run", "nanogpt_checkpoint", "TinyMlp", "CodeRunningPayload"]
 
 
@@ -120,6 +122,7 @@ def _fsdp2_worker(rank: int, world: int, out: str, store: str) -> None:
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=out)
     finally:
         dist.destroy_process_group()
+    leave_rank()
 
 
 def fsdp2_save(out: Path, world: int = 2) -> None:
@@ -638,6 +641,7 @@ def _megatron_dist_worker(rank, world, save_dir, store, iterations, layers, seed
                                 common_in_dcp, MCoreSavePlanner, mcore_metadata)
     finally:
         dist.destroy_process_group()
+    leave_rank()
 
 
 def _megatron_dist_save(rank, world, out, iteration, layers, seed, common_in_dcp, planner, mcore_metadata):
@@ -728,6 +732,7 @@ def _accelerate_fsdp_worker(rank: int, world: int, project: str, store: str, sav
             dist.barrier()
     finally:
         dist.destroy_process_group()
+    leave_rank()
 
 
 def accelerate_fsdp_run(project: Path, saves: int = 2, world: int = 2) -> None:

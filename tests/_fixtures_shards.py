@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from _fixtures_procs import leave_rank
+
 __all__ = ["shard_model", "fsdp2_series", "hf_sharded_series", "age", "assert_same_fragments", "assert_like_assembled"]
 
 
@@ -48,6 +50,7 @@ def _series_worker(rank: int, world: int, root: str, steps: list[int], store: st
                 dcp.save({"model": msd, "optim": osd}, checkpoint_id=f"{root}/step-{step}")
     finally:
         dist.destroy_process_group()
+    leave_rank()
 
 
 def fsdp2_series(run: Path, steps: list[int], world: int) -> None:

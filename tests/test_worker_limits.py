@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -52,13 +54,17 @@ def _deflated_checkpoint(path) -> None:
     age(path)
 
 
-def test_a_checkpoint_past_the_memory_limit_is_a_recorded_resource_limit_error(tmp_path, capsys):
+def test_a_checkpoint_past_the_memory_limit_is_a_recorded_resource_limit_error(tmp_path):
     root = tmp_path / "runs"
     write_safetensors_run(root / "run", 2)
     _deflated_checkpoint(root / "run" / "deflated.pt")
-    # 8 MiB beyond the worker's start and the files: the small checkpoints fit, 28 MiB inflated does not.
-    assert main(["summarize", str(root), "--max-memory", "8M", "--workers", "1"]) == 1
-    out, err = capsys.readouterr()
+    # 8 MiB beyond the worker's start and the files: the small checkpoints fit, 28 MiB inflated does not. Run as a
+    # user runs it, in a fresh process: a worker forked from this long-lived test process inherits the heap that
+    # earlier tests freed, where 28 MiB fits without growing the address space that RLIMIT_AS counts.
+    done = subprocess.run([sys.executable, "-m", "ckptboard.dashboard.cli", "summarize", str(root),
+                           "--max-memory", "8M", "--workers", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    out, err = done.stdout, done.stderr
     assert err.count("FAILED") == 1
     assert re.search(r"FAILED run/deflated.pt: ResourceLimitError: needed more than 8.0\d MiB", err)  # 8 MiB + 30 kB
     assert out.startswith("2 checkpoints")
