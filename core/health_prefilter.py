@@ -36,18 +36,52 @@ class HealthRows:
 
 
 def health_rows(view, explode_factor: float, largest: int) -> HealthRows:
-    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them)."""
+    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them).
+
+    Two reads: the few columns the filters need, then every column of the candidates' tensors (and checkpoints)
+    alone; at 1M tensor rows with few findings the second read opens a handful of files."""
     dataset, selection = view.dataset, view.selection
-    tensors = dataset.read(TableName.TENSORS, selection)
-    updates = dataset.read(TableName.UPDATES, selection)
+    tensors = dataset.read(TableName.TENSORS, selection, columns=_present(selection, _TENSOR_INPUT))
+    updates = dataset.read(TableName.UPDATES, selection, columns=_present(selection, _UPDATE_INPUT))
     t_key, u_key = _key(tensors), _key(updates)
     keys = pa.concat_arrays([
-        _non_finite_keys(tensors, t_key), _exploding_keys(tensors, t_key, explode_factor), _unchanged_keys(updates, u_key),
+        _non_finite_keys(tensors, t_key), _exploding_keys(tensors, t_key, explode_factor),
     ]).unique()
-    tensor_rows = pc.is_in(t_key, value_set=keys)
-    update_rows = pc.or_(pc.is_in(u_key, value_set=keys), _largest_rows(updates, largest))
-    return HealthRows(tensors.filter(tensor_rows).to_pandas(), updates.filter(update_rows).to_pandas(),
-                      view.batchnorm)
+    unchanged = _unchanged_keys(updates, u_key)
+    floors = _largest_floors(updates, largest)
+    top = updates.filter(_largest_rows(updates, floors))
+    keys = pa.concat_arrays([keys, unchanged]).unique()
+    tensors = _candidates(dataset, TableName.TENSORS, selection, tensors.filter(pc.is_in(t_key, value_set=keys)), None)
+    updates = _candidates(dataset, TableName.UPDATES, selection,
+                          updates.filter(pc.is_in(u_key, value_set=unchanged)), top)
+    update_rows = pc.or_(pc.is_in(_key(updates), value_set=unchanged), _largest_rows(updates, floors))
+    return HealthRows(tensors.filter(pc.is_in(_key(tensors), value_set=keys)).to_pandas(),
+                      updates.filter(update_rows).to_pandas(), view.batchnorm)
+
+
+# What the filters read; run, step and checkpoint also keep the rows in the order of a whole read.
+_TENSOR_INPUT = ("run", "checkpoint", "step", "group", "name", "kind", "norm", "nans", "posinfs", "neginfs")
+_UPDATE_INPUT = ("run", "checkpoint", "step", "group", "name", "kind", "update_norm", "update_ratio")
+
+
+def _present(selection, columns: tuple[str, ...]) -> list[str]:
+    return [c for c in columns if selection.columns is None or c in selection.columns]
+
+
+def _candidates(dataset, table: TableName, selection, every_checkpoint: pa.Table, some: pa.Table | None) -> pa.Table:
+    """Every column of the rows of ``every_checkpoint``'s tensors in all checkpoints and of ``some``'s rows' tensors in
+    their checkpoints (a superset: the caller filters it), read with names (and checkpoints) pushed down."""
+    some = some if some is not None else every_checkpoint.slice(0, 0)
+    names = set(every_checkpoint.column("name").to_pylist()) | set(some.column("name").to_pylist())
+    if selection.names is not None:
+        names &= set(selection.names)
+    narrowed = selection.narrow(names=tuple(sorted(n for n in names if n is not None)))
+    if every_checkpoint.num_rows == 0:
+        checkpoints = set(some.column("checkpoint").to_pylist())
+        if selection.checkpoints is not None:
+            checkpoints &= set(selection.checkpoints)
+        narrowed = narrowed.narrow(checkpoints=tuple(sorted(c for c in checkpoints if c is not None)))
+    return dataset.read(table, narrowed)
 
 
 def _key(table: pa.Table) -> pa.Array:
@@ -89,16 +123,28 @@ def _unchanged_keys(u: pa.Table, key: pa.Array) -> pa.Array:
     return agg.column("key").filter(pc.invert(agg.column("moved_any"))).combine_chunks()
 
 
-def _largest_rows(u: pa.Table, largest: int) -> pa.Array:
-    """Finite parameter update ratios at least each run's ``largest``-th largest (ties kept: the check breaks them
-    by row order, which the filter keeps)."""
+def _largest_floors(u: pa.Table, largest: int) -> dict[str, float]:
+    """Per run, its ``largest``-th largest finite parameter update ratio (the smallest one when it has fewer)."""
+    ratio, finite, run = _ratios(u)
+    floors = {}
+    for value in pc.unique(run.filter(finite)).to_pylist():
+        values = ratio.filter(pc.and_(finite, pc.equal(run, value))).to_numpy()
+        floors[value] = np.partition(values, -largest)[-largest] if len(values) > largest else values.min()
+    return floors
+
+
+def _ratios(u: pa.Table) -> tuple[pa.ChunkedArray, pa.Array, pa.Array]:
     ratio = u.column("update_ratio").cast(pa.float64())
     finite = pc.and_(_is_parameter(u), pc.fill_null(pc.is_finite(ratio), False).combine_chunks())
-    run = pc.fill_null(u.column("run").cast(pa.string()), _NULL).combine_chunks()
+    return ratio, finite, pc.fill_null(u.column("run").cast(pa.string()), _NULL).combine_chunks()
+
+
+def _largest_rows(u: pa.Table, floors: dict[str, float]) -> pa.Array:
+    """Finite parameter update ratios at least their run's floor (ties kept: the check breaks them by row order,
+    which every filter keeps)."""
+    ratio, finite, run = _ratios(u)
     keep = pa.array(np.zeros(u.num_rows, dtype=bool))
-    for value in pc.unique(run.filter(finite)).to_pylist():
+    for value, floor in floors.items():
         mine = pc.and_(finite, pc.equal(run, value))
-        values = ratio.filter(mine).to_numpy()
-        floor = np.partition(values, -largest)[-largest] if len(values) > largest else values.min()
         keep = pc.or_(keep, pc.and_(mine, pc.fill_null(pc.greater_equal(ratio, floor), False).combine_chunks()))
     return keep
