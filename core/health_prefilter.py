@@ -42,7 +42,7 @@ def health_rows(view, explode_factor: float, largest: int) -> HealthRows:
     alone; at 1M tensor rows with few findings the second read opens a handful of files."""
     dataset, selection = view.dataset, view.selection
     tensors = dataset.read(TableName.TENSORS, selection, columns=_present(selection, _TENSOR_INPUT))
-    updates = dataset.read(TableName.UPDATES, selection, columns=_present(selection, _UPDATE_INPUT))
+    updates = dataset.read(TableName.UPDATES, selection, columns=_present(selection, _UPDATE_INPUT), sort=False)
     t_key, u_key = _key(tensors), _key(updates)
     keys = pa.concat_arrays([
         _non_finite_keys(tensors, t_key), _exploding_keys(tensors, t_key, explode_factor),
@@ -59,9 +59,10 @@ def health_rows(view, explode_factor: float, largest: int) -> HealthRows:
                       updates.filter(update_rows).to_pandas(), view.batchnorm)
 
 
-# What the filters read; run, step and checkpoint also keep the rows in the order of a whole read.
+# What the filters read: the tensors in step order (exploding compares with the first norm), the updates in any
+# order (their tests are order-free); ``checkpoint`` also prunes the second read to the largest updates' files.
 _TENSOR_INPUT = ("run", "checkpoint", "step", "group", "name", "kind", "norm", "nans", "posinfs", "neginfs")
-_UPDATE_INPUT = ("run", "checkpoint", "step", "group", "name", "kind", "update_norm", "update_ratio")
+_UPDATE_INPUT = ("run", "checkpoint", "group", "name", "kind", "update_norm", "update_ratio")
 
 
 def _present(selection, columns: tuple[str, ...]) -> list[str]:
