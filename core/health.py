@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ckptboard.core.errors import UsageError
+from ckptboard.core.health_prefilter import health_rows
 from ckptboard.core.records import StrEnum, TensorKind, Trainable
 from ckptboard.core.schema import StatsTables, format_shape, tensor_label
 
@@ -172,7 +173,11 @@ def _largest_updates(tables: StatsTables) -> pd.DataFrame:
 
 def health_table(tables: StatsTables, *, dead_var: float = 1e-8, explode_factor: float = 10.0,
                  explode_min_rms: float = 1e-2) -> pd.DataFrame:
-    """One row per finding (columns ``HEALTH_COLUMNS``), errors first, then by check, run and value."""
+    """One row per finding (columns ``HEALTH_COLUMNS``), errors first, then by check, run and value.
+
+    Over a dataset view, only the rows that can matter become pandas (:mod:`~ckptboard.core.health_prefilter`)."""
+    if hasattr(tables, "dataset"):
+        tables = health_rows(tables, explode_factor, LARGEST_UPDATES)
     parts = [
         _non_finite(tables), _exploding(tables, explode_factor, explode_min_rms), _dead_bn(tables, dead_var),
         _unchanged(tables), _largest_updates(tables),

@@ -203,3 +203,21 @@ def test_compare_reads_two_checkpoints_and_finds_what_the_whole_tables_find(samp
     # consecutive (the update row), against the first (dist_from_first), neither (the lower bound), across runs
     for a, b in [(first, second), (first, last), (second, last), (last, "sgd_safetensors/checkpoint_000480.safetensors")]:
         pd.testing.assert_frame_equal(_compare(view, a, b).changes, compare_checkpoints(whole, a, b).changes)
+
+
+def test_health_from_candidate_rows_finds_what_the_whole_tables_find(samples):
+    import pandas as pd
+
+    from ckptboard.core.dataset import StatsDataset
+    from ckptboard.core.health import LARGEST_UPDATES, health_table
+    from ckptboard.core.health_prefilter import health_rows
+    from ckptboard.core.load import load_stats
+    from ckptboard.dashboard.views.health import _HEALTH_COLUMNS
+
+    view, whole = StatsDataset(samples).view().narrow(columns=_HEALTH_COLUMNS), load_stats(samples)
+    for factor in (1.5, 10.0):  # a low threshold makes exploding-norm fire on the samples
+        expected = health_table(whole, explode_factor=factor)
+        assert len(expected), "the samples must hold findings for the comparison to mean anything"
+        pd.testing.assert_frame_equal(health_table(view, explode_factor=factor), expected)
+    rows = health_rows(view, 10.0, LARGEST_UPDATES)
+    assert len(rows.tensors) < len(whole.tensors) and len(rows.updates) < len(whole.updates)

@@ -88,3 +88,32 @@ def test_unchanged_and_frozen_share_one_test_and_a_nan_update_proves_nothing():
     assert unchanged[["name", "checkpoint", "step"]].values.tolist() == [["w", "c2", 2]]
     assert unchanged["detail"].tolist() == ["identical in all 3 checkpoints"]  # 2 updates + the first checkpoint
     assert frozen_tensors(tables)[["name", "n_updates"]].values.tolist() == [["w", 2]]
+
+
+def test_candidate_rows_find_non_finite_and_exploding_as_the_whole_tables_do(tmp_path):
+    """A real torch.save series with a NaN planted at the second checkpoint and a weight grown 20×: the findings from
+    the dataset's candidate rows equal those of the whole tables."""
+    import torch
+    from torch import nn
+
+    from ckptboard.core.dataset import StatsDataset
+    from ckptboard.core.load import load_stats
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.views.health import _HEALTH_COLUMNS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model[2].weight.mul_(20.0 if step == 3 else 1.0)  # 20× its first norm: exploding at factor 10
+            model[0].bias.add_(0.1)
+            if step == 2:
+                model[0].weight[0, 0] = float("nan")
+        torch.save(model.state_dict(), run / f"step_{step}.pt")
+    summarize(tmp_path)
+    view, whole = StatsDataset(tmp_path).view().narrow(columns=_HEALTH_COLUMNS), load_stats(tmp_path)
+    expected = health_table(whole)
+    assert {"non-finite", "exploding-norm"} <= set(expected["check"])
+    pd.testing.assert_frame_equal(health_table(view), expected)
