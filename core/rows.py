@@ -76,7 +76,6 @@ class _Rows:
         self.part = part
         self.partials: list[tuple[int, int, list[ChunkSums]]] = []
         self._split_sums: dict[tuple[str, str], tuple[int, list[ChunkSums]]] = {}  # in a part, by (group, name)
-        self._tag: dict[str, int] = {}  # in a part, {"_order": index} of the tensor whose rows are being made
         self.base = {"run": source.run, "checkpoint": source.relpath, "step": ckpt.step}
         self.tables: dict[TableName, list[dict[str, Any]]] = {
             name: [] for name in TableName if name != TableName.ERRORS
@@ -114,12 +113,11 @@ class _Rows:
                 continue
             self._batch(pending, prev_index, first_index, done)  # side effects (spectral, running stats) in order
             pending, pending_numel = [], 0
-            self._tag = self._tag_of(order)
             if chunks is not None:
                 done[ident] = self._split(order, info, chunks, prev_index.get(ident), first_index.get(ident))
             else:
                 tensor = self.ckpt.load(info)
-                done[ident] = self._one(info, tensor, prev_index.get(ident), first_index.get(ident))
+                done[ident] = self._one(order, info, tensor, prev_index.get(ident), first_index.get(ident))
                 del tensor
         self._batch(pending, prev_index, first_index, done)
         for order, info in held:
@@ -147,13 +145,14 @@ class _Rows:
         """In a part, ``{"_order": order}`` for the rows of the checkpoint's tensor number ``order``; else nothing."""
         return {} if self.part is None else {"_order": order}
 
-    def _one(self, info: TensorInfo, tensor, prev_info: TensorInfo | None, first_info: TensorInfo | None):
+    def _one(self, order: int, info: TensorInfo, tensor, prev_info: TensorInfo | None,
+             first_info: TensorInfo | None):
         """One tensor through the per-tensor path: (statistics row, histogram row, update row or None)."""
         result = tensor_stats(tensor, device=self.device)
         update = self._update(info, tensor, prev_info, first_info)
         if self.part is None:  # a part's lead keeps them in one pass (_keep_running_stats)
             self._keep_running_stat(info, tensor)
-        self._spectral(info, tensor)
+        self._spectral(order, info, tensor)
         return result.as_row(), _histogram_row(result.histogram), update
 
     def _batch(self, pending: list[tuple[int, TensorInfo]], prev_index, first_index, done: dict) -> None:
@@ -188,14 +187,12 @@ class _Rows:
             done[(info.group, info.name)] = (rows[j], {"lo": lo, "hi": hi, "counts": counts}, update)
             if self.part is None:
                 self._keep_running_stat(info, tensor)
-            self._tag = self._tag_of(pending[i][0])
-            self._spectral(info, tensor)
+            self._spectral(pending[i][0], info, tensor)
         taken = set(fits)
         for i, info in enumerate(infos):
             if i not in taken:
-                self._tag = self._tag_of(pending[i][0])
-                done[(info.group, info.name)] = self._one(info, tensors[i], prev_index.get((info.group, info.name)),
-                                                          first_index.get((info.group, info.name)))
+                ident = (info.group, info.name)
+                done[ident] = self._one(pending[i][0], info, tensors[i], prev_index.get(ident), first_index.get(ident))
 
     def _neighbours(self, infos: list[TensorInfo], prev_index, first_index) -> list[tuple | None]:
         """Per tensor: its (previous, first or None) versions for the update statistics, or None (no previous of
@@ -249,7 +246,7 @@ class _Rows:
                           device=self.device)
         owner = part is None or chunks[0].file in part.files
         if owner and self._wants_spectral(info):
-            self._spectral(info, self.ckpt.load(info))
+            self._spectral(order, info, self.ckpt.load(info))
         if part is not None:
             self.partials.append((order, len(chunks), sums))
             self._split_sums[(info.group, info.name)] = (len(chunks), sums)
@@ -265,14 +262,14 @@ class _Rows:
     def _wants_spectral(self, info: TensorInfo) -> bool:
         return self.spectral is not SpectralMode.OFF and info.kind == TensorKind.PARAMETER
 
-    def _spectral(self, info: TensorInfo, tensor) -> None:
+    def _spectral(self, order: int, info: TensorInfo, tensor) -> None:
         if not self._wants_spectral(info):
             return
         stats = spectral_stats(tensor, self.spectral, device=self.device)
         if stats is not None:
             self.tables[TableName.SPECTRAL].append({
                 **self.base, "group": info.group, "name": info.name, "module": info.module, **stats.as_row(),
-                "alpha_band": str(alpha_band(stats.alpha)), **self._tag,
+                "alpha_band": str(alpha_band(stats.alpha)), **self._tag_of(order),
             })
 
     def _keep_running_stats(self) -> None:

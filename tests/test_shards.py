@@ -48,8 +48,8 @@ def hf_root(tmp_path_factory) -> Path:
     return root
 
 
-def _summarise(root: Path, cache: Path, executor, split: bool):
-    report = execute(plan(root, cache_dir=cache), executor, split=split)
+def _summarise(root: Path, cache: Path, executor, split: bool, spectral: str = "off"):
+    report = execute(plan(root, cache_dir=cache, spectral=spectral), executor, split=split)
     assert report.ok, report.failures
     assert not (cache / PARTS_DIRNAME).exists()  # every part's results merged and removed
     return report
@@ -73,6 +73,13 @@ def test_hf_shards_one_task_and_one_task_per_file_give_the_same_tables(hf_root, 
     _summarise(hf_root, tmp_path / "many", LocalExecutor(2), split=True)
     assert_same_fragments(tmp_path / "one", tmp_path / "many")
 
+
+def test_spectral_rows_of_shard_tasks_equal_one_tasks(hf_root, tmp_path):
+    # Each part tags the spectral rows of its tensors with their order, so the merge puts them where one task does.
+    _summarise(hf_root, tmp_path / "one", LocalExecutor(1), split=False, spectral="default")
+    _summarise(hf_root, tmp_path / "many", LocalExecutor(2), split=True, spectral="default")
+    assert_same_fragments(tmp_path / "one", tmp_path / "many")
+    assert len(load_stats(hf_root, tmp_path / "many").spectral) > 0
 
 def test_dask_shard_tasks_give_the_local_tables(dcp_root, hf_root, tmp_path):
     pytest.importorskip("distributed")
