@@ -156,7 +156,7 @@ def tensor_choices(index: pd.DataFrame, run: str | None, pattern: str | None, se
     else:
         rows = index[index["run"] == run].sort_values(["numel", "group", "name"], ascending=[False, True, True],
                                                       kind="stable")
-        keys = list(zip(rows["group"], rows["name"]))
+        keys = list(zip(rows["group"].tolist(), rows["name"].tolist()))
         names = [n for _, n in keys]
     if pattern:
         regex = re.compile(pattern)
@@ -247,7 +247,7 @@ def worth_seeing(tables: StatsTables, run: str, options: Sequence[tuple[str, str
     rows = index[(index["run"] == run) & index["trainable_numel"].notna()]
     rows = rows.sort_values(["trainable_numel", "group", "name"], ascending=[False, True, True], kind="stable")
     wanted = set(options)
-    ranked = [k for k in zip(rows["group"], rows["name"]) if k in wanted]  # largest first, ties by (group, name)
+    ranked = [k for k in zip(rows["group"].tolist(), rows["name"].tolist()) if k in wanted]  # ties by (group, name)
     if not ranked:
         return options[0]
     return _first_moving(tables, run, ranked) or ranked[0]
@@ -276,7 +276,8 @@ def largest_parameters(ctx: ViewContext, index: pd.DataFrame, allowed: frozenset
     chosen: list[str] = []
     for run in ctx.runs:
         rows = index[index["run"] == run]
-        offered_keys = [(g, n) for g, n in zip(rows["group"], rows["name"]) if n in allowed]  # first-seen order
+        keys = zip(rows["group"].tolist(), rows["name"].tolist())
+        offered_keys = [(g, n) for g, n in keys if n in allowed]  # in the order first seen
         if offered_keys:
             name = worth_seeing(ctx.tables, run, offered_keys, index)[1]
             if name not in chosen:
