@@ -265,9 +265,9 @@ def _retry(info: dict[str, Any], trust: bool, limits: WorkerLimits | None, size:
     worker's limits and these are larger."""
     if info.get("error") == UnsafeCheckpointError.__name__:
         return trust and not info.get("trust")
-    if info.get("error") == ResourceLimitError.__name__:
-        return limits is not None and isinstance(info.get("limits"), dict) and limits.allow_more_than(
-            info["limits"], size)
+    if info.get("error") == ResourceLimitError.__name__ and limits is not None:
+        recorded = info.get("limits")  # absent from a failure cached before limits were recorded: read it once more
+        return not isinstance(recorded, dict) or limits.allow_more_than(recorded, size)
     return False
 
 
