@@ -30,8 +30,8 @@ from ckptboard.dashboard.figures._common import (
 )
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
-__all__ = ["STATISTICS", "scalar_columns", "smooth", "draw_lines", "legend_height", "add_smoothed_line", "scalar_figure",
-           "scalar_series"]
+__all__ = ["STATISTICS", "scalar_columns", "smooth", "draw_lines", "legend_height", "add_smoothed_line",
+           "scalar_figure", "scalar_series"]
 
 # column -> label, for the statistic picker; tensor-table columns first, then update-table columns.
 STATISTICS: dict[str, str] = {
