@@ -124,7 +124,8 @@ def _chart_names(at, key):
     return chart.proto.spec
 
 
-@pytest.mark.parametrize("pattern", [None, r"\.bias$", r"layers\.(3|11)\d\."])
+# ``layers\.1[01]\d\.`` leaves run c only frozen layers (100-119): its default falls back to the first offered.
+@pytest.mark.parametrize("pattern", [None, r"\.bias$", r"layers\.(3|11)\d\.", r"layers\.1[01]\d\."])
 def test_defaults_are_what_the_whole_table_code_chose(wide_root, pattern):
     tables = load_stats(wide_root)
     dataset = StatsDataset(wide_root)
