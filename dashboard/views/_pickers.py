@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -33,6 +33,7 @@ __all__ = [
     "picker_index",
     "run_picker",
     "search_pattern",
+    "searched",
     "tensor_choices",
     "tensor_multiselect",
     "tensor_picker",
@@ -161,12 +162,17 @@ def tensor_choices(index: pd.DataFrame, run: str | None, pattern: str | None, se
     if pattern:
         regex = re.compile(pattern)
         keys = [k for k, n in zip(keys, names) if regex.search(n)]
-    found = keys
-    wanted = search_pattern(search)
-    if wanted is not None:
-        found = [k for k in keys if _found(wanted, k)]
+    allowed = tuple(keys)
     groups = 1 if run is None else len({g for g, _ in keys})
-    return TensorChoices(tuple(keys), frozenset(keys), tuple(found), groups)
+    return searched(TensorChoices(allowed, frozenset(allowed), allowed, groups), search)
+
+
+def searched(choices: TensorChoices, search: str) -> TensorChoices:
+    """``choices`` with ``found`` narrowed to what ``search`` finds (the other fields shared, not copied)."""
+    wanted = search_pattern(search)
+    if wanted is None:
+        return choices
+    return replace(choices, found=tuple(k for k in choices.allowed if _found(wanted, k)))
 
 
 def _found(regex: re.Pattern, key: str | tuple[str, str]) -> bool:
@@ -176,10 +182,16 @@ def _found(regex: re.Pattern, key: str | tuple[str, str]) -> bool:
     return regex.search(name) is not None or (bool(group) and regex.search(f"{group}:{name}") is not None)
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _allowed(key: tuple, run: str | None, pattern: str | None, _index: pd.DataFrame) -> TensorChoices:
+    """:func:`tensor_choices` without a search, shared by reruns and sessions (keyed on the view context)."""
+    return tensor_choices(_index, run, pattern)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _choices(key: tuple, run: str | None, pattern: str | None, search: str, _index: pd.DataFrame) -> TensorChoices:
-    """:func:`tensor_choices`, shared by reruns and sessions (keyed on the view context, not on the index)."""
-    return tensor_choices(_index, run, pattern, search)
+    """:func:`tensor_choices`: each search typed keeps only what it found (a few MB for 20,000 keys are shared)."""
+    return searched(_allowed(key, run, pattern, _index), search)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
