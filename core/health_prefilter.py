@@ -1,29 +1,41 @@
-"""The rows the health checks can use, found in Arrow over the stats dataset, so that only those become pandas.
+"""The rows the health checks can use, found by filters pushed down into the stats dataset, so that only those
+become pandas.
 
-At 1M tensor rows the checks in pandas over whole tables held ~500 MB; most rows can never be a finding. Each
-filter here keeps a superset of what its check reads: every row of a tensor that may be non-finite, may explode or
-may be unchanged (the checks count and take first/last rows per tensor), and the update rows that may be among the
-largest ratios (ties kept). :func:`~ckptboard.core.health.health_table` then runs unchanged on those rows, so the
-findings are the pandas path's by construction.
+At 1M tensor rows the checks in pandas over whole tables held ~500 MB, and most rows can never be a finding. Each
+check's candidates are found by a narrow read whose filter Parquet's statistics can answer without decoding most
+files (a count that is never non-zero, an update norm that is never zero, a ratio below the floor), or by one
+threshold-free aggregate per tensor name (the exploding test). :func:`~ckptboard.core.health.health_table` then runs
+unchanged on:
+
+- the tensors table: every row of every tensor whose name is a candidate (non-finite, exploding, unchanged). A name
+  stands for every ``(run, group)`` that has it, so each tensor read is read whole and the checks, which count and
+  take first/last rows per tensor, judge it exactly as over the whole table;
+- the updates table: every row of the names that may be unchanged, and every update whose ratio reaches its run's
+  ``largest``-th largest (ties kept, in the whole table's row order). A tensor read only in part has a non-zero
+  update in it, so it is never judged unchanged; rows below a run's floor never reach its top ``largest``;
+- the batchnorm table: the rows at each run's last step only (what the dead-channel check reads).
+
+So the findings are the whole tables' by construction (tests compare the two).
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from ckptboard.core.records import TensorKind
 from ckptboard.core.schema import TableName
 
 __all__ = ["HealthRows", "health_rows"]
 
-_KEYS = ("run", "group", "name")
 _PARAMETER = str(TensorKind.PARAMETER)
-_NULL = "\x00"  # stands for a missing key part (a collision only widens the superset)
 
 
 @dataclass
@@ -36,116 +48,96 @@ class HealthRows:
 
 
 def health_rows(view, explode_factor: float, largest: int) -> HealthRows:
-    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them).
-
-    Two reads: the few columns the filters need, then every column of the candidates' tensors (and checkpoints)
-    alone; at 1M tensor rows with few findings the second read opens a handful of files."""
+    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them)."""
     dataset, selection = view.dataset, view.selection
-    tensors = dataset.read(TableName.TENSORS, selection, columns=_present(selection, _TENSOR_INPUT))
-    updates = dataset.read(TableName.UPDATES, selection, columns=_present(selection, _UPDATE_INPUT), sort=False)
-    t_key, u_key = _key(tensors), _key(updates)
-    keys = pa.concat_arrays([
-        _non_finite_keys(tensors, t_key), _exploding_keys(tensors, t_key, explode_factor),
-    ]).unique()
-    unchanged = _unchanged_keys(updates, u_key)
-    floors = _largest_floors(updates, largest)
-    top = updates.filter(_largest_rows(updates, floors))
-    keys = pa.concat_arrays([keys, unchanged]).unique()
-    tensors = _candidates(dataset, TableName.TENSORS, selection, tensors.filter(pc.is_in(t_key, value_set=keys)), None)
-    updates = _candidates(dataset, TableName.UPDATES, selection,
-                          updates.filter(pc.is_in(u_key, value_set=unchanged)), top)
-    update_rows = pc.or_(pc.is_in(_key(updates), value_set=unchanged), _largest_rows(updates, floors))
-    return HealthRows(tensors.filter(pc.is_in(_key(tensors), value_set=keys)).to_pandas(),
-                      updates.filter(update_rows).to_pandas(), view.batchnorm)
+    unchanged = _unchanged_names(dataset, selection)
+    names = _non_finite_names(dataset, selection) | _exploding_names(dataset, selection, explode_factor) | unchanged
+    floor = _lowest_floor(dataset, selection, largest)
+    top = None if floor is None else _FINITE_RATIO & (pc.field("update_ratio") >= floor)
+    tensors = _read_where(dataset, TableName.TENSORS, selection, _name_in(names))
+    updates = _read_where(dataset, TableName.UPDATES, selection, _any_of(_name_in(unchanged), top))
+    return HealthRows(tensors.to_pandas(), updates.to_pandas(), _last_batchnorm(dataset, selection).to_pandas())
 
 
-# What the filters read: the tensors in step order (exploding compares with the first norm), the updates in any
-# order (their tests are order-free); ``checkpoint`` also prunes the second read to the largest updates' files.
-_TENSOR_INPUT = ("run", "checkpoint", "step", "group", "name", "kind", "norm", "nans", "posinfs", "neginfs")
-_UPDATE_INPUT = ("run", "checkpoint", "group", "name", "kind", "update_norm", "update_ratio")
+_PARAMETER_ROW = pc.field("kind") == _PARAMETER
+_FINITE_RATIO = _PARAMETER_ROW & pc.is_finite(pc.field("update_ratio"))
 
 
-def _present(selection, columns: tuple[str, ...]) -> list[str]:
-    return [c for c in columns if selection.columns is None or c in selection.columns]
+def _read_where(dataset, table: TableName, selection, where: ds.Expression | None) -> pa.Table:
+    """Every column (of the selection) of ``table``'s rows that ``where`` keeps; no rows (no file opened) without it."""
+    if where is None:
+        return dataset.read(table, selection.narrow(checkpoints=()))
+    return dataset.read(table, selection, where=where)
 
 
-def _candidates(dataset, table: TableName, selection, every_checkpoint: pa.Table, some: pa.Table | None) -> pa.Table:
-    """Every column of the rows of ``every_checkpoint``'s tensors in all checkpoints and of ``some``'s rows' tensors in
-    their checkpoints (a superset: the caller filters it), read with names (and checkpoints) pushed down."""
-    some = some if some is not None else every_checkpoint.slice(0, 0)
-    names = set(every_checkpoint.column("name").to_pylist()) | set(some.column("name").to_pylist())
-    if selection.names is not None:
-        names &= set(selection.names)
-    narrowed = selection.narrow(names=tuple(sorted(n for n in names if n is not None)))
-    if every_checkpoint.num_rows == 0:
-        checkpoints = set(some.column("checkpoint").to_pylist())
-        if selection.checkpoints is not None:
-            checkpoints &= set(selection.checkpoints)
-        narrowed = narrowed.narrow(checkpoints=tuple(sorted(c for c in checkpoints if c is not None)))
-    return dataset.read(table, narrowed)
+def _names(dataset, table: TableName, selection, where: ds.Expression) -> set[str | None]:
+    return set(pc.unique(dataset.read(table, selection, columns=["name"], sort=False, where=where)
+                         .column("name")).to_pylist())
 
 
-def _key(table: pa.Table) -> pa.Array:
-    """``run``, ``group``, ``name`` joined into one string per row."""
-    parts = [pc.fill_null(table.column(c).cast(pa.string()), _NULL) for c in _KEYS]
-    return pc.binary_join_element_wise(*parts, "\x1f").combine_chunks()
+def _name_in(names: set[str | None]) -> ds.Expression | None:
+    """Rows whose name is one of ``names`` (a missing name is one too); None for no names."""
+    if not names:
+        return None
+    expression = pc.field("name").isin(sorted(n for n in names if n is not None))
+    return expression | pc.field("name").is_null() if None in names else expression
 
 
-def _nonzero(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pc.fill_null(pc.not_equal(column, 0), False)
+def _any_of(*expressions: ds.Expression | None) -> ds.Expression | None:
+    """Rows that any of ``expressions`` keeps (None ones keep none)."""
+    given = [e for e in expressions if e is not None]
+    return functools.reduce(operator.or_, given) if given else None
 
 
-def _non_finite_keys(t: pa.Table, key: pa.Array) -> pa.Array:
-    bad = pc.or_(pc.or_(_nonzero(t.column("nans")), _nonzero(t.column("posinfs"))), _nonzero(t.column("neginfs")))
-    return pc.unique(key.filter(bad.combine_chunks()))
+def _non_finite_names(dataset, selection) -> set[str | None]:
+    """Names of tensors with a NaN or ±Inf in some checkpoint (files whose counts are all zero are skipped unread)."""
+    where = (pc.field("nans") != 0) | (pc.field("posinfs") != 0) | (pc.field("neginfs") != 0)
+    return _names(dataset, TableName.TENSORS, selection, where)
 
 
-def _is_parameter(t: pa.Table) -> pa.Array:
-    return pc.fill_null(pc.equal(t.column("kind"), _PARAMETER), False).combine_chunks()
+def _exploding_names(dataset, selection, factor: float) -> set[str | None]:
+    """Names of parameters whose largest positive norm exceeds ``factor`` × their smallest (over every run and group
+    that has the name).
+
+    A superset of the check's findings: a row's ratio ``norm / first`` (``first`` > 0) is at most ``max / min``, and
+    IEEE division is monotone in each operand, so ``fl(norm / first) > factor`` implies ``fl(max / min) > factor``.
+    """
+    rows = dataset.read(TableName.TENSORS, selection, columns=["name", "norm"], sort=False,
+                        where=_PARAMETER_ROW & (pc.field("norm") > 0))
+    spread = rows.group_by("name", use_threads=False).aggregate([("norm", "min"), ("norm", "max")])
+    hit = pc.fill_null(pc.greater(pc.divide(spread.column("norm_max"), spread.column("norm_min")), factor), False)
+    return set(spread.column("name").filter(hit).to_pylist())
 
 
-def _exploding_keys(t: pa.Table, key: pa.Array, factor: float) -> pa.Array:
-    """Parameters whose largest norm exceeds ``factor`` × their first (rows in step order, NaN/null skipped as
-    pandas' ``first`` skips them); the near-zero start test is left to the check."""
-    norm = t.column("norm").cast(pa.float64())
-    valid = pc.and_(_is_parameter(t), pc.fill_null(pc.invert(pc.is_nan(norm)), False).combine_chunks())
-    rows = pa.table({"key": key, "norm": norm}).filter(valid)
-    agg = rows.group_by("key", use_threads=False).aggregate([("norm", "first"), ("norm", "max")])
-    ratio = pc.divide(agg.column("norm_max"), agg.column("norm_first"))
-    hit = pc.fill_null(pc.and_(pc.greater(agg.column("norm_first"), 0), pc.greater(ratio, factor)), False)
-    return agg.column("key").filter(hit).combine_chunks()
+def _unchanged_names(dataset, selection) -> set[str | None]:
+    """Names of parameters with a zero update somewhere: a tensor every update of which is zero has one."""
+    return _names(dataset, TableName.UPDATES, selection, _PARAMETER_ROW & (pc.field("update_norm") == 0))
 
 
-def _unchanged_keys(u: pa.Table, key: pa.Array) -> pa.Array:
-    """Parameters none of whose updates moved (a null or NaN ``update_norm`` counts as moved, as in pandas)."""
-    moved = pc.fill_null(pc.not_equal(u.column("update_norm").cast(pa.float64()), 0), True)
-    rows = pa.table({"key": key, "moved": moved}).filter(_is_parameter(u))
-    agg = rows.group_by("key", use_threads=False).aggregate([("moved", "any")])
-    return agg.column("key").filter(pc.invert(agg.column("moved_any"))).combine_chunks()
+def _lowest_floor(dataset, selection, largest: int) -> float | None:
+    """The lowest over the runs of each run's ``largest``-th largest finite parameter update ratio (its smallest
+    when it has fewer); None without one."""
+    rows = dataset.read(TableName.UPDATES, selection, columns=["run", "update_ratio"], sort=False,
+                        where=_FINITE_RATIO)
+    if rows.num_rows == 0:
+        return None
+    runs = pc.dictionary_encode(rows.column("run")).combine_chunks()
+    codes = runs.indices.to_numpy(zero_copy_only=False)
+    ratios = rows.column("update_ratio").to_numpy()
+    floors = []
+    for code in np.unique(codes):
+        values = ratios[codes == code]
+        floors.append(np.partition(values, -largest)[-largest] if len(values) > largest else values.min())
+    return float(min(floors))
 
 
-def _largest_floors(u: pa.Table, largest: int) -> dict[str, float]:
-    """Per run, its ``largest``-th largest finite parameter update ratio (the smallest one when it has fewer)."""
-    ratio, finite, run = _ratios(u)
-    floors = {}
-    for value in pc.unique(run.filter(finite)).to_pylist():
-        values = ratio.filter(pc.and_(finite, pc.equal(run, value))).to_numpy()
-        floors[value] = np.partition(values, -largest)[-largest] if len(values) > largest else values.min()
-    return floors
-
-
-def _ratios(u: pa.Table) -> tuple[pa.ChunkedArray, pa.Array, pa.Array]:
-    ratio = u.column("update_ratio").cast(pa.float64())
-    finite = pc.and_(_is_parameter(u), pc.fill_null(pc.is_finite(ratio), False).combine_chunks())
-    return ratio, finite, pc.fill_null(u.column("run").cast(pa.string()), _NULL).combine_chunks()
-
-
-def _largest_rows(u: pa.Table, floors: dict[str, float]) -> pa.Array:
-    """Finite parameter update ratios at least their run's floor (ties kept: the check breaks them by row order,
-    which every filter keeps)."""
-    ratio, finite, run = _ratios(u)
-    keep = pa.array(np.zeros(u.num_rows, dtype=bool))
-    for value, floor in floors.items():
-        mine = pc.and_(finite, pc.equal(run, value))
-        keep = pc.or_(keep, pc.and_(mine, pc.fill_null(pc.greater_equal(ratio, floor), False).combine_chunks()))
-    return keep
+def _last_batchnorm(dataset, selection) -> pa.Table:
+    """The batchnorm rows at each run's largest step (the dead-channel check reads no other), in the whole table's
+    order: one read of two columns, then one of each run's last step."""
+    steps = dataset.read(TableName.BATCHNORM, selection, columns=["run", "step"], sort=False)
+    last = steps.group_by("run", use_threads=False).aggregate([("step", "max")])
+    parts = [dataset.read(TableName.BATCHNORM, selection.narrow(runs=(run,), steps=(step, step)))
+             for run, step in sorted((r, s) for r, s in zip(last.column("run").to_pylist(),
+                                                             last.column("step_max").to_pylist())
+                                     if r is not None and s is not None)]
+    return pa.concat_tables(parts) if parts else dataset.read(TableName.BATCHNORM, selection.narrow(checkpoints=()))
