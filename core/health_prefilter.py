@@ -1,19 +1,19 @@
-"""The rows the health checks can use, found by filters pushed down into the stats dataset, so that only those
-become pandas.
+"""The rows the health checks can use, found by one narrow scan of the tensors and one of the updates, so that only
+those rows become pandas.
 
-At 1M tensor rows the checks in pandas over whole tables held ~500 MB, and most rows can never be a finding. Each
-check's candidates are found by a narrow read whose filter Parquet's statistics can answer without decoding most
-files (a count that is never non-zero, an update norm that is never zero, a ratio below the floor), or by one
-threshold-free aggregate per tensor name (the exploding test). :func:`~ckptboard.core.health.health_table` then runs
-unchanged on:
+At 1M tensor rows the checks in pandas over whole tables held ~500 MB, and most rows can never be a finding; at
+300 checkpoint files each scan of a table costs ~0.2 s before its first row, so each table is scanned once, for the
+few columns the tests need (:class:`Digest`: threshold-free, so it can be kept while thresholds change), and the
+candidates' rows are read after. :func:`~ckptboard.core.health.health_table` then runs unchanged on:
 
-- the tensors table: every row of every tensor whose name is a candidate (non-finite, exploding, unchanged). A name
-  stands for every ``(run, group)`` that has it, so each tensor read is read whole and the checks, which count and
-  take first/last rows per tensor, judge it exactly as over the whole table;
-- the updates table: every row of the names that may be unchanged, and every update whose ratio reaches its run's
-  ``largest``-th largest (ties kept, in the whole table's row order). A tensor read only in part has a non-zero
-  update in it, so it is never judged unchanged; rows below a run's floor never reach its top ``largest``;
-- the batchnorm table: the rows at each run's last step only (what the dead-channel check reads).
+- the tensors table: every row of every tensor whose name is a candidate (non-finite, may explode, may be
+  unchanged). A name stands for every ``(run, group)`` that has it, so each tensor read is read whole and the checks,
+  which count and take first/last rows per tensor, judge it exactly as over the whole table;
+- the updates table: every row of the names that may be unchanged, and every update whose finite ratio reaches its
+  run's ``largest``-th largest (ties kept, in the whole table's row order; only the checkpoints holding one are
+  opened). A tensor read only in part has a non-zero update in it, so it is never judged unchanged; rows below a
+  run's floor never reach its top ``largest``;
+- the batchnorm table: the rows at each run's last step only (all the dead-channel check reads).
 
 So the findings are the whole tables' by construction (tests compare the two).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 from ckptboard.core.records import TensorKind
 from ckptboard.core.schema import TableName
 
-__all__ = ["HealthRows", "health_rows"]
+__all__ = ["Digest", "HealthRows", "digest", "health_rows"]
 
 _PARAMETER = str(TensorKind.PARAMETER)
 
@@ -47,20 +47,86 @@ class HealthRows:
     batchnorm: pd.DataFrame
 
 
-def health_rows(view, explode_factor: float, largest: int) -> HealthRows:
-    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them)."""
+@dataclass
+class Digest:
+    """What the candidate tests need of one selection, whatever the thresholds: tensor names with a non-finite
+    value or a zero update, each name's smallest and largest positive parameter norm, and the update-ratio floors."""
+
+    non_finite: set[str | None] = field(default_factory=set)
+    unchanged: set[str | None] = field(default_factory=set)
+    spread: pa.Table | None = None  # name, norm_min, norm_max
+    floor: float | None = None  # the lowest run's floor; None without a finite parameter ratio
+    top_checkpoints: tuple[str, ...] | None = None  # the checkpoints holding a ratio at their run's floor (None: all)
+
+    def exploding(self, factor: float) -> set[str | None]:
+        """Names whose norms spread more than ``factor``: a superset of the exploding check's findings, since a row's
+        ``norm / first`` (``first`` > 0) is at most ``max / min`` and IEEE division is monotone in each operand."""
+        if self.spread is None or self.spread.num_rows == 0:
+            return set()
+        ratio = pc.divide(self.spread.column("norm_max"), self.spread.column("norm_min"))
+        return set(self.spread.column("name").filter(pc.fill_null(pc.greater(ratio, factor), False)).to_pylist())
+
+
+def health_rows(view, explode_factor: float, largest: int, known: Digest | None = None) -> HealthRows:
+    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them);
+    ``known`` is this view's :func:`digest` when the caller kept it."""
     dataset, selection = view.dataset, view.selection
-    unchanged = _unchanged_names(dataset, selection)
-    names = _non_finite_names(dataset, selection) | _exploding_names(dataset, selection, explode_factor) | unchanged
-    floor = _lowest_floor(dataset, selection, largest)
-    top = None if floor is None else _FINITE_RATIO & (pc.field("update_ratio") >= floor)
+    found = known if known is not None else digest(view, largest)
+    names = found.non_finite | found.exploding(explode_factor) | found.unchanged
     tensors = _read_where(dataset, TableName.TENSORS, selection, _name_in(names))
-    updates = _read_where(dataset, TableName.UPDATES, selection, _any_of(_name_in(unchanged), top))
+    top = None if found.floor is None else _FINITE_RATIO & (pc.field("update_ratio") >= found.floor)
+    if found.unchanged or found.top_checkpoints is None:
+        updates = _read_where(dataset, TableName.UPDATES, selection, _any_of(_name_in(found.unchanged), top))
+    else:  # only the few checkpoints that hold the largest ratios are opened
+        updates = _read_where(dataset, TableName.UPDATES, selection.narrow(checkpoints=found.top_checkpoints), top)
     return HealthRows(tensors.to_pandas(), updates.to_pandas(), _last_batchnorm(dataset, selection).to_pandas())
+
+
+def digest(view, largest: int) -> Digest:
+    """The :class:`Digest` of a view: one scan of six tensors columns and one of six updates columns."""
+    dataset, selection = view.dataset, view.selection
+    tensors = dataset.read(TableName.TENSORS, selection, sort=False,
+                           columns=["name", "kind", "norm", "nans", "posinfs", "neginfs"])
+    counts = [pc.fill_null(pc.not_equal(tensors.column(c), 0), False) for c in ("nans", "posinfs", "neginfs")]
+    non_finite = set(pc.unique(tensors.column("name").filter(functools.reduce(pc.or_, counts))).to_pylist())
+    positive = pc.and_(_is_parameter(tensors), pc.fill_null(pc.greater(tensors.column("norm"), 0), False))
+    norms = pa.table({"name": tensors.column("name"), "norm": pc.if_else(positive, tensors.column("norm"), None)})
+    spread = norms.group_by("name", use_threads=False).aggregate([("norm", "min"), ("norm", "max")])
+    del tensors, norms
+    updates = dataset.read(TableName.UPDATES, selection, sort=False,
+                           columns=["run", "checkpoint", "name", "kind", "update_norm", "update_ratio"])
+    parameter = _is_parameter(updates)
+    zero = pc.and_(parameter, pc.fill_null(pc.equal(updates.column("update_norm"), 0), False))
+    unchanged = set(pc.unique(updates.column("name").filter(zero)).to_pylist())
+    floor, top_checkpoints = _floors(updates, parameter, largest)
+    return Digest(non_finite, unchanged, spread, floor, top_checkpoints)
 
 
 _PARAMETER_ROW = pc.field("kind") == _PARAMETER
 _FINITE_RATIO = _PARAMETER_ROW & pc.is_finite(pc.field("update_ratio"))
+
+
+def _is_parameter(table: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(table.column("kind"), _PARAMETER), False)
+
+
+def _floors(updates: pa.Table, parameter: pa.ChunkedArray, largest: int) -> tuple[float | None, tuple[str, ...] | None]:
+    """The lowest of the runs' floors (each run's ``largest``-th largest finite parameter update ratio, its smallest
+    when it has fewer; a row without a run is never ranked) and the checkpoints holding a ratio at least their run's
+    floor (None when one of them has no path)."""
+    ratios = updates.column("update_ratio").to_numpy()  # a null is NaN
+    runs = pc.dictionary_encode(updates.column("run").combine_chunks())
+    codes = pc.fill_null(runs.indices, -1).to_numpy(zero_copy_only=False)
+    ranked = parameter.to_numpy() & np.isfinite(ratios) & (codes >= 0)
+    if not ranked.any():
+        return None, ()
+    floors = np.full(len(runs.dictionary), np.inf)
+    for code in np.unique(codes[ranked]):
+        values = ratios[ranked & (codes == code)]
+        floors[code] = np.partition(values, -largest)[-largest] if len(values) > largest else values.min()
+    top = ranked & (ratios >= floors[codes])
+    checkpoints = set(updates.column("checkpoint").filter(pa.array(top)).to_pylist())
+    return float(floors.min()), None if None in checkpoints else tuple(sorted(checkpoints))
 
 
 def _read_where(dataset, table: TableName, selection, where: ds.Expression | None) -> pa.Table:
@@ -68,11 +134,6 @@ def _read_where(dataset, table: TableName, selection, where: ds.Expression | Non
     if where is None:
         return dataset.read(table, selection.narrow(checkpoints=()))
     return dataset.read(table, selection, where=where)
-
-
-def _names(dataset, table: TableName, selection, where: ds.Expression) -> set[str | None]:
-    return set(pc.unique(dataset.read(table, selection, columns=["name"], sort=False, where=where)
-                         .column("name")).to_pylist())
 
 
 def _name_in(names: set[str | None]) -> ds.Expression | None:
@@ -89,55 +150,13 @@ def _any_of(*expressions: ds.Expression | None) -> ds.Expression | None:
     return functools.reduce(operator.or_, given) if given else None
 
 
-def _non_finite_names(dataset, selection) -> set[str | None]:
-    """Names of tensors with a NaN or ±Inf in some checkpoint (files whose counts are all zero are skipped unread)."""
-    where = (pc.field("nans") != 0) | (pc.field("posinfs") != 0) | (pc.field("neginfs") != 0)
-    return _names(dataset, TableName.TENSORS, selection, where)
-
-
-def _exploding_names(dataset, selection, factor: float) -> set[str | None]:
-    """Names of parameters whose largest positive norm exceeds ``factor`` × their smallest (over every run and group
-    that has the name).
-
-    A superset of the check's findings: a row's ratio ``norm / first`` (``first`` > 0) is at most ``max / min``, and
-    IEEE division is monotone in each operand, so ``fl(norm / first) > factor`` implies ``fl(max / min) > factor``.
-    """
-    rows = dataset.read(TableName.TENSORS, selection, columns=["name", "norm"], sort=False,
-                        where=_PARAMETER_ROW & (pc.field("norm") > 0))
-    spread = rows.group_by("name", use_threads=False).aggregate([("norm", "min"), ("norm", "max")])
-    hit = pc.fill_null(pc.greater(pc.divide(spread.column("norm_max"), spread.column("norm_min")), factor), False)
-    return set(spread.column("name").filter(hit).to_pylist())
-
-
-def _unchanged_names(dataset, selection) -> set[str | None]:
-    """Names of parameters with a zero update somewhere: a tensor every update of which is zero has one."""
-    return _names(dataset, TableName.UPDATES, selection, _PARAMETER_ROW & (pc.field("update_norm") == 0))
-
-
-def _lowest_floor(dataset, selection, largest: int) -> float | None:
-    """The lowest over the runs of each run's ``largest``-th largest finite parameter update ratio (its smallest
-    when it has fewer); None without one."""
-    rows = dataset.read(TableName.UPDATES, selection, columns=["run", "update_ratio"], sort=False,
-                        where=_FINITE_RATIO)
-    if rows.num_rows == 0:
-        return None
-    runs = pc.dictionary_encode(rows.column("run")).combine_chunks()
-    codes = runs.indices.to_numpy(zero_copy_only=False)
-    ratios = rows.column("update_ratio").to_numpy()
-    floors = []
-    for code in np.unique(codes):
-        values = ratios[codes == code]
-        floors.append(np.partition(values, -largest)[-largest] if len(values) > largest else values.min())
-    return float(min(floors))
-
-
 def _last_batchnorm(dataset, selection) -> pa.Table:
     """The batchnorm rows at each run's largest step (the dead-channel check reads no other), in the whole table's
     order: one read of two columns, then one of each run's last step."""
     steps = dataset.read(TableName.BATCHNORM, selection, columns=["run", "step"], sort=False)
     last = steps.group_by("run", use_threads=False).aggregate([("step", "max")])
+    pairs = [(r, s) for r, s in zip(last.column("run").to_pylist(), last.column("step_max").to_pylist())
+             if r is not None and s is not None]
     parts = [dataset.read(TableName.BATCHNORM, selection.narrow(runs=(run,), steps=(step, step)))
-             for run, step in sorted((r, s) for r, s in zip(last.column("run").to_pylist(),
-                                                             last.column("step_max").to_pylist())
-                                     if r is not None and s is not None)]
+             for run, step in sorted(pairs)]
     return pa.concat_tables(parts) if parts else dataset.read(TableName.BATCHNORM, selection.narrow(checkpoints=()))
