@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import operator
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,11 +69,13 @@ class Digest:
         return set(self.spread.column("name").filter(pc.fill_null(pc.greater(ratio, factor), False)).to_pylist())
 
 
-def health_rows(view, explode_factor: float, largest: int, known: Digest | None = None) -> HealthRows:
-    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them);
-    ``known`` is this view's :func:`digest` when the caller kept it."""
+def health_rows(view, explode_factor: float, largest: int) -> HealthRows:
+    """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them).
+
+    The view's :class:`Digest` is kept with its dataset (the last few selections), so that a change of threshold
+    reads only the candidates."""
     dataset, selection = view.dataset, view.selection
-    found = known if known is not None else digest(view, largest)
+    found = _kept_digest(view, largest)
     names = found.non_finite | found.exploding(explode_factor) | found.unchanged
     tensors = _read_where(dataset, TableName.TENSORS, selection, _name_in(names))
     top = None if found.floor is None else _FINITE_RATIO & (pc.field("update_ratio") >= found.floor)
@@ -80,6 +84,26 @@ def health_rows(view, explode_factor: float, largest: int, known: Digest | None 
     else:  # only the few checkpoints that hold the largest ratios are opened
         updates = _read_where(dataset, TableName.UPDATES, selection.narrow(checkpoints=found.top_checkpoints), top)
     return HealthRows(tensors.to_pandas(), updates.to_pandas(), _last_batchnorm(dataset, selection).to_pandas())
+
+
+_KEPT_SELECTIONS = 4  # per dataset: the sidebar's last few filters
+_kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset -> {(selection, largest): Digest}
+_kept_lock = threading.Lock()
+
+
+def _kept_digest(view, largest: int) -> Digest:
+    """:func:`digest` of ``view``, computed once per dataset (one cache state), selection and ``largest``."""
+    key = (repr(view.selection), largest)
+    with _kept_lock:
+        found = _kept.get(view.dataset, {}).get(key)
+    if found is None:
+        found = digest(view, largest)
+        with _kept_lock:
+            kept = _kept.setdefault(view.dataset, {})
+            kept[key] = found
+            while len(kept) > _KEPT_SELECTIONS:
+                kept.pop(next(iter(kept)))
+    return found
 
 
 def digest(view, largest: int) -> Digest:
@@ -152,11 +176,27 @@ def _any_of(*expressions: ds.Expression | None) -> ds.Expression | None:
 
 def _last_batchnorm(dataset, selection) -> pa.Table:
     """The batchnorm rows at each run's largest step (the dead-channel check reads no other), in the whole table's
-    order: one read of two columns, then one of each run's last step."""
+    order. Each run's last checkpoint (by the in-memory index) is read alone; when one has no batchnorm rows, the
+    runs' last batchnorm steps are found by a scan of two columns instead."""
+    index = dataset.read(TableName.CHECKPOINTS, selection, columns=["run", "step"])
+    parts = [_at_step(dataset, selection, run, step) for run, step in _last_steps(index)]
+    if all(p.num_rows for p in parts):
+        return _concat(dataset, selection, parts)
     steps = dataset.read(TableName.BATCHNORM, selection, columns=["run", "step"], sort=False)
-    last = steps.group_by("run", use_threads=False).aggregate([("step", "max")])
-    pairs = [(r, s) for r, s in zip(last.column("run").to_pylist(), last.column("step_max").to_pylist())
-             if r is not None and s is not None]
-    parts = [dataset.read(TableName.BATCHNORM, selection.narrow(runs=(run,), steps=(step, step)))
-             for run, step in sorted(pairs)]
+    return _concat(dataset, selection, [_at_step(dataset, selection, run, step) for run, step in _last_steps(steps)])
+
+
+def _last_steps(rows: pa.Table) -> list[tuple[str, int]]:
+    """``(run, largest step)`` of ``rows``, by run (a run whose steps are all missing has none)."""
+    last = rows.group_by("run", use_threads=False).aggregate([("step", "max")])
+    return sorted((r, s) for r, s in zip(last.column("run").to_pylist(), last.column("step_max").to_pylist())
+                  if r is not None and s is not None)
+
+
+def _at_step(dataset, selection, run: str, step: int) -> pa.Table:
+    return dataset.read(TableName.BATCHNORM, selection.narrow(runs=(run,), steps=(step, step)))
+
+
+def _concat(dataset, selection, parts: list[pa.Table]) -> pa.Table:
+    parts = [p for p in parts if p.num_rows]
     return pa.concat_tables(parts) if parts else dataset.read(TableName.BATCHNORM, selection.narrow(checkpoints=()))

@@ -10,7 +10,6 @@ import pandas as pd
 import streamlit as st
 
 from ckptboard.core.health import health_table
-from ckptboard.core.schema import BATCHNORM_COLUMNS, ERROR_COLUMNS, EVENT_COLUMNS, UPDATE_COLUMNS
 from ckptboard.dashboard.figures.batchnorm import BatchNormStat
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import VIEW_KEY, LinesPer, View
@@ -31,11 +30,12 @@ _STAT_FOR_CHECK = {
 _COLUMN_ORDER = ("severity", "check", "run", "step", "name", "value", "detail", "group", "checkpoint")
 
 
-# What the checks read of the tensors table (identity, norms, non-finite counts), and every other table whole:
-# a third of the tensors table's columns (its percentiles, moments and text columns are not read).
+# What the checks read: of the tensors table identity, norms and non-finite counts (a third of its columns); of the
+# updates table all but the previous checkpoint's path, the cosine and the distances from the first checkpoint; of
+# the batchnorm table all but running_mean.
 _HEALTH_COLUMNS = (
     "run", "checkpoint", "step", "group", "name", "module", "kind", "trainable", "numel", "norm", "nans", "posinfs",
-    "neginfs", *(c for t in (UPDATE_COLUMNS, BATCHNORM_COLUMNS, ERROR_COLUMNS, EVENT_COLUMNS) for c in t),
+    "neginfs", "prev_step", "update_norm", "update_ratio", "channel", "running_var",
 )
 
 def render(ctx: ViewContext) -> None:
