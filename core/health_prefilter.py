@@ -24,6 +24,7 @@ import functools
 import operator
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,23 +108,33 @@ def _kept_digest(view, largest: int) -> Digest:
 
 
 def digest(view, largest: int) -> Digest:
-    """The :class:`Digest` of a view: one scan of six tensors columns and one of six updates columns."""
-    dataset, selection = view.dataset, view.selection
+    """The :class:`Digest` of a view: one scan of six tensors columns and one of six updates columns, side by side
+    (Parquet decoding releases the GIL; at many small files each scan is mostly per-file work on one core)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tensors = pool.submit(_tensor_digest, view.dataset, view.selection)
+        updates = pool.submit(_update_digest, view.dataset, view.selection, largest)
+        (non_finite, spread), (unchanged, floor, top_checkpoints) = tensors.result(), updates.result()
+    return Digest(non_finite, unchanged, spread, floor, top_checkpoints)
+
+
+def _tensor_digest(dataset, selection) -> tuple[set[str | None], pa.Table]:
+    """Names with a non-finite count, and each name's smallest and largest positive parameter norm."""
     tensors = dataset.read(TableName.TENSORS, selection, sort=False,
                            columns=["name", "kind", "norm", "nans", "posinfs", "neginfs"])
     counts = [pc.fill_null(pc.not_equal(tensors.column(c), 0), False) for c in ("nans", "posinfs", "neginfs")]
     non_finite = set(pc.unique(tensors.column("name").filter(functools.reduce(pc.or_, counts))).to_pylist())
     positive = pc.and_(_is_parameter(tensors), pc.fill_null(pc.greater(tensors.column("norm"), 0), False))
     norms = pa.table({"name": tensors.column("name"), "norm": pc.if_else(positive, tensors.column("norm"), None)})
-    spread = norms.group_by("name", use_threads=False).aggregate([("norm", "min"), ("norm", "max")])
-    del tensors, norms
+    return non_finite, norms.group_by("name", use_threads=False).aggregate([("norm", "min"), ("norm", "max")])
+
+
+def _update_digest(dataset, selection, largest: int) -> tuple[set[str | None], float | None, tuple[str, ...] | None]:
+    """Names of parameters with a zero update, the lowest run floor and the checkpoints at or above their floor."""
     updates = dataset.read(TableName.UPDATES, selection, sort=False,
                            columns=["run", "checkpoint", "name", "kind", "update_norm", "update_ratio"])
     parameter = _is_parameter(updates)
     zero = pc.and_(parameter, pc.fill_null(pc.equal(updates.column("update_norm"), 0), False))
-    unchanged = set(pc.unique(updates.column("name").filter(zero)).to_pylist())
-    floor, top_checkpoints = _floors(updates, parameter, largest)
-    return Digest(non_finite, unchanged, spread, floor, top_checkpoints)
+    return set(pc.unique(updates.column("name").filter(zero)).to_pylist()), *_floors(updates, parameter, largest)
 
 
 _PARAMETER_ROW = pc.field("kind") == _PARAMETER
