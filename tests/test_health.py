@@ -238,3 +238,28 @@ def test_a_new_threshold_reads_only_the_candidates(tmp_path):
     reads.clear()
     health_table(view, explode_factor=1.05)
     assert not [r for r in reads if r[0] in ("tensors", "updates") and r[1] is not None]
+
+
+def test_the_view_lists_the_first_findings_and_counts_the_rest(tmp_path, monkeypatch):
+    """Past SHOWN_FINDINGS the table and the picker hold the first findings (most severe first) and a caption says how
+    many more there are."""
+    from _fixtures_app import app_test, write_tiny_run
+    from ckptboard.core.load import load_stats
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.views import View
+    from ckptboard.dashboard.views import health as view
+
+    write_tiny_run(tmp_path / "tiny", [10, 20, 30])
+    summarize(tmp_path)
+    expected = health_table(load_stats(tmp_path))
+    assert len(expected) > 3
+    monkeypatch.setattr(view, "SHOWN_FINDINGS", 3)
+    at = app_test(str(tmp_path))
+    at.session_state["view"] = View.HEALTH
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    pd.testing.assert_frame_equal(at.dataframe(key="health_table").value.reset_index(drop=True), expected.head(3))
+    assert len(at.selectbox(key="health_finding").options) == 3
+    assert [c.value for c in at.caption if "findings" in c.value] == [
+        f"Listing the first 3 of {len(expected)} findings (errors, then warnings, then info; by check, run and value): "
+        f"raise the thresholds or choose fewer runs to list the other {len(expected) - 3}."]
