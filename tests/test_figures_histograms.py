@@ -100,3 +100,19 @@ def test_distribution_bands_and_median():
 def test_distribution_unknown_tensor_is_empty_figure():
     fig = distribution_figure(_hand_tables(), "r", "", "nope")
     assert len(fig.data) == 0
+
+
+def test_figure_columns_are_all_the_figures_read(tmp_path_factory):
+    """The view reads only ``FIGURE_COLUMNS`` of one tensor: the same figures as from every column."""
+    from _fixtures_app import summarized_samples
+    from ckptboard.core.dataset import Selection, StatsDataset
+    from ckptboard.dashboard.figures.histograms import FIGURE_COLUMNS
+
+    dataset = StatsDataset(summarized_samples(tmp_path_factory, tmp_path_factory.mktemp("hist") / "samples"))
+    run = "adamw_lr1e-3"  # sample_ckpts/make_samples.py
+    for name in ("conv2.weight", "bn2.running_var"):
+        whole = dataset.view(Selection(runs=(run,), names=(name,)))
+        narrowed = dataset.view(Selection(runs=(run,), names=(name,), columns=FIGURE_COLUMNS))
+        assert len(narrowed.tensors.columns) == 14  # run, checkpoint, step, group, name + 9 percentiles
+        for figure in (histogram_figure, distribution_figure):
+            assert figure(narrowed, run, "", name).to_json() == figure(whole, run, "", name).to_json()

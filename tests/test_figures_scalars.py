@@ -182,3 +182,26 @@ def test_training_scalar_figure_draws_each_name_per_run():
     steps = tables.checkpoints[tables.checkpoints["run"] == "run0"]["step"].dropna().tolist()
     assert list(smoothed[0].x) == sorted(steps)
     assert step_extent(tables, ["run0"]) == (min(steps), max(steps))
+
+
+@pytest.fixture(scope="module")
+def samples_dataset(tmp_path_factory):
+    from _fixtures_app import summarized_samples
+    from ckptboard.core.dataset import StatsDataset
+
+    return StatsDataset(summarized_samples(tmp_path_factory, tmp_path_factory.mktemp("scalars") / "samples"))
+
+
+@pytest.mark.parametrize("stat", list(STATISTICS))
+def test_scalar_columns_are_all_the_figure_reads(samples_dataset, stat):
+    """The view reads only ``scalar_columns(stat)``: the same chart as from every column, for tensors and modules."""
+    from ckptboard.core.dataset import Selection
+    from ckptboard.dashboard.figures.scalars import scalar_columns
+
+    tensors = ["conv2.weight", "bn2.bias", "head.weight"]  # SmallCNN (sample_ckpts/model.py)
+    for narrow, kwargs in [({"names": tensors}, {"tensors": tensors}), ({"modules": ["conv2", "bn2"]},
+                                                                         {"modules": ["conv2", "bn2"]}),
+                           ({}, {"modules": [":conv2"]})]:  # ``group:module`` reads every tensor
+        whole = samples_dataset.view(Selection(**narrow))
+        narrowed = samples_dataset.view(Selection(**narrow, columns=scalar_columns(stat)))
+        assert scalar_figure(narrowed, stat, **kwargs).to_json() == scalar_figure(whole, stat, **kwargs).to_json()

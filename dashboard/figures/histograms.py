@@ -16,11 +16,12 @@ import plotly.graph_objects as go
 from ckptboard.core.errors import UsageError
 from ckptboard.core.histogram import rebin
 from ckptboard.core.records import StrEnum
-from ckptboard.core.schema import StatsTables, percentile_column
+from ckptboard.core.schema import HISTOGRAM_COLUMNS, StatsTables, percentile_column
 from ckptboard.dashboard.figures._common import decimate_steps, empty_figure, step_ramp, tensor_label
 from ckptboard.dashboard.figures.stepless import POSITION_AXIS_TITLE, on_position_axis, stepless_runs
 
-__all__ = ["HistogramMode", "DISTRIBUTION_BANDS", "common_edges", "histogram_figure", "distribution_figure"]
+__all__ = ["HistogramMode", "DISTRIBUTION_BANDS", "FIGURE_COLUMNS", "common_edges", "histogram_figure",
+           "distribution_figure"]
 
 
 
@@ -37,6 +38,12 @@ _BAND_OPACITY = (0.18, 0.3, 0.42, 0.55)
 # In offset mode the tallest bin rises this fraction of the drawn step span above its baseline (TensorBoard-like
 # ridges that overlap their older neighbours), and at least one step spacing.
 _RIDGE_HEIGHT = 0.2
+
+# The columns both figures read, of the histograms and tensors tables (each takes those it has): a view reads only
+# these (the distribution reads 14 of the tensors table's 41 columns).
+FIGURE_COLUMNS: tuple[str, ...] = HISTOGRAM_COLUMNS + tuple(
+    percentile_column(q) for q in sorted({*(q for band in DISTRIBUTION_BANDS for q in band), 50.0}))
+
 
 def _tensor_rows(frame: pd.DataFrame, run: str, group: str, name: str) -> pd.DataFrame:
     """One tensor's rows of ``frame`` in one run, sorted by step."""

@@ -30,8 +30,8 @@ from ckptboard.dashboard.figures._common import (
 )
 from ckptboard.dashboard.figures.stepless import on_position_axis
 
-__all__ = ["STATISTICS", "smooth", "draw_lines", "legend_height", "add_smoothed_line", "scalar_figure",
-           "scalar_series"]
+__all__ = ["STATISTICS", "scalar_columns", "smooth", "draw_lines", "legend_height", "add_smoothed_line",
+           "scalar_figure", "scalar_series"]
 
 # column -> label, for the statistic picker; tensor-table columns first, then update-table columns.
 STATISTICS: dict[str, str] = {
@@ -59,6 +59,20 @@ _WEIGHTED = ("mean", "abs_mean", "cosine")
 _MODULE_STATS = frozenset(_RSS + _SUM + _WEIGHTED + ("std", "min", "max", "max_abs", "update_ratio",
                                                       "rel_dist_from_first"))
 _KEYS = ["run", "checkpoint", "step"]
+_BASE_COLUMNS = (*_KEYS, "group", "name", "module", "kind", "numel")
+# Beyond the base: what each statistic reads (update statistics: their row's and the norms a module ratio needs).
+_STAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "std": ("std", "mean"),
+    "max_abs": ("min", "max"),
+    "infs": ("infs", "posinfs", "neginfs"),
+    **{c: (c, "prev_checkpoint", "prev_step", "update_norm", "dist_from_first", "norm")
+       for c in UPDATE_COLUMNS if c in STATISTICS},
+}
+
+
+def scalar_columns(stat: str) -> tuple[str, ...]:
+    """The columns :func:`scalar_figure` reads of ``stat`` (each table takes those it has): a view reads only these."""
+    return tuple(dict.fromkeys(_BASE_COLUMNS + _STAT_COLUMNS.get(stat, (stat,))))
 
 
 def smooth(values: Sequence[float] | np.ndarray, weight: float) -> np.ndarray:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ckptboard.dashboard.figures.histograms import HistogramMode, distribution_figure, histogram_figure
+from ckptboard.dashboard.figures.histograms import (
+    FIGURE_COLUMNS,
+    HistogramMode,
+    distribution_figure,
+    histogram_figure,
+)
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import run_picker, tensor_picker
 
@@ -21,7 +26,8 @@ def render(ctx: ViewContext) -> None:
         pick_default("hist_mode", list(HistogramMode), HistogramMode.OFFSET)
         mode = st.segmented_control("Mode", list(HistogramMode), key="hist_mode", required=True,
                                     persist_state="session")
-    shown = ctx.narrow(runs=[run], names=[name])  # one tensor's histograms are read, not the table
+    # One tensor's rows are read, and of them only the columns the figures draw.
+    shown = ctx.narrow(runs=[run], names=[name], columns=FIGURE_COLUMNS)
     st.plotly_chart(memo(histogram_figure, shown, run, group, name, mode=mode), key="hist_chart")
     st.subheader("Distribution")
     st.plotly_chart(memo(distribution_figure, shown, run, group, name), key="hist_distribution_chart")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_figure
+from ckptboard.dashboard.figures.scalars import STATISTICS, scalar_columns, scalar_figure
 from ckptboard.dashboard.figures.training import step_extent, training_names, training_scalar_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import LinesPer
-from ckptboard.dashboard.views._pickers import worth_seeing, worth_seeing_tables
+from ckptboard.dashboard.views._pickers import tensor_multiselect
 
 __all__ = ["render"]
 
@@ -45,22 +45,19 @@ def render(ctx: ViewContext) -> None:
         )  # fmt: skip
         chosen = modules
     else:
-        options = ctx.tensor_names()
-        pick_default("scalars_tensors", options, lambda: _largest_parameters(ctx, options))
-        tensors = st.multiselect(
-            "Tensors", options, key="scalars_tensors", persist_state="session",
-            placeholder="type to search; the sidebar filter narrows the list",
-        )  # fmt: skip
+        tensors = tensor_multiselect(ctx, "scalars_tensors", "Tensors", count=_DEFAULT_LINES,
+                                     placeholder="type to search; the sidebar filter narrows the list")
         chosen = tensors
     if not chosen:
         st.info(f"Choose one or more {by.lower()} above to draw {STATISTICS[stat]} over training.")
         st.stop()
+    columns = scalar_columns(stat)  # a few of the tensors table's 41 columns: what the chart draws
     if tensors:
-        shown = ctx.narrow(names=tensors)
+        shown = ctx.narrow(names=tensors, columns=columns)
     elif all(m and ":" not in m for m in modules):  # a module and its children; ``group:module`` reads them all
-        shown = ctx.narrow(modules=modules)
+        shown = ctx.narrow(modules=modules, columns=columns)
     else:
-        shown = ctx
+        shown = ctx.narrow(columns=columns)
     fig = memo(
         scalar_figure, shown, stat, tensors=tensors, modules=modules, runs=ctx.runs, smoothing=smoothing,
         log_y=log_y, step_range=ctx.step_range,
@@ -89,26 +86,3 @@ def _training_scalars(ctx: ViewContext, smoothing: float, extent: tuple[float, f
 def _on_steps(fig: go.Figure, extent: tuple[float, float] | None) -> go.Figure:
     """A copy of the (shared, memoised) figure with its x axis set to ``extent``."""
     return fig if extent is None else go.Figure(fig).update_xaxes(range=list(extent))
-
-
-def _largest_parameters(ctx: ViewContext, options: list[str]) -> list[str]:
-    """The first lines a user sees: each run's tensor worth seeing (so that every run draws a line), then the
-    largest parameters (buffers such as step counters would dwarf them), _DEFAULT_LINES in all when runs allow."""
-    frame = ctx.tensor_index()
-    chosen: list[str] = []
-    allowed = set(options)  # a list of 20,000 names: membership in a set, not a scan per tensor
-    for run in ctx.runs:
-        names = frame.loc[frame["run"] == run, ["group", "name"]].drop_duplicates()
-        offered = [key for key in names.itertuples(index=False, name=None) if key[1] in allowed]
-        if offered:
-            name = worth_seeing(worth_seeing_tables(ctx, run), run, offered)[1]
-            if name not in chosen:
-                chosen.append(name)
-    params = frame[(frame["kind"] == "parameter") & frame["name"].isin(options)]
-    largest = params.groupby("name")["numel"].max().sort_values(ascending=False, kind="stable")
-    for name in largest.index:
-        if len(chosen) >= _DEFAULT_LINES:
-            break
-        if name not in chosen:
-            chosen.append(name)
-    return chosen or options[:_DEFAULT_LINES]
