@@ -31,7 +31,7 @@ from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, ta
 from ckptboard.core.schema import FORMAT_VERSION, TableName, arrow_schema
 
 __all__ = ["COMPACT_DIRNAME", "COMPACT_MIN", "COMPACTED_TABLES", "Compacted", "FragmentVersion", "compact_cache",
-           "compact_run", "compacted_files", "due", "read_order"]
+           "compact_if_due", "compact_run", "compacted_files", "due", "read_order"]
 
 COMPACT_DIRNAME = "compact"
 COMPACT_MIN = 32  # fragments: below this a run's scan is cheap enough file by file
@@ -187,6 +187,27 @@ def _safe(run: str) -> str:
 def read_order(step: int | None, relpath: str) -> tuple:
     """A fragment's place among its run's in a read: by step (an unknown step first), then path."""
     return step is not None, step or 0, relpath
+
+
+_CHECKED = "checked.json"  # the number of commit records when the runs were last looked at
+
+
+def compact_if_due(cache_dir: Path, changed: bool, minimum: int = COMPACT_MIN) -> list[str]:
+    """:func:`compact_cache` when fragments were written (``changed``) or their number differs from the last look
+    (a cache summarised before compaction existed, or by another process): an unchanged cache costs one listing."""
+    folder = Path(cache_dir) / str(COMMIT_TABLE)
+    count = sum(1 for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)) if folder.is_dir() else 0
+    marker = Path(cache_dir) / COMPACT_DIRNAME / _CHECKED
+    if not changed:
+        try:
+            if json.loads(marker.read_text()).get("commits") == count:
+                return []
+        except (OSError, ValueError, AttributeError):
+            pass
+    done = compact_cache(cache_dir, minimum)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, lambda f: f.write(json.dumps({"commits": count}).encode()))
+    return done
 
 
 def compact_cache(cache_dir: Path, minimum: int = COMPACT_MIN) -> list[str]:

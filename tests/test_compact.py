@@ -42,7 +42,7 @@ def template(tmp_path_factory) -> Path:
     write_lightning_run(root / "a", 6, seed=0)
     write_safetensors_run(root / "b", 5, seed=1)
     summarize(root)
-    assert not (root / ".ckptboard" / COMPACT_DIRNAME).exists()  # 6 and 5 < COMPACT_MIN
+    assert compacted_files(root / ".ckptboard") == {}  # 6 and 5 < COMPACT_MIN
     return root
 
 
@@ -180,3 +180,11 @@ def test_summarize_compacts_a_run_of_compact_min_checkpoints(tmp_path):
     dataset = StatsDataset(root)
     # TinyNet: 6 parameters (embed, fc weight and bias, bn weight and bias, head) and 3 BatchNorm buffers
     assert dataset.read(TableName.TENSORS).num_rows == (COMPACT_MIN + 1) * 9
+
+    # A cache summarised before compaction existed (no compact folder): an unchanged re-run compacts it once.
+    shutil.rmtree(root / ".ckptboard" / COMPACT_DIRNAME)
+    assert summarize(root).computed == 0
+    again = compacted_files(root / ".ckptboard")[(TableName.TENSORS, "long")]
+    assert len(again.versions) == COMPACT_MIN + 1
+    assert summarize(root).computed == 0
+    assert compacted_files(root / ".ckptboard")[(TableName.TENSORS, "long")].path == again.path
