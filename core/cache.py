@@ -211,7 +211,8 @@ class StatsCache:
                         shutil.rmtree(parts, ignore_errors=True)
                 except OSError:
                     pass
-            for tmp in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.dir.glob(f"*/{TMP_PREFIX}*")]:
+            for tmp in [*self.dir.glob(f"{TMP_PREFIX}*"), *self.dir.glob(f"*/{TMP_PREFIX}*"),
+                        *self.dir.glob(f"*/*/{TMP_PREFIX}*")]:  # the last: compacted files' (core.compact)
                 try:
                     if tmp.stat().st_mtime < cutoff:
                         tmp.unlink()

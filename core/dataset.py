@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ckptboard.core.cache import StatsCache, warn_invalid
+from ckptboard.core.compact import Compacted, compacted_files
 from ckptboard.core.errors import UsageError
 from ckptboard.core.formats.sniff import is_checkpoint_file
 from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
@@ -119,6 +121,7 @@ class StatsDataset:
         kept = pa.array([e.relpath for e in self._entries], pa.string())
         self._index = index.filter(pc.is_in(index.column("checkpoint"), value_set=kept))
         self._listing: dict[TableName, set[str]] = {}
+        self._compact: dict[tuple[TableName, str], Compacted] | None = None
 
     def read(self, table: TableName | str, selection: Selection = Selection(),
              columns: list[str] | None = None, *, sort: bool = True, where: ds.Expression | None = None) -> pa.Table:
@@ -138,8 +141,7 @@ class StatsDataset:
             result = self._index if expression is None else self._index.filter(expression)
             result = result.select(columns) if columns is not None else result
         else:
-            paths = [table_path(self.cache.dir, table, e.stem) for e in self._files(table, selection)]
-            result = _scan(paths, arrow_schema(table), expression, columns)
+            result = self._scan(table, self._files(table, selection), expression, columns)
         keys = [(c, "ascending", "at_start") for c in _SORT if c in result.column_names]
         if sort and keys and result.num_rows:
             result = result.take(pc.sort_indices(result, sort_keys=keys))
@@ -220,13 +222,40 @@ class StatsDataset:
                     return f"{relpath}: a checkpoint the cache does not hold"
         return None
 
+    def _scan(self, table: TableName, entries: list[_Entry], expression, columns: list[str] | None) -> pa.Table:
+        """The filtered rows of ``entries``' ``table`` files: runs of consecutive entries that a compacted file
+        holds at their committed version are read from it (one file), the others from their own files."""
+        schema = arrow_schema(table)
+        compacted = self._compacted()
+        parts = []
+        for source, group in groupby(entries, key=lambda e: _compacted_source(compacted.get((table, e.run)), e)):
+            group = list(group)
+            rows = None if source is None else _scan_compacted(source, group, schema, expression, columns)
+            if rows is None:  # not compacted, or the compacted file unreadable: the fragments' own files (those
+                listed = self._listing[table]  # without one have no rows of this table)
+                rows = _scan([table_path(self.cache.dir, table, e.stem) for e in group if e.stem in listed], schema,
+                             expression, columns)
+            parts.append(rows)
+        if len(parts) == 1:
+            return parts[0]
+        return pa.concat_tables(parts) if parts else _scan([], schema, None, columns)
+
+    def _compacted(self) -> dict[tuple[TableName, str], Compacted]:
+        """The compacted files of this cache (footers read once per dataset)."""
+        if self._compact is None:
+            self._compact = compacted_files(self.cache.dir)
+        return self._compact
+
     def _files(self, table: TableName, selection: Selection) -> list[_Entry]:
-        """The committed fragments that have a ``table`` file and may hold rows of ``selection``."""
+        """The committed fragments that have a ``table`` file, or whose rows a compacted file holds, and may hold
+        rows of ``selection``."""
         if table not in self._listing:
             folder = self.cache.dir / str(table)
             self._listing[table] = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
         listed = self._listing[table]
-        return [e for e in self._entries if e.stem in listed and _may_hold(e, selection)]
+        compacted = self._compacted()
+        return [e for e in self._entries if _may_hold(e, selection)
+                and (e.stem in listed or _compacted_source(compacted.get((table, e.run)), e) is not None)]
 
 
 def _changed(path: Path, entry: _Entry) -> str | None:
@@ -321,6 +350,26 @@ def _read_commit(path: Path) -> tuple[str, str | None, pa.Table, tuple[int, int,
         return str(e)
     except (OSError, pa.ArrowException, KeyError) as e:
         return f"unreadable ({type(e).__name__}: {e})"
+
+
+def _compacted_source(compacted: Compacted | None, entry: _Entry) -> Compacted | None:
+    """``compacted`` when it holds ``entry``'s rows at the version committed, else None."""
+    if compacted is not None and compacted.versions.get(entry.stem) == entry.written_ns:
+        return compacted
+    return None
+
+
+def _scan_compacted(compacted: Compacted, entries: list[_Entry], schema: pa.Schema, expression,
+                    columns: list[str] | None) -> pa.Table | None:
+    """The filtered rows of ``entries`` in a compacted file (None when it cannot be read: the caller falls back)."""
+    if len(entries) < len(compacted.versions):  # it holds other checkpoints too: those of the selection only
+        only = pc.field("checkpoint").isin([e.relpath for e in entries])
+        expression = only if expression is None else expression & only
+    try:
+        return ds.dataset(str(compacted.path), schema=schema, format="parquet").to_table(columns=columns,
+                                                                                      filter=expression)
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def _scan(paths: list[Path], schema: pa.Schema, expression, columns: list[str] | None) -> pa.Table:

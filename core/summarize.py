@@ -19,6 +19,7 @@ from ckptboard.core.cache import LookupStatus, StatsCache, cache_key, warn_inval
 from ckptboard.core.devices import resolve_device
 from ckptboard.core.discover import discover
 from ckptboard.core.errors import ResourceLimitError, UnsafeCheckpointError, UsageError
+from ckptboard.core.compact import compact_if_due
 from ckptboard.core.executors import Executor, LocalExecutor
 from ckptboard.core.limits import WorkerLimits
 from ckptboard.core.model_spec import resolve_model
@@ -182,6 +183,7 @@ def execute(work: Plan, executor: Executor | None = None,
         if progress is not None:
             progress(receipt)
     work.cache.prune(work.relpaths)
+    compact_if_due(work.cache.dir, changed=report.computed > 0)  # a run of enough new fragments: one file a table
     report.failures.sort(key=lambda f: f.relpath)
     report.seconds = time.perf_counter() - start
     return report
