@@ -153,6 +153,12 @@ class StatsDataset:
         index = rows.group_by(keys, use_threads=False).aggregate([("numel", "max")])  # first-seen order
         return index.select([*keys, "numel_max"]).rename_columns([*keys, "numel"]).to_pandas()
 
+    def distinct(self, table: TableName | str, column: str, selection: Selection = Selection()) -> list:
+        """The distinct values of one ``column`` of ``table`` in ``selection`` (nulls left out), sorted: one column
+        read in file order, no other (the sidebar's module depth and the module picker need only this)."""
+        values = pc.unique(self.read(table, selection, columns=[column], sort=False).column(column).drop_null())
+        return sorted(values.to_pylist())
+
     def module_rollup(self, selection: Selection = Selection(), depth: int | None = None) -> pd.DataFrame:
         """:func:`module_rollup` of the tensors of ``selection``, reading only the nine columns it needs."""
         return module_rollup(self.read(TableName.TENSORS, selection, columns=list(_ROLLUP_INPUT), sort=False), depth)

@@ -45,11 +45,13 @@ __all__ = [
     "aliases",
     "filter_tables",
     "tensor_index",
+    "distinct_modules",
     "view_context",
     "request_refresh",
     "refresh_if_due",
     "loaded_at",
     "memo",
+    "detached",
     "pick_default",
 ]
 
@@ -112,9 +114,9 @@ class ViewContext:
 
     def modules(self) -> list[str]:
         """Module paths cut to the sidebar depth (``""`` is the root module), sorted."""
-        modules = pd.Series(self.tensor_index()["module"].unique(), dtype=object).fillna("")
+        modules = distinct_modules(self.tables, self.fingerprint)
         if self.depth:
-            modules = modules.map(lambda m: ".".join(m.split(".")[: self.depth]))
+            modules = [".".join(m.split(".")[: self.depth]) for m in modules]
         modules = sorted(set(modules) - {""})
         return [m for m, keep in zip(modules, self.matches(modules)) if keep]
 
@@ -137,6 +139,19 @@ def tensor_index(tables: TableView | StatsTables, fingerprint: str) -> pd.DataFr
         keys = ["run", "group", "name", "module", "kind"]
         return tables.tensors.groupby(keys, sort=False, dropna=False)["numel"].max().reset_index()
     return _tensor_index(fingerprint, repr(tables.selection), tables.dataset, tables.selection)
+
+
+def distinct_modules(tables: TableView | StatsTables, fingerprint: str) -> list[str]:
+    """The distinct module paths of ``tables``' tensors, sorted: one column read from the dataset (shared per
+    selection; a fraction of :func:`tensor_index`'s cost, which the first page need not pay)."""
+    if not hasattr(tables, "dataset"):
+        return sorted(set(tables.tensors["module"].dropna().astype(str)))
+    return _distinct_modules(fingerprint, repr(tables.selection), tables.dataset, tables.selection)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _distinct_modules(fingerprint: str, selection_key: str, _dataset: StatsDataset, _selection: Selection) -> list[str]:
+    return _dataset.distinct(TableName.TENSORS, "module", _selection)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -393,10 +408,14 @@ def memo(fn: Callable[..., Any], ctx: ViewContext, *args: Any, **kwargs: Any) ->
     the shared reads of every view's inputs held a gigabyte).
     """
     name = f"{fn.__module__}.{fn.__qualname__}"
-    tables = ctx.tables
-    if hasattr(tables, "dataset"):
-        tables = tables.dataset.view(tables.selection)
+    tables = detached(ctx.tables)
     return _memo(name, ctx.key, repr((args, sorted(kwargs.items()))), lambda: fn(tables, *args, **kwargs))
+
+
+def detached(tables: TableView | StatsTables) -> TableView | StatsTables:
+    """``tables``' selection read through a view of its own, not the shared reads: for work whose frames should be
+    freed when it ends (a memoised figure, a download built on click, off the script's thread)."""
+    return tables.dataset.view(tables.selection) if hasattr(tables, "dataset") else tables
 
 
 def pick_default(key: str, options: Sequence[Any], default: Any) -> None:

@@ -10,11 +10,17 @@ from ckptboard.core.schema import StatsTables
 from ckptboard.dashboard.figures._common import format_shape, select_tensors
 from ckptboard.dashboard.text import format_bytes
 
-__all__ = ["TENSOR_TABLE_COLUMNS", "tensor_table"]
+__all__ = ["TENSOR_TABLE_COLUMNS", "TENSOR_TABLE_INPUT", "tensor_table"]
 
 TENSOR_TABLE_COLUMNS: tuple[str, ...] = (
     "group", "name", "module", "kind", "trainable", "source", "shape", "dtype", "numel", "nbytes", "size",
     "tied_to", "mean", "std", "min", "max", "norm", "nonfinite",
+)
+
+# The columns of the tensors table that :func:`tensor_table` reads: a dataset view narrowed to these reads 21 of 45.
+TENSOR_TABLE_INPUT: tuple[str, ...] = (
+    "run", "checkpoint", *(c for c in TENSOR_TABLE_COLUMNS if c not in ("size", "nonfinite")),
+    "nans", "posinfs", "neginfs",
 )
 
 
