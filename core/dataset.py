@@ -115,7 +115,8 @@ class StatsDataset:
         warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
         # Checkpoints deleted since they were summarised are left out (``summarize`` prunes their fragments).
         self._committed = entries
-        self._entries = [e for e in entries if (root / e.relpath).exists()]
+        # In the order rows are returned (run, step, path; unknown first), so that a scan needs no sort.
+        self._entries = sorted((e for e in entries if (root / e.relpath).exists()), key=_file_order)
         kept = pa.array([e.relpath for e in self._entries], pa.string())
         self._index = index.filter(pc.is_in(index.column("checkpoint"), value_set=kept))
         self._listing: dict[TableName, set[str]] = {}
@@ -129,14 +130,19 @@ class StatsDataset:
         expression = selection.expression(names)
         if columns is None and selection.columns is not None and table != COMMIT_TABLE:
             columns = [c for c in names if c in selection.columns]
+        in_order = False
         if table == COMMIT_TABLE:
             result = self._index if expression is None else self._index.filter(expression)
             result = result.select(columns) if columns is not None else result
         else:
-            paths = [table_path(self.cache.dir, table, e.stem) for e in self._files(table, selection)]
-            result = _scan(paths, arrow_schema(table), expression, columns)
+            entries = self._files(table, selection)
+            result = _scan([table_path(self.cache.dir, table, e.stem) for e in entries], arrow_schema(table),
+                           expression, columns)
+            # The files are scanned in run, step, path order, each holding one checkpoint's rows: already sorted,
+            # when each has a known step (a run without steps, and the errors table, are sorted here).
+            in_order = "step" in names and all(e.step is not None for e in entries)
         keys = [(c, "ascending", "at_start") for c in _SORT if c in result.column_names]
-        if sort and keys and result.num_rows:
+        if sort and keys and result.num_rows and not in_order:
             result = result.take(pc.sort_indices(result, sort_keys=keys))
         return result
 
@@ -228,6 +234,11 @@ class StatsDataset:
             self._listing[table] = {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
         listed = self._listing[table]
         return [e for e in self._entries if e.stem in listed and _may_hold(e, selection)]
+
+
+def _file_order(entry: _Entry) -> tuple:
+    """``entry``'s place in :meth:`StatsDataset.read`'s order: run, step, path, an unknown run or step first."""
+    return (entry.run is not None, entry.run or "", entry.step is not None, entry.step or 0, entry.relpath)
 
 
 def _changed(path: Path, entry: _Entry) -> str | None:
