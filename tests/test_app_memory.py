@@ -1,5 +1,6 @@
-"""What the server keeps between pages: shared reads within a byte budget (least recently used dropped first), Arrow
-on the C library's heap in the process ``serve`` starts, and freed heap handed back after each page."""
+"""The server process: shared reads within a byte budget (least recently used dropped first), Arrow on the C
+library's heap in the process ``serve`` starts, freed heap handed back after each page, and the first page's modules
+imported before the server answers, without torch."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ def test_serve_process_allocates_arrow_from_the_c_heap():
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "system", done.stderr
+
+
+def test_serve_warms_the_first_page_without_torch():
+    """What ``serve`` imports before answering (the first page's modules included) leaves torch for later."""
+    code = ("import importlib, sys\n"
+            "from ckptboard.dashboard.launch import WARM_IMPORTS\n"
+            "[importlib.import_module(name) for name in WARM_IMPORTS]\n"
+            "print(sorted({'torch', 'numba', 'ckptboard.dashboard.views.overview'} & set(sys.modules)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "['ckptboard.dashboard.views.overview']", done.stderr
