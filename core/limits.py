@@ -77,6 +77,21 @@ class WorkerLimits:
             return DEFAULT_TIMEOUT_S + nbytes / TIMEOUT_BYTES_PER_S
         return self.timeout or None
 
+    def record(self) -> dict[str, float | int | None]:
+        """These limits as a cache header stores them beside a failure they caused."""
+        return {"max_memory": self.max_memory, "timeout": self.timeout}
+
+    def allow_more_than(self, recorded: dict, nbytes: int) -> bool:
+        """Whether these limits are larger than ``recorded`` (:meth:`record`) in memory or in time for a checkpoint
+        of ``nbytes``: a checkpoint that failed under ``recorded`` is worth reading again under these."""
+        before = WorkerLimits(recorded.get("max_memory"), recorded.get("timeout"))
+        return _more(self.max_memory, before.max_memory) or _more(self.seconds_for(nbytes), before.seconds_for(nbytes))
+
+
+def _more(now: float | None, before: float | None) -> bool:
+    """Whether limit ``now`` allows more than ``before`` (None: no limit)."""
+    return before is not None and (now is None or now > before)
+
 
 def parse_size(text: str) -> int:
     """``"2G"``, ``"512M"``, ``"1.5g"``, ``"1073741824"`` -> bytes (binary units); :class:`UsageError` otherwise."""

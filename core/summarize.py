@@ -18,8 +18,9 @@ from typing import Any
 from ckptboard.core.cache import LookupStatus, StatsCache, cache_key, warn_invalid
 from ckptboard.core.devices import resolve_device
 from ckptboard.core.discover import discover
-from ckptboard.core.errors import UnsafeCheckpointError, UsageError
+from ckptboard.core.errors import ResourceLimitError, UnsafeCheckpointError, UsageError
 from ckptboard.core.executors import Executor, LocalExecutor
+from ckptboard.core.limits import WorkerLimits
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.task import CheckpointTask, Receipt, ReceiptStatus, finish_parts, run_task
 
@@ -117,10 +118,11 @@ class SummaryReport:
 
 
 def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", model: Any = None,
-         trust: bool = False, spectral: str = "off") -> Plan:
+         trust: bool = False, spectral: str = "off", limits: WorkerLimits | None = None) -> Plan:
     """Discover ROOT's checkpoints and decide which need summarising; reads fragment footers, no checkpoint.
 
-    ``spectral``: ``off``, ``default`` or ``full`` (:class:`ckptboard.core.spectral.SpectralMode`)."""
+    ``spectral``: ``off``, ``default`` or ``full`` (:class:`ckptboard.core.spectral.SpectralMode`). ``limits``: those
+    the tasks will run under; a checkpoint recorded past smaller ones (a ``ResourceLimitError``) is read again."""
     spectral = _spectral_mode(spectral)
     root = Path(root).absolute()  # tasks may run in other processes, with another working directory
     if not root.is_dir():
@@ -142,7 +144,7 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
             lookup = cache.lookup(cf.relpath, key)
             if lookup.status == LookupStatus.INVALID:
                 invalid.append(lookup.problem)
-            if lookup.hit and not _retry_with_trust(lookup.header.info, trust):
+            if lookup.hit and not _retry(lookup.header.info, trust, limits, cf.size):
                 result.cached.append(_cached_receipt(cf.relpath, run.name, lookup.header.info))
                 continue
             result.tasks.append(CheckpointTask(
@@ -209,13 +211,15 @@ def shard_tasks(tasks: list[CheckpointTask], parallelism: int, split: bool | Non
 
 def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_dir: str | Path | None = None,
               executor: Executor | None = None, progress: Callable[[Receipt], None] | None = None,
-              model: Any = None, trust: bool = False, spectral: str = "off") -> SummaryReport:
-    """Summarise every checkpoint under ``root`` not already in the cache; return what happened."""
+              model: Any = None, trust: bool = False, spectral: str = "off",
+              limits: WorkerLimits | None = None) -> SummaryReport:
+    """Summarise every checkpoint under ``root`` not already in the cache; return what happened. ``limits``: the
+    local workers' (:func:`plan` reads a checkpoint recorded past smaller ones again)."""
     start = time.perf_counter()
     device = str(resolve_device(device))
-    work = plan(root, cache_dir=cache_dir, device=device, model=model, trust=trust, spectral=spectral)
+    work = plan(root, cache_dir=cache_dir, device=device, model=model, trust=trust, spectral=spectral, limits=limits)
     if executor is None:
-        executor = LocalExecutor(workers)
+        executor = LocalExecutor(workers, limits=limits)
     report = execute(work, executor, progress)
     report.seconds = time.perf_counter() - start
     return report
@@ -224,19 +228,21 @@ def summarize(root: str | Path, *, device: str = "cpu", workers: int = 1, cache_
 def refresh(root: str | Path, *, cache_dir: str | Path | None = None, device: str = "cpu", workers: int = 1,
             executor: Executor | Callable[[Plan], Executor] | None = None, model: Any = None, trust: bool = False,
             progress: Callable[[Receipt], None] | None = None,
-            on_plan: Callable[[Plan], None] | None = None, spectral: str = "off") -> SummaryReport:
+            on_plan: Callable[[Plan], None] | None = None, spectral: str = "off",
+            limits: WorkerLimits | None = None) -> SummaryReport:
     """Plan and execute as one call: the verb the CLI and the app use to bring ROOT's cache up to date.
 
     ``on_plan(plan)`` runs before any checkpoint is opened (to size a progress bar); ``executor`` may be a function
     of the plan, to size a pool by the work (default: ``LocalExecutor(workers)``). ``seconds`` covers both steps.
+    ``limits``: the local workers' (:func:`plan` reads a checkpoint recorded past smaller ones again).
     """
     start = time.perf_counter()
     work = plan(root, cache_dir=cache_dir, device=str(resolve_device(device)), model=model, trust=trust,
-                spectral=spectral)
+                spectral=spectral, limits=limits)
     if on_plan is not None:
         on_plan(work)
     if executor is None:
-        executor = LocalExecutor(workers)
+        executor = LocalExecutor(workers, limits=limits)
     elif not isinstance(executor, Executor):
         executor = executor(work)
     report = execute(work, executor, progress)
@@ -254,9 +260,15 @@ def _spectral_mode(spectral: str) -> str:
         raise UsageError(f"--spectral {spectral}: unknown; choose from {choices}") from None
 
 
-def _retry_with_trust(info: dict[str, Any], trust: bool) -> bool:
-    """A file refused as unsafe without --trust is worth reading again when trust is now given."""
-    return trust and info.get("error") == UnsafeCheckpointError.__name__ and not info.get("trust")
+def _retry(info: dict[str, Any], trust: bool, limits: WorkerLimits | None, size: int) -> bool:
+    """A recorded failure worth reading again: refused as unsafe without --trust and trust is now given, or past a
+    worker's limits and these are larger."""
+    if info.get("error") == UnsafeCheckpointError.__name__:
+        return trust and not info.get("trust")
+    if info.get("error") == ResourceLimitError.__name__ and limits is not None:
+        recorded = info.get("limits")  # absent from a failure cached before limits were recorded: read it once more
+        return not isinstance(recorded, dict) or limits.allow_more_than(recorded, size)
+    return False
 
 
 def _cached_receipt(relpath: str, run: str, info: dict[str, Any]) -> Receipt:

@@ -19,8 +19,15 @@ from typing import TYPE_CHECKING, Any
 from ckptboard.core.fragment import Header
 from ckptboard.core.cache import StatsCache
 from ckptboard.core.discover import FileIdentity, file_identity
-from ckptboard.core.errors import CacheError, CheckpointError, CkptboardError, IncompleteCheckpointError
-from ckptboard.core.limits import bounded_memory
+from ckptboard.core.errors import (
+    CacheError,
+    CheckpointError,
+    CkptboardError,
+    IncompleteCheckpointError,
+    ResourceLimitError,
+)
+from ckptboard.core.limits import WorkerLimits, bounded_memory
+from ckptboard.core.limits import installed as installed_limits
 from ckptboard.core.model_spec import resolve_model
 from ckptboard.core.records import StrEnum
 from ckptboard.core.rows import RowSource, checkpoint_rows
@@ -85,11 +92,13 @@ class CheckpointTask:
         """The checkpoint's identity when it was listed: the task reads it only while it still has it."""
         return FileIdentity(self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
-    def failed(self, problem: str, error: str = "WorkerLost", record: bool = False) -> Receipt:
+    def failed(self, problem: str, error: str = "WorkerLost", record: bool = False,
+               limits: WorkerLimits | None = None) -> Receipt:
         """The receipt of a task the executor lost. With ``record`` (its worker died on it twice, or was killed past
         its time limit) the failure is the file's: its error row and fragment are written, so that a re-run does
         not repeat it, unless the file changed meanwhile (a worker reading a file truncated under it dies of
-        SIGBUS): then it is skipped and read again next time."""
+        SIGBUS): then it is skipped and read again next time. ``limits``: those the worker ran under, remembered
+        with a ``ResourceLimitError`` so that a run under larger ones reads the file again."""
         receipt = Receipt(self.relpath, self.run, ReceiptStatus.FAILED, error=error, message=problem,
                           part=self.part.index if self.part is not None else -1)
         if not record:
@@ -107,7 +116,8 @@ class CheckpointTask:
             receipt.record = True  # the merge step writes the checkpoint's error fragment
             return receipt
         try:
-            _cache(self).write(self.relpath, _header(self, receipt), {TableName.ERRORS: [_error_row(self, receipt)]})
+            _cache(self).write(self.relpath, _header(self, receipt, limits),
+                               {TableName.ERRORS: [_error_row(self, receipt)]})
         except CkptboardError:
             pass  # the failure is reported all the same; it is just not remembered
         return receipt
@@ -251,9 +261,12 @@ def _cache(task: CheckpointTask) -> StatsCache:
     return StatsCache(task.root, task.cache_dir)
 
 
-def _header(task: CheckpointTask, receipt: Receipt) -> Header:
+def _header(task: CheckpointTask, receipt: Receipt, limits: WorkerLimits | None = None) -> Header:
     info = {"status": str(receipt.status), "error": receipt.error, "message": receipt.message,
             "tensors": receipt.tensors, "run": task.run, "trust": task.trust}
+    limits = limits or installed_limits()
+    if receipt.error == ResourceLimitError.__name__ and limits is not None:
+        info["limits"] = limits.record()  # a run under larger limits reads the file again (summarize.plan)
     return Header(task.key, info)
 
 

@@ -64,7 +64,7 @@ def run_supervised(fn: Callable[[Any], Any], tasks: list, workers: int, limits: 
                     idle.append(worker)
                     yield task.failed(value)
                 elif kind == "timeout":
-                    yield task.failed(value, error=ResourceLimitError.__name__, record=True)
+                    yield task.failed(value, error=ResourceLimitError.__name__, record=True, limits=limits)
                 elif attempts[i] < MAX_ATTEMPTS:  # died: retry in a fresh worker
                     queue.append(i)
                 else:
@@ -114,7 +114,8 @@ class _Worker:
             return "died", _how(self.process.exitcode)
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stop()
-            return "timeout", f"took longer than {self.seconds:.3g} s, the worker's time limit (--timeout)"
+            return "timeout", (f"took longer than {self.seconds:.3g} s, the worker's time limit; a run with a larger "
+                               f"--timeout reads it again")
         return None
 
     def stop(self) -> None:

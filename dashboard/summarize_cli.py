@@ -139,7 +139,7 @@ def summarize_with_progress(args: argparse.Namespace) -> SummaryReport:
                                            disable=not work.tasks))
 
         report = refresh(root, cache_dir=args.cache_dir, device=device, model=args.model, trust=args.trust,
-                         spectral=args.spectral,
+                         spectral=args.spectral, limits=worker_limits(args) if args.executor == "local" else None,
                          executor=lambda work: make_executor(args, work.todo_bytes), on_plan=on_plan,
                          progress=lambda receipt: bar.update(sizes.get(receipt.relpath, 0)))
     for failure in report.failures:

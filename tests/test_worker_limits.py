@@ -72,9 +72,10 @@ def test_a_checkpoint_past_the_memory_limit_is_a_recorded_resource_limit_error(t
 
     again = summarize(root)  # in this process, no limit: the recorded failure is served until the file changes
     assert (again.computed, again.cached) == (0, 3)
-    (root / "run" / "deflated.pt").touch()
-    age(root / "run" / "deflated.pt")
-    assert main(["summarize", str(root)]) == 0  # the default limit (2 GiB) reads it
+    same = summarize(root, limits=WorkerLimits(8 << 20))  # the same limits: not read again
+    assert (same.computed, same.cached) == (0, 3)
+    assert main(["summarize", str(root)]) == 0  # the default limit (2 GiB) is larger: read again, and it fits
+    assert "run/deflated.pt" not in _errors(root)
 
 
 def test_a_checkpoint_past_the_time_limit_is_killed_and_recorded(root, capsys):
@@ -83,8 +84,16 @@ def test_a_checkpoint_past_the_time_limit_is_killed_and_recorded(root, capsys):
     err = capsys.readouterr().err
     assert "FAILED run/many.safetensors: ResourceLimitError: took longer than 0.5 s" in err
     error, message = _errors(root)["run/many.safetensors"]
-    assert error == "ResourceLimitError" and "--timeout" in message
+    assert error == "ResourceLimitError" and "a run with a larger --timeout reads it again" in message
     assert not holders(root / "run" / "many.safetensors")  # its worker was killed, not left running
+
+    # A timeout may be the machine's (a loaded host), not the file's: the same limit serves the recorded failure,
+    # a larger one reads the file again.
+    assert main(["summarize", str(root), "--timeout", "0.5", "--workers", "2"]) == 1
+    assert capsys.readouterr().out.startswith("2 checkpoints (3 from cache)")  # 2 read + 1 failed, none read again
+    assert _errors(root)["run/many.safetensors"][0] == "ResourceLimitError"
+    assert main(["summarize", str(root), "--timeout", "600", "--workers", "2"]) == 0
+    assert "run/many.safetensors" not in _errors(root)
 
 
 def _dies_on_many(task):
@@ -141,3 +150,15 @@ def test_bad_limits_are_one_usage_line_before_any_file_is_read(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.startswith(f"UsageError: {problem}") and err.count("\n") == 1
     assert not (tmp_path / ".ckptboard").exists()
+
+
+def test_larger_limits_are_those_that_allow_more_memory_or_time():
+    recorded = WorkerLimits(8 << 20, 0.5).record()
+    assert not WorkerLimits(8 << 20, 0.5).allow_more_than(recorded, 10**6)
+    assert not WorkerLimits(4 << 20, 0.25).allow_more_than(recorded, 10**6)
+    assert WorkerLimits(16 << 20, 0.5).allow_more_than(recorded, 10**6)
+    assert WorkerLimits(None, 0.5).allow_more_than(recorded, 10**6)  # None: no memory limit
+    assert WorkerLimits(8 << 20, 0.0).allow_more_than(recorded, 10**6)  # 0: no time limit
+    assert WorkerLimits(8 << 20, None).allow_more_than(recorded, 10**6)  # the default: 120 s + 1 MB / 20 MB/s
+    unlimited = WorkerLimits(None, 0.0).record()
+    assert not WorkerLimits().allow_more_than(unlimited, 10**6)  # nothing allows more than no limit
