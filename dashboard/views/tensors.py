@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ckptboard.core.records import TensorKind
-from ckptboard.dashboard.figures.tensors import TENSOR_TABLE_INPUT, tensor_table
+from ckptboard.dashboard.figures.tensors import TENSOR_TABLE_INPUT, tensor_rows, tensor_table, tensor_table_of
 from ckptboard.dashboard.state import ViewContext, detached, memo
 from ckptboard.dashboard.views._module_tree import module_tree_chart
 from ckptboard.dashboard.views._pickers import checkpoint_picker
@@ -18,9 +18,9 @@ _ANY_MODULE = "(all modules)"
 
 def shown_tensors(tables, checkpoint: str, limit: int = TABLE_ROWS, **filters) -> tuple:
     """The rows of :func:`tensor_table` the view sends (the ``limit`` largest by elements, in file order) and
-    how many match: only these are kept in the memo, not the whole table."""
-    table = tensor_table(tables, checkpoint, **filters)
-    return capped(table, limit, largest="numel"), len(table)
+    how many match: only these are formatted and kept in the memo, not the whole table."""
+    rows = tensor_rows(tables, checkpoint, **filters)
+    return tensor_table_of(capped(rows, limit, largest="numel")), len(rows)
 
 
 def render(ctx: ViewContext) -> None:
