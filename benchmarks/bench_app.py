@@ -67,14 +67,11 @@ def _start_like_serve() -> None:
 
 
 def _env(impl: Path | None) -> dict[str, str]:
-    """The environment that makes a child process import ``impl`` (a checkout) as ``ckptboard``; this tree's
-    editable install when None."""
-    env = dict(os.environ)
-    if impl is not None:
-        link_dir = Path(tempfile.mkdtemp(prefix="ckptboard-impl-"))
-        (link_dir / "ckptboard").symlink_to(impl)
-        env["PYTHONPATH"] = str(link_dir) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    """The environment that makes a child process import ``impl`` (a checkout) as ``ckptboard``, as
+    ``bench_scale.py`` does; this tree's editable install when None."""
+    from bench_scale import _env as checkout_env  # imports torch: in the parent only, never in a probe
+
+    return checkout_env(impl)
 
 
 def _net():
