@@ -133,7 +133,13 @@ class ViewContext:
 
     def checkpoint_label(self, checkpoint: str) -> str:
         """``run · step N · file`` for pickers."""
-        return _checkpoint_labels(self.key, self.tables.checkpoints).get(checkpoint, checkpoint)
+        return self._labels.get(checkpoint, checkpoint)
+
+    @functools.cached_property
+    def _labels(self) -> dict[str, str]:
+        # Looked up once per page, not per option: a picker calls this for each checkpoint, and each lookup of the
+        # shared cache hashes the key (0.1 s for 300 options).
+        return _checkpoint_labels(self.key, self.tables.checkpoints)
 
 
 def tensor_index(tables: TableView | StatsTables, fingerprint: str) -> pd.DataFrame:
