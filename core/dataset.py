@@ -122,12 +122,17 @@ class StatsDataset:
         self._listing: dict[TableName, set[str]] = {}
 
     def read(self, table: TableName | str, selection: Selection = Selection(),
-             columns: list[str] | None = None, *, sort: bool = True) -> pa.Table:
+             columns: list[str] | None = None, *, sort: bool = True, where: ds.Expression | None = None) -> pa.Table:
         """``table``'s rows in ``selection`` (``columns`` only, when given) as one Arrow table, sorted by run, step,
-        checkpoint (stable; with ``sort=False`` in file order, each checkpoint's rows in its own order)."""
+        checkpoint (stable; with ``sort=False`` in file order, each checkpoint's rows in its own order).
+
+        ``where``, a filter over the table's columns, is pushed down with the selection's (row groups whose
+        statistics rule it out are not decoded)."""
         table = TableName(table)
         names = COLUMNS[table]
         expression = selection.expression(names)
+        if where is not None:
+            expression = where if expression is None else expression & where
         if columns is None and selection.columns is not None and table != COMMIT_TABLE:
             columns = [c for c in names if c in selection.columns]
         in_order = False

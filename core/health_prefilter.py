@@ -1,29 +1,43 @@
-"""The rows the health checks can use, found in Arrow over the stats dataset, so that only those become pandas.
+"""The rows the health checks can use, found by one narrow scan of the tensors and one of the updates, so that only
+those rows become pandas.
 
-At 1M tensor rows the checks in pandas over whole tables held ~500 MB; most rows can never be a finding. Each
-filter here keeps a superset of what its check reads: every row of a tensor that may be non-finite, may explode or
-may be unchanged (the checks count and take first/last rows per tensor), and the update rows that may be among the
-largest ratios (ties kept). :func:`~ckptboard.core.health.health_table` then runs unchanged on those rows, so the
-findings are the pandas path's by construction.
+At 1M tensor rows the checks in pandas over whole tables held ~500 MB, and most rows can never be a finding; at
+300 checkpoint files each scan of a table costs ~0.2 s before its first row, so each table is scanned once, for the
+few columns the tests need (:class:`Digest`: threshold-free, so it can be kept while thresholds change), and the
+candidates' rows are read after. :func:`~ckptboard.core.health.health_table` then runs unchanged on:
+
+- the tensors table: every row of every tensor whose name is a candidate (non-finite, may explode, may be
+  unchanged). A name stands for every ``(run, group)`` that has it, so each tensor read is read whole and the checks,
+  which count and take first/last rows per tensor, judge it exactly as over the whole table;
+- the updates table: every row of the names that may be unchanged, and every update whose finite ratio reaches its
+  run's ``largest``-th largest (ties kept, in the whole table's row order; only the checkpoints holding one are
+  opened). A tensor read only in part has a non-zero update in it, so it is never judged unchanged; rows below a
+  run's floor never reach its top ``largest``;
+- the batchnorm table: the rows at each run's last step only (all the dead-channel check reads).
+
+So the findings are the whole tables' by construction (tests compare the two).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import operator
+import threading
+import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from ckptboard.core.records import TensorKind
 from ckptboard.core.schema import TableName
 
-__all__ = ["HealthRows", "health_rows"]
+__all__ = ["Digest", "HealthRows", "digest", "health_rows"]
 
-_KEYS = ("run", "group", "name")
 _PARAMETER = str(TensorKind.PARAMETER)
-_NULL = "\x00"  # stands for a missing key part (a collision only widens the superset)
 
 
 @dataclass
@@ -35,117 +49,162 @@ class HealthRows:
     batchnorm: pd.DataFrame
 
 
+@dataclass
+class Digest:
+    """What the candidate tests need of one selection, whatever the thresholds: tensor names with a non-finite
+    value or a zero update, each name's smallest and largest positive parameter norm, and the update-ratio floors."""
+
+    non_finite: set[str | None] = field(default_factory=set)
+    unchanged: set[str | None] = field(default_factory=set)
+    spread: pa.Table | None = None  # name, norm_min, norm_max
+    floor: float | None = None  # the lowest run's floor; None without a finite parameter ratio
+    top_checkpoints: tuple[str, ...] | None = None  # the checkpoints holding a ratio at their run's floor (None: all)
+
+    def exploding(self, factor: float) -> set[str | None]:
+        """Names whose norms spread more than ``factor``: a superset of the exploding check's findings, since a row's
+        ``norm / first`` (``first`` > 0) is at most ``max / min`` and IEEE division is monotone in each operand."""
+        if self.spread is None or self.spread.num_rows == 0:
+            return set()
+        ratio = pc.divide(self.spread.column("norm_max"), self.spread.column("norm_min"))
+        return set(self.spread.column("name").filter(pc.fill_null(pc.greater(ratio, factor), False)).to_pylist())
+
+
 def health_rows(view, explode_factor: float, largest: int) -> HealthRows:
     """The candidate rows of a :class:`~ckptboard.core.dataset.TableView` (columns as its selection narrows them).
 
-    Two reads: the few columns the filters need, then every column of the candidates' tensors (and checkpoints)
-    alone; at 1M tensor rows with few findings the second read opens a handful of files."""
+    The view's :class:`Digest` is kept with its dataset (the last few selections), so that a change of threshold
+    reads only the candidates."""
     dataset, selection = view.dataset, view.selection
-    tensors = dataset.read(TableName.TENSORS, selection, columns=_present(selection, _TENSOR_INPUT))
-    updates = dataset.read(TableName.UPDATES, selection, columns=_present(selection, _UPDATE_INPUT), sort=False)
-    t_key, u_key = _key(tensors), _key(updates)
-    keys = pa.concat_arrays([
-        _non_finite_keys(tensors, t_key), _exploding_keys(tensors, t_key, explode_factor),
-    ]).unique()
-    unchanged = _unchanged_keys(updates, u_key)
-    floors = _largest_floors(updates, largest)
-    top = updates.filter(_largest_rows(updates, floors))
-    keys = pa.concat_arrays([keys, unchanged]).unique()
-    tensors = _candidates(dataset, TableName.TENSORS, selection, tensors.filter(pc.is_in(t_key, value_set=keys)), None)
-    updates = _candidates(dataset, TableName.UPDATES, selection,
-                          updates.filter(pc.is_in(u_key, value_set=unchanged)), top)
-    update_rows = pc.or_(pc.is_in(_key(updates), value_set=unchanged), _largest_rows(updates, floors))
-    return HealthRows(tensors.filter(pc.is_in(_key(tensors), value_set=keys)).to_pandas(),
-                      updates.filter(update_rows).to_pandas(), view.batchnorm)
+    found = _kept_digest(view, largest)
+    names = found.non_finite | found.exploding(explode_factor) | found.unchanged
+    tensors = _read_where(dataset, TableName.TENSORS, selection, _name_in(names))
+    top = None if found.floor is None else _FINITE_RATIO & (pc.field("update_ratio") >= found.floor)
+    if found.unchanged or found.top_checkpoints is None:
+        updates = _read_where(dataset, TableName.UPDATES, selection, _any_of(_name_in(found.unchanged), top))
+    else:  # only the few checkpoints that hold the largest ratios are opened
+        updates = _read_where(dataset, TableName.UPDATES, selection.narrow(checkpoints=found.top_checkpoints), top)
+    return HealthRows(tensors.to_pandas(), updates.to_pandas(), _last_batchnorm(dataset, selection).to_pandas())
 
 
-# What the filters read: the tensors in step order (exploding compares with the first norm), the updates in any
-# order (their tests are order-free); ``checkpoint`` also prunes the second read to the largest updates' files.
-_TENSOR_INPUT = ("run", "checkpoint", "step", "group", "name", "kind", "norm", "nans", "posinfs", "neginfs")
-_UPDATE_INPUT = ("run", "checkpoint", "group", "name", "kind", "update_norm", "update_ratio")
+_KEPT_SELECTIONS = 4  # per dataset: the sidebar's last few filters
+_kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset -> {(selection, largest): Digest}
+_kept_lock = threading.Lock()
 
 
-def _present(selection, columns: tuple[str, ...]) -> list[str]:
-    return [c for c in columns if selection.columns is None or c in selection.columns]
+def _kept_digest(view, largest: int) -> Digest:
+    """:func:`digest` of ``view``, computed once per dataset (one cache state), selection and ``largest``."""
+    key = (repr(view.selection), largest)
+    with _kept_lock:
+        found = _kept.get(view.dataset, {}).get(key)
+    if found is None:
+        found = digest(view, largest)
+        with _kept_lock:
+            kept = _kept.setdefault(view.dataset, {})
+            kept[key] = found
+            while len(kept) > _KEPT_SELECTIONS:
+                kept.pop(next(iter(kept)))
+    return found
 
 
-def _candidates(dataset, table: TableName, selection, every_checkpoint: pa.Table, some: pa.Table | None) -> pa.Table:
-    """Every column of the rows of ``every_checkpoint``'s tensors in all checkpoints and of ``some``'s rows' tensors in
-    their checkpoints (a superset: the caller filters it), read with names (and checkpoints) pushed down."""
-    some = some if some is not None else every_checkpoint.slice(0, 0)
-    names = set(every_checkpoint.column("name").to_pylist()) | set(some.column("name").to_pylist())
-    if selection.names is not None:
-        names &= set(selection.names)
-    narrowed = selection.narrow(names=tuple(sorted(n for n in names if n is not None)))
-    if every_checkpoint.num_rows == 0:
-        checkpoints = set(some.column("checkpoint").to_pylist())
-        if selection.checkpoints is not None:
-            checkpoints &= set(selection.checkpoints)
-        narrowed = narrowed.narrow(checkpoints=tuple(sorted(c for c in checkpoints if c is not None)))
-    return dataset.read(table, narrowed)
+def digest(view, largest: int) -> Digest:
+    """The :class:`Digest` of a view: one scan of six tensors columns, then one of six updates columns (one after the
+    other: side by side they held both scans at once, ~100 MB more at 1M rows, for no gain on a busy machine)."""
+    non_finite, spread = _tensor_digest(view.dataset, view.selection)
+    unchanged, floor, top_checkpoints = _update_digest(view.dataset, view.selection, largest)
+    return Digest(non_finite, unchanged, spread, floor, top_checkpoints)
 
 
-def _key(table: pa.Table) -> pa.Array:
-    """``run``, ``group``, ``name`` joined into one string per row."""
-    parts = [pc.fill_null(table.column(c).cast(pa.string()), _NULL) for c in _KEYS]
-    return pc.binary_join_element_wise(*parts, "\x1f").combine_chunks()
+def _tensor_digest(dataset, selection) -> tuple[set[str | None], pa.Table]:
+    """Names with a non-finite count, and each name's smallest and largest positive parameter norm."""
+    tensors = dataset.read(TableName.TENSORS, selection, sort=False,
+                           columns=["name", "kind", "norm", "nans", "posinfs", "neginfs"])
+    counts = [pc.fill_null(pc.not_equal(tensors.column(c), 0), False) for c in ("nans", "posinfs", "neginfs")]
+    non_finite = set(pc.unique(tensors.column("name").filter(functools.reduce(pc.or_, counts))).to_pylist())
+    positive = pc.and_(_is_parameter(tensors), pc.fill_null(pc.greater(tensors.column("norm"), 0), False))
+    norms = pa.table({"name": tensors.column("name"), "norm": pc.if_else(positive, tensors.column("norm"), None)})
+    return non_finite, norms.group_by("name", use_threads=False).aggregate([("norm", "min"), ("norm", "max")])
 
 
-def _nonzero(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pc.fill_null(pc.not_equal(column, 0), False)
+def _update_digest(dataset, selection, largest: int) -> tuple[set[str | None], float | None, tuple[str, ...] | None]:
+    """Names of parameters with a zero update, the lowest run floor and the checkpoints at or above their floor."""
+    updates = dataset.read(TableName.UPDATES, selection, sort=False,
+                           columns=["run", "checkpoint", "name", "kind", "update_norm", "update_ratio"])
+    parameter = _is_parameter(updates)
+    zero = pc.and_(parameter, pc.fill_null(pc.equal(updates.column("update_norm"), 0), False))
+    return set(pc.unique(updates.column("name").filter(zero)).to_pylist()), *_floors(updates, parameter, largest)
 
 
-def _non_finite_keys(t: pa.Table, key: pa.Array) -> pa.Array:
-    bad = pc.or_(pc.or_(_nonzero(t.column("nans")), _nonzero(t.column("posinfs"))), _nonzero(t.column("neginfs")))
-    return pc.unique(key.filter(bad.combine_chunks()))
+_PARAMETER_ROW = pc.field("kind") == _PARAMETER
+_FINITE_RATIO = _PARAMETER_ROW & pc.is_finite(pc.field("update_ratio"))
 
 
-def _is_parameter(t: pa.Table) -> pa.Array:
-    return pc.fill_null(pc.equal(t.column("kind"), _PARAMETER), False).combine_chunks()
+def _is_parameter(table: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(table.column("kind"), _PARAMETER), False)
 
 
-def _exploding_keys(t: pa.Table, key: pa.Array, factor: float) -> pa.Array:
-    """Parameters whose largest norm exceeds ``factor`` × their first (rows in step order, NaN/null skipped as
-    pandas' ``first`` skips them); the near-zero start test is left to the check."""
-    norm = t.column("norm").cast(pa.float64())
-    valid = pc.and_(_is_parameter(t), pc.fill_null(pc.invert(pc.is_nan(norm)), False).combine_chunks())
-    rows = pa.table({"key": key, "norm": norm}).filter(valid)
-    agg = rows.group_by("key", use_threads=False).aggregate([("norm", "first"), ("norm", "max")])
-    ratio = pc.divide(agg.column("norm_max"), agg.column("norm_first"))
-    hit = pc.fill_null(pc.and_(pc.greater(agg.column("norm_first"), 0), pc.greater(ratio, factor)), False)
-    return agg.column("key").filter(hit).combine_chunks()
+def _floors(updates: pa.Table, parameter: pa.ChunkedArray, largest: int) -> tuple[float | None, tuple[str, ...] | None]:
+    """The lowest of the runs' floors (each run's ``largest``-th largest finite parameter update ratio, its smallest
+    when it has fewer; a row without a run is never ranked) and the checkpoints holding a ratio at least their run's
+    floor (None when one of them has no path)."""
+    ratios = updates.column("update_ratio").to_numpy()  # a null is NaN
+    runs = pc.dictionary_encode(updates.column("run").combine_chunks())
+    codes = pc.fill_null(runs.indices, -1).to_numpy(zero_copy_only=False)
+    ranked = parameter.to_numpy() & np.isfinite(ratios) & (codes >= 0)
+    if not ranked.any():
+        return None, ()
+    floors = np.full(len(runs.dictionary), np.inf)
+    for code in np.unique(codes[ranked]):
+        values = ratios[ranked & (codes == code)]
+        floors[code] = np.partition(values, -largest)[-largest] if len(values) > largest else values.min()
+    top = ranked & (ratios >= floors[codes])
+    checkpoints = set(updates.column("checkpoint").filter(pa.array(top)).to_pylist())
+    return float(floors.min()), None if None in checkpoints else tuple(sorted(checkpoints))
 
 
-def _unchanged_keys(u: pa.Table, key: pa.Array) -> pa.Array:
-    """Parameters none of whose updates moved (a null or NaN ``update_norm`` counts as moved, as in pandas)."""
-    moved = pc.fill_null(pc.not_equal(u.column("update_norm").cast(pa.float64()), 0), True)
-    rows = pa.table({"key": key, "moved": moved}).filter(_is_parameter(u))
-    agg = rows.group_by("key", use_threads=False).aggregate([("moved", "any")])
-    return agg.column("key").filter(pc.invert(agg.column("moved_any"))).combine_chunks()
+def _read_where(dataset, table: TableName, selection, where: ds.Expression | None) -> pa.Table:
+    """Every column (of the selection) of ``table``'s rows that ``where`` keeps; no rows (no file opened) without it."""
+    if where is None:
+        return dataset.read(table, selection.narrow(checkpoints=()))
+    return dataset.read(table, selection, where=where)
 
 
-def _largest_floors(u: pa.Table, largest: int) -> dict[str, float]:
-    """Per run, its ``largest``-th largest finite parameter update ratio (the smallest one when it has fewer)."""
-    ratio, finite, run = _ratios(u)
-    floors = {}
-    for value in pc.unique(run.filter(finite)).to_pylist():
-        values = ratio.filter(pc.and_(finite, pc.equal(run, value))).to_numpy()
-        floors[value] = np.partition(values, -largest)[-largest] if len(values) > largest else values.min()
-    return floors
+def _name_in(names: set[str | None]) -> ds.Expression | None:
+    """Rows whose name is one of ``names`` (a missing name is one too); None for no names."""
+    if not names:
+        return None
+    expression = pc.field("name").isin(sorted(n for n in names if n is not None))
+    return expression | pc.field("name").is_null() if None in names else expression
 
 
-def _ratios(u: pa.Table) -> tuple[pa.ChunkedArray, pa.Array, pa.Array]:
-    ratio = u.column("update_ratio").cast(pa.float64())
-    finite = pc.and_(_is_parameter(u), pc.fill_null(pc.is_finite(ratio), False).combine_chunks())
-    return ratio, finite, pc.fill_null(u.column("run").cast(pa.string()), _NULL).combine_chunks()
+def _any_of(*expressions: ds.Expression | None) -> ds.Expression | None:
+    """Rows that any of ``expressions`` keeps (None ones keep none)."""
+    given = [e for e in expressions if e is not None]
+    return functools.reduce(operator.or_, given) if given else None
 
 
-def _largest_rows(u: pa.Table, floors: dict[str, float]) -> pa.Array:
-    """Finite parameter update ratios at least their run's floor (ties kept: the check breaks them by row order,
-    which every filter keeps)."""
-    ratio, finite, run = _ratios(u)
-    keep = pa.array(np.zeros(u.num_rows, dtype=bool))
-    for value, floor in floors.items():
-        mine = pc.and_(finite, pc.equal(run, value))
-        keep = pc.or_(keep, pc.and_(mine, pc.fill_null(pc.greater_equal(ratio, floor), False).combine_chunks()))
-    return keep
+def _last_batchnorm(dataset, selection) -> pa.Table:
+    """The batchnorm rows at each run's largest step (the dead-channel check reads no other), in the whole table's
+    order. Each run's last checkpoint (by the in-memory index) is read alone; when one has no batchnorm rows, the
+    runs' last batchnorm steps are found by a scan of two columns instead."""
+    index = dataset.read(TableName.CHECKPOINTS, selection, columns=["run", "step"])
+    parts = [_at_step(dataset, selection, run, step) for run, step in _last_steps(index)]
+    if all(p.num_rows for p in parts):
+        return _concat(dataset, selection, parts)
+    steps = dataset.read(TableName.BATCHNORM, selection, columns=["run", "step"], sort=False)
+    return _concat(dataset, selection, [_at_step(dataset, selection, run, step) for run, step in _last_steps(steps)])
+
+
+def _last_steps(rows: pa.Table) -> list[tuple[str, int]]:
+    """``(run, largest step)`` of ``rows``, by run (a run whose steps are all missing has none)."""
+    last = rows.group_by("run", use_threads=False).aggregate([("step", "max")])
+    return sorted((r, s) for r, s in zip(last.column("run").to_pylist(), last.column("step_max").to_pylist())
+                  if r is not None and s is not None)
+
+
+def _at_step(dataset, selection, run: str, step: int) -> pa.Table:
+    return dataset.read(TableName.BATCHNORM, selection.narrow(runs=(run,), steps=(step, step)))
+
+
+def _concat(dataset, selection, parts: list[pa.Table]) -> pa.Table:
+    parts = [p for p in parts if p.num_rows]
+    return pa.concat_tables(parts) if parts else dataset.read(TableName.BATCHNORM, selection.narrow(checkpoints=()))

@@ -117,3 +117,149 @@ def test_candidate_rows_find_non_finite_and_exploding_as_the_whole_tables_do(tmp
     expected = health_table(whole)
     assert {"non-finite", "exploding-norm"} <= set(expected["check"])
     pd.testing.assert_frame_equal(health_table(view), expected)
+
+
+def _planted_series(root):
+    """Three torch.save runs of a real model trained by SGD, with every check's problem planted:
+
+    - ``a``: a NaN in ``fc.weight`` at its second (last) checkpoint, channel 1 of ``bn`` dead (running_var 1e-9)
+      there; ``embed`` and eight ``frozen.*`` layers never train (unchanged; ``fc.bias`` barely does: BatchNorm cancels
+      its gradient), so its ten largest ratios end in a tie at 0.0 that row order breaks;
+    - ``b``: ``head.weight`` grown 20× at its last checkpoint (exploding at factor 10);
+    - ``c``: its last checkpoint a model without the BatchNorm layer (its last batchnorm rows are a step earlier);
+    - ``d`` and ``e``: an MLP with every parameter moving, at learning rates 0.3 and 0.01 (runs whose ten largest
+      ratios lie far apart, with no unchanged tensor to read whole).
+    """
+    import torch
+    from torch import nn
+
+    def model():
+        net = nn.Sequential()
+        net.add_module("embed", nn.Embedding(5, 4))
+        net.add_module("fc", nn.Linear(4, 3))
+        net.add_module("bn", nn.BatchNorm1d(3))
+        net.add_module("head", nn.Linear(3, 2, bias=False))
+        net.add_module("frozen", nn.Sequential(*(nn.Linear(2, 2, bias=False) for _ in range(8))))
+        return net
+
+    torch.manual_seed(0)
+    for run, n in (("a", 2), ("b", 4), ("c", 3)):
+        net = model()
+        trained = [net.fc, net.bn, net.head]
+        optimizer = torch.optim.SGD([p for m in trained for p in m.parameters()], lr=0.1)
+        folder = root / run
+        folder.mkdir()
+        for i in range(n):
+            if i:
+                for _ in range(2):
+                    x = net.fc(net.embed(torch.randint(0, 5, (8,))))
+                    loss = net.head(torch.relu(net.bn(x))).square().mean()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+            state = {k: v.clone() for k, v in net.state_dict().items()}
+            if run == "a" and i == 1:
+                state["fc.weight"][0, 0] = float("nan")
+                state["bn.running_var"][1] = 1e-9
+            if run == "b" and i == n - 1:
+                state["head.weight"] *= 20.0
+            if run == "c" and i == n - 1:
+                state = {k: v for k, v in state.items() if not k.startswith("bn.")}
+            torch.save(state, folder / f"step_{(i + 1) * 10:03d}.pt")
+    for run, lr in (("d", 0.3), ("e", 0.01)):
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        (root / run).mkdir()
+        for i in range(4):
+            if i:
+                loss = net(torch.randn(16, 4)).square().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            torch.save(net.state_dict(), root / run / f"step_{(i + 1) * 10:03d}.pt")
+
+
+def test_candidate_rows_find_what_the_whole_tables_find_at_any_threshold_and_step_range(tmp_path):
+    """Old path (the pandas checks over the selection's whole tables) and new path (over the dataset's candidate rows)
+    agree on a real series with every check firing, for thresholds and step ranges either side of the planted values."""
+    from ckptboard.core.dataset import Selection, StatsDataset
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.views.health import _HEALTH_COLUMNS
+
+    _planted_series(tmp_path)
+    summarize(tmp_path)
+    dataset = StatsDataset(tmp_path)
+    fired = set()
+    for runs, steps in [(None, None), (None, (10, 30)), (None, (20, 40)), (("d", "e"), None)]:
+        selection = Selection(runs=runs, steps=steps, columns=_HEALTH_COLUMNS)
+        whole = dataset.tables(Selection(runs=runs, steps=steps))
+        for factor in (1.05, 10.0, 1e6):
+            for dead_var in (1e-8, 1e3):
+                expected = health_table(whole, dead_var=dead_var, explode_factor=factor)
+                found = health_table(dataset.view(selection), dead_var=dead_var, explode_factor=factor)
+                pd.testing.assert_frame_equal(found, expected)
+                fired |= set(expected["check"])
+    assert fired == {"non-finite", "exploding-norm", "dead-bn-channel", "unchanged-across-run",
+                     "largest-update-ratio"}
+    h = health_table(dataset.view(Selection(columns=_HEALTH_COLUMNS)))
+    # run a: one update per parameter, the 9 frozen ones 0.0 (fc.weight's ratio is NaN, bn.bias's too: its first
+    # norm is 0): the tenth largest is a 0.0 tied with zeros left out, and the ten are the positive ones and zeros
+    u = dataset.tables().updates.query("run == 'a' and kind == 'parameter'")["update_ratio"]
+    positive, zero = int((u > 0).sum()), int((u == 0).sum())
+    assert positive < LARGEST_UPDATES < positive + zero
+    top = h[(h["check"] == "largest-update-ratio") & (h["run"] == "a")]
+    assert len(top) == LARGEST_UPDATES and (top["value"] == 0.0).sum() == LARGEST_UPDATES - positive
+    assert h.query("check == 'dead-bn-channel'")[["run", "name", "step"]].values.tolist() == [["a", "bn", 20]]
+    assert h.query("check == 'exploding-norm'")[["run", "name", "step"]].values.tolist() == [["b", "head.weight", 40]]
+
+
+def test_a_new_threshold_reads_only_the_candidates(tmp_path):
+    """The threshold-free scans are kept with the dataset: a second threshold reads no whole column of a table."""
+    from ckptboard.core.dataset import Selection, StatsDataset
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.views.health import _HEALTH_COLUMNS
+
+    _planted_series(tmp_path)
+    summarize(tmp_path)
+    dataset = StatsDataset(tmp_path)
+    reads = []
+    real_read = dataset.read
+
+    def counted(table, selection=Selection(), columns=None, **kwargs):
+        result = real_read(table, selection, columns, **kwargs)
+        reads.append((str(table), columns, kwargs.get("where") is not None, result.num_rows))
+        return result
+
+    dataset.read = counted
+    view = dataset.view(Selection(columns=_HEALTH_COLUMNS))
+    health_table(view, explode_factor=10.0)
+    scans = [r for r in reads if r[0] in ("tensors", "updates") and r[1] is not None]
+    assert sorted(s[0] for s in scans) == ["tensors", "updates"]  # one scan of each (side by side), a few columns
+    reads.clear()
+    health_table(view, explode_factor=1.05)
+    assert not [r for r in reads if r[0] in ("tensors", "updates") and r[1] is not None]
+
+
+def test_the_view_lists_the_first_findings_and_counts_the_rest(tmp_path, monkeypatch):
+    """Past SHOWN_FINDINGS the table and the picker hold the first findings (most severe first) and a caption says how
+    many more there are."""
+    from _fixtures_app import app_test, write_tiny_run
+    from ckptboard.core.load import load_stats
+    from ckptboard.core.summarize import summarize
+    from ckptboard.dashboard.views import View
+    from ckptboard.dashboard.views import health as view
+
+    write_tiny_run(tmp_path / "tiny", [10, 20, 30])
+    summarize(tmp_path)
+    expected = health_table(load_stats(tmp_path))
+    assert len(expected) > 3
+    monkeypatch.setattr(view, "SHOWN_FINDINGS", 3)
+    at = app_test(str(tmp_path))
+    at.session_state["view"] = View.HEALTH
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    pd.testing.assert_frame_equal(at.dataframe(key="health_table").value.reset_index(drop=True), expected.head(3))
+    assert len(at.selectbox(key="health_finding").options) == 3
+    assert [c.value for c in at.caption if "findings" in c.value] == [
+        f"Listing the first 3 of {len(expected)} findings (errors, then warnings, then info; by check, run and value): "
+        f"raise the thresholds or choose fewer runs to list the other {len(expected) - 3}."]

@@ -10,12 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from ckptboard.core.health import health_table
-from ckptboard.core.schema import BATCHNORM_COLUMNS, ERROR_COLUMNS, EVENT_COLUMNS, UPDATE_COLUMNS
 from ckptboard.dashboard.figures.batchnorm import BatchNormStat
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views import VIEW_KEY, LinesPer, View
 
-__all__ = ["render", "open_finding"]
+__all__ = ["SHOWN_FINDINGS", "render", "open_finding"]
 
 # The statistic a finding is best seen in, by check; unknown checks fall back to the norm.
 _STAT_FOR_CHECK = {
@@ -27,15 +26,20 @@ _STAT_FOR_CHECK = {
 }
 
 
+# Findings sent to the browser (table and picker), most severe first: a low threshold over a large series can find
+# tens of thousands, which would cost seconds to send and draw.
+SHOWN_FINDINGS = 1_000
+
 # What a reader scans first; the long checkpoint path last.
 _COLUMN_ORDER = ("severity", "check", "run", "step", "name", "value", "detail", "group", "checkpoint")
 
 
-# What the checks read of the tensors table (identity, norms, non-finite counts), and every other table whole:
-# a third of the tensors table's columns (its percentiles, moments and text columns are not read).
+# What the checks read: of the tensors table identity, norms and non-finite counts (a third of its columns); of the
+# updates table all but the previous checkpoint's path, the cosine and the distances from the first checkpoint; of
+# the batchnorm table all but running_mean.
 _HEALTH_COLUMNS = (
     "run", "checkpoint", "step", "group", "name", "module", "kind", "trainable", "numel", "norm", "nans", "posinfs",
-    "neginfs", *(c for t in (UPDATE_COLUMNS, BATCHNORM_COLUMNS, ERROR_COLUMNS, EVENT_COLUMNS) for c in t),
+    "neginfs", "prev_step", "update_norm", "update_ratio", "channel", "running_var",
 )
 
 def render(ctx: ViewContext) -> None:
@@ -50,10 +54,16 @@ def render(ctx: ViewContext) -> None:
             "Exploding: norm grows more than ×", min_value=1.0, value=10.0, key="health_explode",
             persist_state="session",
         )  # fmt: skip
-    table = memo(health_table, ctx.narrow(columns=_HEALTH_COLUMNS), dead_var=dead_var, explode_factor=explode)
-    if table.empty:
+    found = memo(health_table, ctx.narrow(columns=_HEALTH_COLUMNS), dead_var=dead_var, explode_factor=explode)
+    if found.empty:
         st.success("No findings: every tensor is finite, changes, and no norm explodes.")
         st.stop()
+    table = found.head(SHOWN_FINDINGS)  # most severe first
+    if len(found) > len(table):
+        st.caption(f"Listing the first {len(table):,} of {len(found):,} findings (errors, then warnings, then info; by "
+                   f"check, run and value): raise the thresholds or choose fewer runs to list the other "
+                   f"{len(found) - len(table):,}.")
+    labels = _labels(table)
     findings = list(range(len(table)))
     selected = st.dataframe(
         table, hide_index=True, key="health_table", height=360, on_select="rerun", selection_mode="single-row",
@@ -66,7 +76,7 @@ def render(ctx: ViewContext) -> None:
     pick_default("health_finding", findings, 0)
     choice = st.selectbox(
         "Open a finding (or click its row)", findings, key="health_finding",
-        format_func=lambda i: _label(table.iloc[i]),
+        format_func=labels.__getitem__,
     )  # fmt: skip
     row = table.iloc[choice].to_dict()
     targets = [(View.SCALARS, ":material/show_chart:"), (View.HISTOGRAMS, ":material/bar_chart:")]
@@ -77,9 +87,11 @@ def render(ctx: ViewContext) -> None:
                    icon=icon, width="stretch")
 
 
-def _label(row: pd.Series) -> str:
-    step = "" if pd.isna(row["step"]) else f" @ step {int(row['step'])}"
-    return f"{row['severity']} · {row['check']} · {row['run']} · {row['name']}{step}"
+def _labels(table: pd.DataFrame) -> list[str]:
+    """Each finding's label in the picker, built once per rerun (not by a row lookup per option)."""
+    steps = ["" if pd.isna(s) else f" @ step {int(s)}" for s in table["step"]]
+    return [f"{severity} · {check} · {run} · {name}{step}" for severity, check, run, name, step
+            in zip(table["severity"], table["check"], table["run"], table["name"], steps)]
 
 
 def open_finding(row: dict, view: View) -> None:
