@@ -13,14 +13,23 @@ the cache is read) and in a new tab of a running server, and from a click on a v
 
 With ``--root ROOT`` it measures an existing summarised series instead (e.g. one written by ``bench_scale.py``),
 each AppTest round in a fresh process, and reports peak memory: the AppTest process's ``ru_maxrss`` (the app's own
-memory, no browser) and, with ``--browser``, the Streamlit server's ``VmHWM`` after the round.
+memory, no browser) and, with ``--browser``, the Streamlit server's ``VmHWM`` after the round. That process starts
+as ``ckptboard serve``'s does (``dashboard/launch.py``: the page's libraries imported and Arrow's memory pool chosen
+before the first page), so that its first render is the server's. In Chromium it also reports the time to the
+first content of a page (the Overview's run picker, before its chart: Plotly's JavaScript alone takes seconds in a
+new tab) and the kilobytes the websocket brought per view.
 
-Usage: ``python benchmarks/bench_app.py [--work DIR] [--checkpoints 200] [--root ROOT] [--repeats 5] [--browser]``
+``--baseline DIR`` (e.g. ``git archive main`` unpacked) measures that checkout too, round by round alternating with
+this tree (each chosen by a ``ckptboard`` link first on ``PYTHONPATH``, as ``bench_scale.py`` does).
+
+Usage: ``python benchmarks/bench_app.py [--work DIR] [--checkpoints 200] [--root ROOT] [--repeats 5] [--browser]
+[--baseline DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import socket
@@ -32,39 +41,66 @@ import time
 import urllib.request
 from pathlib import Path
 
-import streamlit as st
-import streamlit.logger
-import torch
-from streamlit.testing.v1 import AppTest
-from torch import nn
+# Only the standard library here: a probe process picks Arrow's memory pool before anything imports pyarrow.
 
-from ckptboard.core.summarize import plan, summarize
-from ckptboard.core.load import load_stats
-from ckptboard.dashboard.views import View
-
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+HERE = Path(__file__).resolve().parent.parent
 BLOCKS = 71  # 71 blocks × 7 tensors + head weight/bias + input_mean = 500 tensors
 
 
-class _Block(nn.Module):
-    def __init__(self, width: int):
-        super().__init__()
-        self.fc = nn.Linear(width, width)
-        self.bn = nn.BatchNorm1d(width)
+def _app() -> Path:
+    """The app of the ckptboard this process imports (this tree, or ``--baseline``'s)."""
+    from ckptboard.dashboard.config import APP_PATH
+
+    return APP_PATH
 
 
-class _Net(nn.Module):
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.blocks = nn.Sequential(*(_Block(width) for _ in range(BLOCKS)))
-        self.head = nn.Linear(width, 4)
-        self.register_buffer("input_mean", torch.zeros(width))
+def _start_like_serve() -> None:
+    """What ``ckptboard serve``'s process does before its server answers: choose Arrow's pool, import the page's
+    libraries (``launch.main``; a checkout without these steps skips them)."""
+    from ckptboard.dashboard import launch
+
+    pool = getattr(launch, "ARROW_POOL", None)
+    if pool:
+        os.environ.setdefault(*pool)
+    for name in getattr(launch, "WARM_IMPORTS", ()):
+        importlib.import_module(name)
+
+
+def _env(impl: Path | None) -> dict[str, str]:
+    """The environment that makes a child process import ``impl`` (a checkout) as ``ckptboard``, as
+    ``bench_scale.py`` does; this tree's editable install when None."""
+    from bench_scale import _env as checkout_env  # imports torch: in the parent only, never in a probe
+
+    return checkout_env(impl)
+
+
+def _net():
+    """A model of :data:`BLOCKS` blocks (Linear + BatchNorm1d), a head and an input-mean buffer: 500 tensors."""
+    import torch
+    from torch import nn
+
+    class _Block(nn.Module):
+        def __init__(self, width: int):
+            super().__init__()
+            self.fc = nn.Linear(width, width)
+            self.bn = nn.BatchNorm1d(width)
+
+    class _Net(nn.Module):
+        def __init__(self, width: int = 16):
+            super().__init__()
+            self.blocks = nn.Sequential(*(_Block(width) for _ in range(BLOCKS)))
+            self.head = nn.Linear(width, 4)
+            self.register_buffer("input_mean", torch.zeros(width))
+
+    return _Net()
 
 
 def write_series(run_dir: Path, n_checkpoints: int, seed: int = 0) -> None:
-    """``n_checkpoints`` state_dicts of :class:`_Net`, each a small seeded step from the previous one."""
+    """``n_checkpoints`` state_dicts of :func:`_net`, each a small seeded step from the previous one."""
+    import torch
+
     torch.manual_seed(seed)
-    net = _Net()
+    net = _net()
     run_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n_checkpoints):
         with torch.no_grad():
@@ -76,7 +112,7 @@ def write_series(run_dir: Path, n_checkpoints: int, seed: int = 0) -> None:
         torch.save(net.state_dict(), run_dir / f"step_{(i + 1) * 100:06d}.pt")
 
 
-def _timed_run(at: AppTest) -> float:
+def _timed_run(at) -> float:
     start = time.perf_counter()
     at.run()
     elapsed = time.perf_counter() - start
@@ -85,8 +121,10 @@ def _timed_run(at: AppTest) -> float:
     return elapsed
 
 
-def _new_session(root: Path) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=120)
+def _new_session(root: Path):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(_app()), default_timeout=120)
     at.session_state["app_argv"] = [str(root)]
     return at
 
@@ -100,6 +138,12 @@ def _timed(fn) -> float:
 def one_round(root: Path, baselines: bool = True) -> dict[str, float]:
     """Seconds for: the cache's own reads (side by side, with ``baselines``), a cold first render, each view twice
     (first visit, memoised), and the first render of a second session while the server is warm."""
+    import streamlit as st
+
+    from ckptboard.core.load import load_stats
+    from ckptboard.core.summarize import plan
+    from ckptboard.dashboard.views import View
+
     times = {
         "load_stats alone": _timed(lambda: load_stats(root)),
         "plan alone (look for new files)": _timed(lambda: plan(root)),
@@ -116,18 +160,21 @@ def one_round(root: Path, baselines: bool = True) -> dict[str, float]:
     return times
 
 
-def probe_round(root: Path) -> dict[str, float]:
-    """:func:`one_round` (the app only) in a fresh process, with that process's peak RSS in MB."""
+def probe_round(root: Path, impl: Path | None = None) -> dict[str, float]:
+    """:func:`one_round` (the app only) in a fresh process started as ``serve``'s is, with its peak RSS in MB."""
     import json
 
     done = subprocess.run([sys.executable, __file__, "--probe", str(root)], check=True, capture_output=True,
-                          text=True)
+                          text=True, env=_env(impl))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _probe(root: Path) -> int:
     import json
     import resource
+
+    _start_like_serve()
+    import streamlit.logger
 
     streamlit.logger.set_log_level("error")
     times = one_round(root, baselines=False)
@@ -154,15 +201,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(root: Path) -> tuple[subprocess.Popen, str]:
+def _serve(root: Path, impl: Path | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     return start_server([sys.executable, "-m", "ckptboard.dashboard.cli", "serve", str(root), "--port", str(port)],
-                        port)  # fmt: skip
+                        port, env=_env(impl))  # fmt: skip
 
 
-def start_server(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
+def start_server(command: list[str], port: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start a Streamlit server (``command``, listening on ``port``) and wait until it answers its health check."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -175,39 +223,53 @@ def start_server(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"{' '.join(command[:5])} did not come up within 90 s")
 
 
-def browser_round(root: Path) -> dict[str, float]:
-    """Open, reopen and switch views in Chromium against a fresh ``ckptboard serve``; seconds to content shown."""
+def browser_round(root: Path, impl: Path | None = None) -> dict[str, float]:
+    """Open, reopen and switch views in Chromium against a fresh ``ckptboard serve``; seconds to content shown (to
+    the Overview's first content and to its chart on opening) and kilobytes the websocket brought per view."""
     from playwright.sync_api import sync_playwright
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    sys.path.insert(0, str(HERE / "tests"))
     from test_serve_e2e import CHART_VIEWS, CHROMIUM, CHROMIUM_ARGS, MARKER, _wait_drawn
+
+    from ckptboard.dashboard.views import View
 
     def shown(page, view: View) -> None:
         _wait_drawn(page, view)
         if view in CHART_VIEWS and page.locator(".stPlotlyChart").count():  # a synthetic series may draw none
             page.wait_for_selector(".js-plotly-plot .main-svg")
 
+    received: list[int] = []
+
+    def listen(page) -> None:
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: received.append(len(payload))))
+
     times = {}
-    proc, url = _serve(root)
+    proc, url = _serve(root, impl)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            for label in ("open, fresh server (cold)", "open, new tab (server warm)"):
+            for label in ("open, fresh server", "open, new tab (server warm)"):
                 page = browser.new_page(viewport={"width": 1440, "height": 1100})
                 page.set_default_timeout(120_000)
+                listen(page)
                 start = time.perf_counter()
                 page.goto(url)
                 page.locator(f".st-key-{MARKER[View.OVERVIEW]}").first.wait_for()
+                times[f"{label}: content"] = time.perf_counter() - start
                 page.wait_for_selector(".js-plotly-plot .main-svg")
-                times[label] = time.perf_counter() - start
+                times[f"{label}: chart"] = time.perf_counter() - start
                 shown(page, View.OVERVIEW)  # let the new-checkpoint look finish before the next step
             for visit in ("first visit", "memoised"):
                 for view in [*View][1:] + [View.OVERVIEW]:
+                    time.sleep(0.3)  # the previous page's last frames
+                    received.clear()
                     start = time.perf_counter()
                     page.locator(".st-key-view button", has_text=str(view)).first.click()
                     page.locator(".st-key-view button[aria-checked=true]", has_text=str(view)).wait_for()
                     shown(page, view)
                     times[f"{view} ({visit})"] = time.perf_counter() - start
+                    if visit == "first visit":
+                        times[f"{view}, sent (kB)"] = sum(received) / 1e3
             browser.close()
         times["peak RSS, server (MB)"] = _server_hwm_mb(proc)
     finally:
@@ -222,7 +284,7 @@ def _print(title: str, rounds: list[dict[str, float]]) -> float:
     for name in rounds[0]:
         values = [r[name] for r in rounds]
         median = statistics.median(values)
-        if "(MB)" not in name:
+        if "(MB)" not in name and "(kB)" not in name:
             worst = max(worst, median)
         print(f"  {name:<34} {median:8.3f}  ({min(values):.3f}–{max(values):.3f})")
     print(f"slowest median: {worst:.3f} s")
@@ -236,21 +298,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--browser", action="store_true", help="also time the real server in headless Chromium")
     parser.add_argument("--root", type=Path, help="an existing summarised series (its cache in ROOT) to measure")
+    parser.add_argument("--baseline", type=Path, help="another checkout of ckptboard, measured alternately")
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)  # one AppTest round in this process
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    streamlit.logger.set_log_level("error")  # AppTest's "no runtime" chatter
     if args.probe:
         return _probe(args.probe)
+    import streamlit.logger
+
+    streamlit.logger.set_log_level("error")  # AppTest's "no runtime" chatter
     if args.root:
         root = args.root
+        impls = {"this tree": None} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
         print(f"series {root}; load average {os.getloadavg()[0]:.2f}", flush=True)
-        rounds = [probe_round(root) for _ in range(args.repeats)]
-        _print("AppTest (whole script run, a fresh process per round)", rounds)
+        rounds: dict[str, list] = {name: [] for name in impls}
+        for _ in range(args.repeats):  # alternating, so that both see the same load
+            for name, impl in impls.items():
+                rounds[name].append(probe_round(root, impl))
+        for name in impls:
+            _print(f"AppTest, {name} (whole script run, a fresh process per round)", rounds[name])
         if args.browser:
-            _print("ckptboard serve + Chromium (content on screen)", [browser_round(root) for _ in range(args.repeats)])
+            rounds = {name: [] for name in impls}
+            for _ in range(args.repeats):
+                for name, impl in impls.items():
+                    rounds[name].append(browser_round(root, impl))
+            for name in impls:
+                _print(f"ckptboard serve + Chromium, {name} (content on screen)", rounds[name])
         print(f"load average {os.getloadavg()[0]:.2f}")
         return 0
+    import torch
+
+    from ckptboard.core.summarize import summarize
+
+    torch.set_num_threads(1)
     root = args.work / f"series_{args.checkpoints}"
     if not root.exists():
         start = time.perf_counter()

@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ckptboard.core.cache import StatsCache, warn_invalid
-from ckptboard.core.compact import Compacted, compacted_files
+from ckptboard.core.compact import Compacted, compacted_files, read_order
 from ckptboard.core.errors import UsageError
 from ckptboard.core.formats.sniff import is_checkpoint_file
 from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
@@ -117,7 +117,8 @@ class StatsDataset:
         warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
         # Checkpoints deleted since they were summarised are left out (``summarize`` prunes their fragments).
         self._committed = entries
-        self._entries = [e for e in entries if (root / e.relpath).exists()]
+        # In the order rows are returned (run, step, path; unknown first), so that a scan needs no sort.
+        self._entries = sorted((e for e in entries if (root / e.relpath).exists()), key=_file_order)
         kept = pa.array([e.relpath for e in self._entries], pa.string())
         self._index = index.filter(pc.is_in(index.column("checkpoint"), value_set=kept))
         self._listing: dict[TableName, set[str]] = {}
@@ -137,13 +138,19 @@ class StatsDataset:
             expression = where if expression is None else expression & where
         if columns is None and selection.columns is not None and table != COMMIT_TABLE:
             columns = [c for c in names if c in selection.columns]
+        in_order = False
         if table == COMMIT_TABLE:
             result = self._index if expression is None else self._index.filter(expression)
             result = result.select(columns) if columns is not None else result
         else:
-            result = self._scan(table, self._files(table, selection), expression, columns)
+            entries = self._files(table, selection)
+            result = self._scan(table, entries, expression, columns)
+            # The files (and compacted files' runs of fragments) are scanned in run, step, path order, each fragment's
+            # rows together: already sorted when each has a known step (a run without steps, and the errors table,
+            # are sorted here).
+            in_order = "step" in names and all(e.step is not None for e in entries)
         keys = [(c, "ascending", "at_start") for c in _SORT if c in result.column_names]
-        if sort and keys and result.num_rows:
+        if sort and keys and result.num_rows and not in_order:
             result = result.take(pc.sort_indices(result, sort_keys=keys))
         return result
 
@@ -159,6 +166,12 @@ class StatsDataset:
         rows = self.read(TableName.TENSORS, selection, columns=[*keys, "numel"])
         index = rows.group_by(keys, use_threads=False).aggregate([("numel", "max")])  # first-seen order
         return index.select([*keys, "numel_max"]).rename_columns([*keys, "numel"]).to_pandas()
+
+    def distinct(self, table: TableName | str, column: str, selection: Selection = Selection()) -> list:
+        """The distinct values of one ``column`` of ``table`` in ``selection`` (nulls left out), sorted: one column
+        read in file order, no other (the sidebar's module depth and the module picker need only this)."""
+        values = pc.unique(self.read(table, selection, columns=[column], sort=False).column(column).drop_null())
+        return sorted(values.to_pylist())
 
     def module_rollup(self, selection: Selection = Selection(), depth: int | None = None) -> pd.DataFrame:
         """:func:`module_rollup` of the tensors of ``selection``, reading only the nine columns it needs."""
@@ -256,6 +269,11 @@ class StatsDataset:
         compacted = self._compacted()
         return [e for e in self._entries if _may_hold(e, selection)
                 and (e.stem in listed or _compacted_source(compacted.get((table, e.run)), e) is not None)]
+
+
+def _file_order(entry: _Entry) -> tuple:
+    """``entry``'s place in :meth:`StatsDataset.read`'s order: run, step, path, an unknown run or step first."""
+    return (entry.run is not None, entry.run or "", *read_order(entry.step, entry.relpath))  # compacted files' too
 
 
 def _changed(path: Path, entry: _Entry) -> str | None:

@@ -31,4 +31,5 @@ try:
         st.stop()
     render(View(view or View.OVERVIEW), ctx)
 finally:  # also after a view's st.stop(): the page is drawn, now look for checkpoints written since
+    state.give_back_freed_memory()
     state.look_for_new_checkpoints(config)

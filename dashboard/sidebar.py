@@ -20,7 +20,7 @@ from ckptboard.dashboard.state import (
     pick_default,
     refresh_if_due,
     request_refresh,
-    tensor_index,
+    distinct_modules,
     view_context,
 )
 
@@ -62,7 +62,7 @@ def _step_bounds(tables: StatsTables) -> tuple[int, int] | None:
 
 
 def _max_depth(tables: StatsTables, fingerprint: str) -> int:
-    modules = pd.Series(tensor_index(tables, fingerprint)["module"].unique(), dtype=object).dropna()
+    modules = distinct_modules(tables, fingerprint)
     return int(max((m.count(".") + 1 for m in modules if m), default=1))
 
 

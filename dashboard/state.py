@@ -13,16 +13,19 @@ Refresh, and on the auto-refresh interval.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 import streamlit as st
 
 from ckptboard.core.cache import CacheWarning, StatsCache
@@ -39,17 +42,20 @@ __all__ = [
     "ARGV_KEY",
     "ViewContext",
     "app_config",
+    "give_back_freed_memory",
     "load_tables",
     "look_for_new_checkpoints",
     "skipped_files",
     "aliases",
     "filter_tables",
     "tensor_index",
+    "distinct_modules",
     "view_context",
     "request_refresh",
     "refresh_if_due",
     "loaded_at",
     "memo",
+    "detached",
     "pick_default",
 ]
 
@@ -112,9 +118,9 @@ class ViewContext:
 
     def modules(self) -> list[str]:
         """Module paths cut to the sidebar depth (``""`` is the root module), sorted."""
-        modules = pd.Series(self.tensor_index()["module"].unique(), dtype=object).fillna("")
+        modules = distinct_modules(self.tables, self.fingerprint)
         if self.depth:
-            modules = modules.map(lambda m: ".".join(m.split(".")[: self.depth]))
+            modules = [".".join(m.split(".")[: self.depth]) for m in modules]
         modules = sorted(set(modules) - {""})
         return [m for m, keep in zip(modules, self.matches(modules)) if keep]
 
@@ -127,7 +133,13 @@ class ViewContext:
 
     def checkpoint_label(self, checkpoint: str) -> str:
         """``run · step N · file`` for pickers."""
-        return _checkpoint_labels(self.key, self.tables.checkpoints).get(checkpoint, checkpoint)
+        return self._labels.get(checkpoint, checkpoint)
+
+    @functools.cached_property
+    def _labels(self) -> dict[str, str]:
+        # Looked up once per page, not per option: a picker calls this for each checkpoint, and each lookup of the
+        # shared cache hashes the key (0.1 s for 300 options).
+        return _checkpoint_labels(self.key, self.tables.checkpoints)
 
 
 def tensor_index(tables: TableView | StatsTables, fingerprint: str) -> pd.DataFrame:
@@ -139,20 +151,62 @@ def tensor_index(tables: TableView | StatsTables, fingerprint: str) -> pd.DataFr
     return _tensor_index(fingerprint, repr(tables.selection), tables.dataset, tables.selection)
 
 
+def distinct_modules(tables: TableView | StatsTables, fingerprint: str) -> list[str]:
+    """The distinct module paths of ``tables``' tensors, sorted: one column read from the dataset (shared per
+    selection; a fraction of :func:`tensor_index`'s cost, which the first page need not pay)."""
+    if not hasattr(tables, "dataset"):
+        return sorted(set(tables.tensors["module"].dropna().astype(str)))
+    return _distinct_modules(fingerprint, repr(tables.selection), tables.dataset, tables.selection)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _distinct_modules(fingerprint: str, selection_key: str, _dataset: StatsDataset, _selection: Selection) -> list[str]:
+    return _dataset.distinct(TableName.TENSORS, "module", _selection)
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _tensor_index(fingerprint: str, selection_key: str, _dataset: StatsDataset, _selection: Selection) -> pd.DataFrame:
     return _dataset.tensor_index(_selection)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _read(fingerprint: str, table: str, selection_key: str, _dataset: StatsDataset,
-          _selection: Selection) -> pd.DataFrame:
-    """One table of one selection, shared by every session; views must not modify it."""
-    return _dataset.frame(table, _selection)
+# What the shared reads may hold, all sessions together: a read larger than this is handed to its caller and not
+# kept (at 50 x 20,000 one picker's whole-run read is 75 MB; sixteen such reads were what the server kept).
+SHARED_READ_BYTES = 128 << 20
+
+
+class _SharedReads:
+    """Reads kept for every session, least recently used dropped first, within :data:`SHARED_READ_BYTES`."""
+
+    def __init__(self, budget: int = SHARED_READ_BYTES):
+        self.budget = budget
+        self.lock = threading.Lock()
+        self.frames: OrderedDict[tuple, tuple[pd.DataFrame, int]] = OrderedDict()
+
+    def get(self, key: tuple, read: Callable[[], pa.Table]) -> pd.DataFrame:
+        with self.lock:
+            if key in self.frames:
+                self.frames.move_to_end(key)
+                return self.frames[key][0]
+        rows = read()
+        size, frame = rows.nbytes, rows.to_pandas()
+        del rows
+        with self.lock:
+            if size <= self.budget:
+                self.frames[key] = (frame, size)
+                while sum(n for _, n in self.frames.values()) > self.budget:
+                    self.frames.popitem(last=False)
+        return frame
+
+
+@st.cache_resource(show_spinner=False)
+def _shared_reads() -> _SharedReads:
+    return _SharedReads()
 
 
 def _shared_read(dataset: StatsDataset, table: TableName, selection: Selection) -> pd.DataFrame:
-    return _read(dataset.fingerprint, str(table), repr(selection), dataset, selection)
+    """One table of one selection, shared by every session while it fits; views must not modify it."""
+    key = (dataset.fingerprint, str(table), repr(selection))
+    return _shared_reads().get(key, lambda: dataset.read(table, selection))
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -163,6 +217,26 @@ def _checkpoint_labels(key: tuple, _checkpoints: pd.DataFrame) -> dict[str, str]
         shown = "no step" if pd.isna(step) else f"step {int(step)}"
         labels[checkpoint] = f"{run} · {shown} · {checkpoint.rsplit('/', 1)[-1]}"
     return labels
+
+
+def give_back_freed_memory() -> None:
+    """Return the heap a view's reads freed to the system (glibc's ``malloc_trim``; nothing elsewhere): freed
+    blocks otherwise stay in the process, and the next view's peak adds to them."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def app_config() -> AppConfig:
@@ -393,10 +467,14 @@ def memo(fn: Callable[..., Any], ctx: ViewContext, *args: Any, **kwargs: Any) ->
     the shared reads of every view's inputs held a gigabyte).
     """
     name = f"{fn.__module__}.{fn.__qualname__}"
-    tables = ctx.tables
-    if hasattr(tables, "dataset"):
-        tables = tables.dataset.view(tables.selection)
+    tables = detached(ctx.tables)
     return _memo(name, ctx.key, repr((args, sorted(kwargs.items()))), lambda: fn(tables, *args, **kwargs))
+
+
+def detached(tables: TableView | StatsTables) -> TableView | StatsTables:
+    """``tables``' selection read through a view of its own, not the shared reads: for work whose frames should be
+    freed when it ends (a memoised figure, a download built on click, off the script's thread)."""
+    return tables.dataset.view(tables.selection) if hasattr(tables, "dataset") else tables
 
 
 def pick_default(key: str, options: Sequence[Any], default: Any) -> None:

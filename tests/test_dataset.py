@@ -196,3 +196,34 @@ def test_a_file_changed_inside_a_cached_checkpoint_folder_is_an_unseen_change(tm
     config = tmp_path / "hf" / "checkpoint-1" / "config.json"
     config.write_text(config.read_text())
     assert StatsDataset(tmp_path).unseen_change() == "hf/checkpoint-1: changed"
+
+
+def test_reads_come_in_run_step_checkpoint_order_without_a_sort(root, tmp_path):
+    """Files are scanned in run, step, path order, so the rows need no sort; where a step is unknown (a run without
+    steps) or the table has none (errors), the rows are sorted; either way, the order of a sort of every row."""
+    import os
+    import time
+
+    import pyarrow.compute as pc
+
+    from _fixtures_app import write_tiny_run
+
+    write_tiny_run(root / "tiny", [5, 10, 40])  # listed by name step_10, step_40, step_5: not the step order
+    (root / "stepless").mkdir()
+    for i, name in enumerate(("init", "best", "final")):  # no step in names or metadata: ordered by position
+        write_tiny_run(tmp_path / "scratch", [i], seed=i)[0].rename(root / "stepless" / f"{name}.pt")
+    broken = root / "safetensors" / "broken.pt"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")  # an errors row, no step
+    os.utime(broken, (time.time() - 3600, time.time() - 3600))  # old: broken, not still being written
+    summarize(root)
+    data = StatsDataset(root)
+    for table in TableName:
+        rows = data.read(table)
+        raw = data.read(table, sort=False)
+        keys = [(c, "ascending", "at_start") for c in ("run", "step", "checkpoint") if c in raw.column_names]
+        expected = raw.take(pc.sort_indices(raw, sort_keys=keys)) if keys and raw.num_rows else raw
+        pd.testing.assert_frame_equal(rows.to_pandas(), expected.to_pandas())  # NaN equal to NaN, unlike equals
+    assert data.read(TableName.ERRORS).num_rows == 1
+    in_order = data.read(TableName.TENSORS, Selection(runs=("lightning", "tiny"))).to_pandas()
+    steps = in_order.drop_duplicates("checkpoint")[["run", "step"]].values.tolist()  # 3 checkpoints per run
+    assert steps == [["lightning", 0], ["lightning", 2], ["lightning", 4], ["tiny", 5], ["tiny", 10], ["tiny", 40]]

@@ -16,6 +16,7 @@ from ckptboard.dashboard.figures.compare import compare_figure
 from ckptboard.dashboard.figures.diff import diff_frame, diff_histogram_figure
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
 from ckptboard.dashboard.views._pickers import checkpoint_picker, run_picker
+from ckptboard.dashboard.views._tables import capped, capped_table
 
 __all__ = ["render", "MODES"]
 
@@ -41,16 +42,24 @@ def render(ctx: ViewContext) -> None:
     _lists(result)
     top = st.slider("Largest changes shown", 5, 100, key="compare_top", value=20, persist_state="session")
     st.plotly_chart(compare_figure(result, top=top), key="compare_chart")
-    st.dataframe(result.changes, hide_index=True, key="compare_table")
+    changes = result.changes  # ranked: floating tensors first, each part by relative change, largest first
+    capped_table(capped(changes), len(changes), key="compare_table", what="tensors", chosen="the largest changes",
+                 whole=lambda: changes, file_name="compare.csv")
     _exact(ctx, a, b)
+
+
+# What compare_checkpoints reads of the tensors and updates tables (each table takes the ones it has).
+_COMPARE_COLUMNS = ("run", "checkpoint", "prev_checkpoint", "group", "name", "module", "kind", "shape", "dtype",
+                    "numel", "mean", "std", "norm", "update_norm", "dist_from_first")
 
 
 def _compare(tables, a: str, b: str):
     """:func:`compare_checkpoints` reading the tensor and update rows of ``a`` and ``b`` alone (not their whole
-    runs': a gigabyte at a million tensor rows), beside the runs' whole checkpoints table."""
+    runs': a gigabyte at a million tensor rows), and of those the columns it uses, beside the runs' whole
+    checkpoints table."""
     if not hasattr(tables, "narrow"):
         return compare_checkpoints(tables, a, b)
-    two = tables.narrow(checkpoints=[a, b])
+    two = tables.narrow(checkpoints=[a, b], columns=_COMPARE_COLUMNS)
     return compare_checkpoints(SimpleNamespace(tensors=two.tensors, updates=two.updates,
                                                checkpoints=tables.checkpoints), a, b)
 

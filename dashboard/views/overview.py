@@ -33,12 +33,16 @@ _COLUMNS = {
 
 def render(ctx: ViewContext) -> None:
     cards = memo(error_cards, ctx)
+    # Material icons, not emoji: Streamlit checks an emoji icon against a regex of every emoji, compiled on first
+    # use (0.2-0.4 s of a fresh server's first page).
     for card in cards:
-        st.error(f"**{card['checkpoint']}** could not be read — {card['error']}: {_problem(card)}", icon="⚠️")
+        st.error(f"**{card['checkpoint']}** could not be read — {card['error']}: {_problem(card)}",
+                 icon=":material/warning:")
     skipped = skipped_files(ctx.config)
     if skipped:
         shown = ", ".join(f"`{p}`" for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        st.info(f"{len(skipped)} file(s) still being written, read on the next refresh: {shown}", icon="⏳")
+        st.info(f"{len(skipped)} file(s) still being written, read on the next refresh: {shown}",
+                icon=":material/hourglass_top:")
     copies = aliases(ctx.config)
     if copies:
         shown = ", ".join(f"`{a}` = `{o}`" for a, o in list(copies.items())[:5])

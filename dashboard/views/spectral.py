@@ -6,11 +6,16 @@ import streamlit as st
 
 from ckptboard.dashboard.figures.spectral import SPECTRAL_METRICS, spectral_figure, spectral_layers
 from ckptboard.dashboard.state import ViewContext, memo, pick_default
+from ckptboard.dashboard.views._tables import capped, capped_table
 
 __all__ = ["render"]
 
 _BANDS_NOTE = ("Shaded: WeightWatcher's published reading of α (below 2 \"over-trained\", 2–6 \"well-trained\", above 6 "
                "\"under-trained\"), drawn as WeightWatcher states it; not a ckptboard verdict.")
+
+
+_LAST_COLUMNS = ["run", "name", "rows", "cols", "n_matrices", "method", "sigma_max", "stable_rank", "alpha",
+                 "alpha_band"]
 
 
 def _figure(tables, metric: str, layers: tuple, runs: tuple):
@@ -48,6 +53,6 @@ def _render(ctx: ViewContext) -> None:
     st.plotly_chart(fig, key="spectral_chart")
     if metric == "alpha":
         st.caption(_BANDS_NOTE)
-    last = frame[frame["step"] == frame["step"].max()]
-    st.dataframe(last[["run", "name", "rows", "cols", "n_matrices", "method", "sigma_max", "stable_rank", "alpha",
-                       "alpha_band"]], hide_index=True, key="spectral_table")
+    last = frame.loc[frame["step"] == frame["step"].max(), _LAST_COLUMNS]
+    capped_table(capped(last), len(last), key="spectral_table", what="layers", chosen="the first, in file order",
+                 whole=lambda: last, file_name="spectral-last.csv")
