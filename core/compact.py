@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ckptboard.core.atomic import TMP_PREFIX, atomic_write
-from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
+from ckptboard.core.commit_index import INDEX_NAME, read_commits, write_commit_index
+from ckptboard.core.fragment import COMMIT_TABLE, table_path
 from ckptboard.core.schema import FORMAT_VERSION, TableName, arrow_schema
 
 __all__ = ["COMPACT_DIRNAME", "COMPACT_MIN", "COMPACTED_TABLES", "Compacted", "FragmentVersion", "compact_cache",
@@ -212,25 +213,18 @@ def compact_if_due(cache_dir: Path, changed: bool, minimum: int = COMPACT_MIN) -
 
 def compact_cache(cache_dir: Path, minimum: int = COMPACT_MIN) -> list[str]:
     """Compact every run of the cache at ``cache_dir`` that is :func:`due`; the runs compacted. Reads the commit
-    records (their footers and steps) only: call it after new fragments were written."""
+    records only (and copies them into the commit index, ``core.commit_index``): call it after fragments changed."""
     by_run: dict[str, list[tuple[tuple, FragmentVersion]]] = {}
     folder = Path(cache_dir) / str(COMMIT_TABLE)
-    for commit in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-        if commit.name.startswith(TMP_PREFIX):
-            continue
-        try:
-            written_ns = commit.stat().st_mtime_ns
-            file = pq.ParquetFile(commit)
-            header = _header(file.metadata.metadata)
-            steps = file.read(columns=["step"]).column("step").to_pylist()
-            relpath, run = str(header.key["relpath"]), header.info.get("run")
-        except (OSError, pa.ArrowException, FragmentReadError, KeyError):
-            continue  # unreadable or of another version: the dataset leaves it out, and so does compaction
-        if run is None:
-            continue
-        step = steps[0] if steps else None
-        by_run.setdefault(str(run), []).append((read_order(step, relpath), FragmentVersion(commit.stem, relpath,
-                                                                                          written_ns)))
+    commits = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)) \
+        if folder.is_dir() else []
+    index = Path(cache_dir) / COMPACT_DIRNAME / INDEX_NAME
+    records, _ = read_commits(commits, index)  # an unreadable one: the dataset leaves it out, and so does this
+    for r in records:
+        if r.run is not None:
+            by_run.setdefault(str(r.run), []).append((read_order(r.step, r.relpath),
+                                                      FragmentVersion(r.stem, r.relpath, r.written_ns)))
+    write_commit_index(index, records)
     existing = compacted_files(Path(cache_dir))
     for (_, run), gone in existing.items():
         if run not in by_run:  # every checkpoint of the run deleted (and pruned)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,15 +28,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ckptboard.core.cache import StatsCache, warn_invalid
-from ckptboard.core.compact import Compacted, compacted_files, read_order
+from ckptboard.core.commit_index import INDEX_NAME, read_commits
+from ckptboard.core.compact import COMPACT_DIRNAME, Compacted, compacted_files, read_order
 from ckptboard.core.errors import UsageError
 from ckptboard.core.formats.sniff import is_checkpoint_file
-from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header, table_path
+from ckptboard.core.fragment import COMMIT_TABLE, table_path
 from ckptboard.core.schema import COLUMNS, StatsTables, TableName, arrow_schema
 
 __all__ = ["Selection", "StatsDataset", "TableView", "module_rollup"]
 
-_READERS = 4  # Parquet decoding releases the GIL: a few threads hide file-system latency
 _SORT = ("run", "step", "checkpoint")  # stable: rows of one checkpoint keep the checkpoint's own (state_dict) order
 
 
@@ -111,7 +110,7 @@ class StatsDataset:
         self.cache = StatsCache(root, cache_dir)
         commits = self.cache.fragments()
         self.fingerprint = self.cache.fingerprint(commits)
-        index, entries, problems = _read_index(commits)
+        index, entries, problems = _read_index(commits, self.cache.dir)
         problems += [f"{p.name}: a single-file fragment of an older format version"
                      for p in self.cache.legacy_fragments()]
         warn_invalid(problems, "were unreadable or of another format version and are left out (run summarize)")
@@ -335,39 +334,14 @@ class TableView:
         return f"TableView({self.dataset.fingerprint[:12]}, {self.selection})"
 
 
-def _read_index(commits: list[Path]) -> tuple[pa.Table, list[_Entry], list[str]]:
+def _read_index(commits: list[Path], cache_dir: Path) -> tuple[pa.Table, list[_Entry], list[str]]:
     """The checkpoints table of every readable commit record, its entries, and the unreadable ones as problems."""
-    with ThreadPoolExecutor(max_workers=_READERS) as pool:
-        results = list(pool.map(_read_commit, commits))
-    parts, entries, problems = [], [], []
-    for path, result in zip(commits, results):
-        if isinstance(result, str):
-            problems.append(f"{path.name}: {result}")
-            continue
-        relpath, run, rows, identity, written_ns = result
-        step = rows.column("step")[0].as_py() if rows.num_rows else None
-        entries.append(_Entry(path.stem, relpath, run, step, identity, written_ns))
-        if rows.num_rows:
-            parts.append(rows)
+    records, problems = read_commits(commits, Path(cache_dir) / COMPACT_DIRNAME / INDEX_NAME)
+    entries = [_Entry(r.stem, r.relpath, r.run, r.step, r.identity, r.written_ns) for r in records]
+    parts = [r.rows for r in records if r.rows.num_rows]
     schema = arrow_schema(COMMIT_TABLE)
     index = pa.concat_tables(parts).replace_schema_metadata(None) if parts else schema.empty_table()
     return index, entries, problems
-
-
-def _read_commit(path: Path) -> tuple[str, str | None, pa.Table, tuple[int, int, int, int] | None, int] | str:
-    try:
-        written_ns = path.stat().st_mtime_ns
-        file = pq.ParquetFile(path)
-        header = _header(file.metadata.metadata)  # the version first: another version's columns may differ
-        rows = file.read().replace_schema_metadata(None)
-        key = header.key
-        fields = ("size", "mtime_ns", "ino", "ctime_ns")
-        identity = tuple(key[f] for f in fields) if all(f in key for f in fields) else None
-        return key["relpath"], header.info.get("run"), rows, identity, written_ns
-    except FragmentReadError as e:
-        return str(e)
-    except (OSError, pa.ArrowException, KeyError) as e:
-        return f"unreadable ({type(e).__name__}: {e})"
 
 
 def _compacted_source(compacted: Compacted | None, entry: _Entry) -> Compacted | None:

@@ -4,6 +4,7 @@ theirs, giving the very rows the fragments give, and never a stale or deleted ch
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from ckptboard.core.compact import (
     COMPACTED_TABLES,
     FragmentVersion,
     compact_cache,
+    compact_if_due,
     compact_run,
     compacted_files,
     due,
 )
+from ckptboard.core.commit_index import INDEX_NAME
 from ckptboard.core.dataset import Selection, StatsDataset
 from ckptboard.core.schema import TableName
 from ckptboard.core.summarize import summarize
@@ -188,3 +191,37 @@ def test_summarize_compacts_a_run_of_compact_min_checkpoints(tmp_path):
     assert len(again.versions) == COMPACT_MIN + 1
     assert summarize(root).computed == 0
     assert compacted_files(root / ".ckptboard")[(TableName.TENSORS, "long")].path == again.path
+
+
+def _index_and_entries(dataset: StatsDataset):
+    return _rows(dataset.read(TableName.CHECKPOINTS)), [(e.stem, e.relpath, e.run, e.step, e.identity, e.written_ns)
+                                                        for e in dataset._entries]
+
+
+def test_the_commit_index_gives_the_records_the_files_give(root, tmp_path):
+    compact_if_due(root / ".ckptboard", changed=True, minimum=2)
+    assert (root / ".ckptboard" / COMPACT_DIRNAME / INDEX_NAME).exists()
+    plain = _fragments_only(root, tmp_path)
+    assert _index_and_entries(StatsDataset(root)) == _index_and_entries(plain)
+
+    # Taken from the copy: a commit record made unreadable in place, its mtime kept, is still read (from the copy).
+    commit = sorted((root / ".ckptboard" / "checkpoints").glob("a_*.parquet"))[1]
+    mtime_ns = commit.stat().st_mtime_ns
+    commit.write_bytes(b"not parquet")
+    os.utime(commit, ns=(mtime_ns, mtime_ns))
+    assert _index_and_entries(StatsDataset(root)) == _index_and_entries(plain)
+
+
+def test_a_commit_record_newer_than_the_index_is_read_from_its_file(root, tmp_path):
+    assert summarize(root).computed == 11  # a copied folder is summarised again (new inodes): 6 + 5 checkpoints
+    compact_if_due(root / ".ckptboard", changed=True, minimum=2)
+    stale = tmp_path / "index-before.parquet"
+    shutil.copy2(root / ".ckptboard" / COMPACT_DIRNAME / INDEX_NAME, stale)
+    path = sorted((root / "b").glob("*.safetensors"))[1]
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v * 2 if v.is_floating_point() else v for k, v in load_file(path).items()}, path)
+    age(path, 50.0)
+    assert summarize(root).computed == 2  # it, and the next checkpoint (its updates are against it)
+    shutil.copy2(stale, root / ".ckptboard" / COMPACT_DIRNAME / INDEX_NAME)  # the copy from before the rewrite
+    assert _index_and_entries(StatsDataset(root)) == _index_and_entries(_fragments_only(root, tmp_path))
