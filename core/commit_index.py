@@ -109,7 +109,7 @@ def write_commit_index(index_path: Path, records: list[CommitRecord]) -> None:
 def _read_index(path: Path) -> dict[str, CommitRecord]:
     """The records copied in ``path`` by stem; none when it is missing, unreadable or of another format version."""
     try:
-        table = pq.read_table(path, schema=None)
+        table = pq.ParquetFile(path).read()  # not pq.read_table: that imports pyarrow.dataset, and pandas with it
         record = json.loads(table.schema.metadata[_KEY])
         if record["format_version"] != FORMAT_VERSION:
             return {}
