@@ -3,6 +3,8 @@ and a search box), any tensor reached by searching, and the defaults the whole-t
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -120,8 +122,9 @@ def _open(root, view, **state):
 
 
 def _chart_names(at, key):
+    """The chart's figure JSON, decoded: plotly escapes non-ASCII (``\\u2014``) unless orjson is installed."""
     chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}"))
-    return chart.proto.spec
+    return json.dumps(json.loads(chart.proto.spec), ensure_ascii=False)
 
 
 # ``layers\.1[01]\d\.`` leaves run c only frozen layers (100-119): its default falls back to the first offered.
