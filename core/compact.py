@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,9 +193,11 @@ def read_order(step: int | None, relpath: str) -> tuple:
 _CHECKED = "checked.json"  # the number of commit records when the runs were last looked at
 
 
-def compact_if_due(cache_dir: Path, changed: bool, minimum: int = COMPACT_MIN) -> list[str]:
+def compact_if_due(cache_dir: Path, changed: bool, minimum: int = COMPACT_MIN,
+                   on_run: Callable[[str, int], None] | None = None) -> list[str]:
     """:func:`compact_cache` when fragments were written (``changed``) or their number differs from the last look
-    (a cache summarised before compaction existed, or by another process): an unchanged cache costs one listing."""
+    (a cache summarised before compaction existed, or by another process): an unchanged cache costs one listing.
+    ``on_run(run, fragments)`` before each run is compacted (seconds at hundreds of checkpoints)."""
     folder = Path(cache_dir) / str(COMMIT_TABLE)
     count = sum(1 for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)) if folder.is_dir() else 0
     marker = Path(cache_dir) / COMPACT_DIRNAME / _CHECKED
@@ -205,13 +207,14 @@ def compact_if_due(cache_dir: Path, changed: bool, minimum: int = COMPACT_MIN) -
                 return []
         except (OSError, ValueError, AttributeError):
             pass
-    done = compact_cache(cache_dir, minimum)
+    done = compact_cache(cache_dir, minimum, on_run)
     marker.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(marker, lambda f: f.write(json.dumps({"commits": count}).encode()))
     return done
 
 
-def compact_cache(cache_dir: Path, minimum: int = COMPACT_MIN) -> list[str]:
+def compact_cache(cache_dir: Path, minimum: int = COMPACT_MIN,
+                  on_run: Callable[[str, int], None] | None = None) -> list[str]:
     """Compact every run of the cache at ``cache_dir`` that is :func:`due`; the runs compacted. Reads the commit
     records only (and copies them into the commit index, ``core.commit_index``): call it after fragments changed."""
     by_run: dict[str, list[tuple[tuple, FragmentVersion]]] = {}
@@ -235,6 +238,8 @@ def compact_cache(cache_dir: Path, minimum: int = COMPACT_MIN) -> list[str]:
         if not due(fragments, existing.get((TableName.TENSORS, run)), minimum):
             continue
         replaced = [c for (_, r), c in existing.items() if r == run]
+        if on_run is not None:
+            on_run(run, len(fragments))
         compact_run(Path(cache_dir), run, fragments, replaced)
         done.append(run)
     return done

@@ -159,9 +159,10 @@ def plan(root: str | Path, *, cache_dir: str | Path | None = None, device: str =
 
 
 def execute(work: Plan, executor: Executor | None = None,
-            progress: Callable[[Receipt], None] | None = None, *, split: bool | None = None) -> SummaryReport:
+            progress: Callable[[Receipt], None] | None = None, *, split: bool | None = None,
+            on_compact: Callable[[str, int], None] | None = None) -> SummaryReport:
     """Run ``work``'s tasks on ``executor`` (in this process by default); ``progress(receipt)`` as each checkpoint
-    finishes. ``split``: shard tasks for every checkpoint of several data files (True), for none (False), or for
+    finishes; ``on_compact(run, fragments)`` before a run's tables are compacted (:mod:`ckptboard.core.compact`). ``split``: shard tasks for every checkpoint of several data files (True), for none (False), or for
     those worth it (None, see :func:`shard_tasks`)."""
     start = time.perf_counter()
     report = SummaryReport(root=work.root, cache_dir=work.cache.dir, aliases=dict(work.aliases))
@@ -183,7 +184,8 @@ def execute(work: Plan, executor: Executor | None = None,
         if progress is not None:
             progress(receipt)
     work.cache.prune(work.relpaths)
-    compact_if_due(work.cache.dir, changed=report.computed > 0)  # a run of enough new fragments: one file a table
+    # a run of enough new fragments: one file a table
+    compact_if_due(work.cache.dir, changed=report.computed > 0, on_run=on_compact)
     report.failures.sort(key=lambda f: f.relpath)
     report.seconds = time.perf_counter() - start
     return report
@@ -231,12 +233,14 @@ def refresh(root: str | Path, *, cache_dir: str | Path | None = None, device: st
             executor: Executor | Callable[[Plan], Executor] | None = None, model: Any = None, trust: bool = False,
             progress: Callable[[Receipt], None] | None = None,
             on_plan: Callable[[Plan], None] | None = None, spectral: str = "off",
-            limits: WorkerLimits | None = None) -> SummaryReport:
+            limits: WorkerLimits | None = None,
+            on_compact: Callable[[str, int], None] | None = None) -> SummaryReport:
     """Plan and execute as one call: the verb the CLI and the app use to bring ROOT's cache up to date.
 
     ``on_plan(plan)`` runs before any checkpoint is opened (to size a progress bar); ``executor`` may be a function
     of the plan, to size a pool by the work (default: ``LocalExecutor(workers)``). ``seconds`` covers both steps.
     ``limits``: the local workers' (:func:`plan` reads a checkpoint recorded past smaller ones again).
+    ``on_compact(run, fragments)``: see :func:`execute`.
     """
     start = time.perf_counter()
     work = plan(root, cache_dir=cache_dir, device=str(resolve_device(device)), model=model, trust=trust,
@@ -247,7 +251,7 @@ def refresh(root: str | Path, *, cache_dir: str | Path | None = None, device: st
         executor = LocalExecutor(workers, limits=limits)
     elif not isinstance(executor, Executor):
         executor = executor(work)
-    report = execute(work, executor, progress)
+    report = execute(work, executor, progress, on_compact=on_compact)
     report.seconds = time.perf_counter() - start
     return report
 

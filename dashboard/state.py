@@ -300,7 +300,8 @@ def _summarize_missing(config: AppConfig, *, announce: bool = False) -> None:
         try:
             # In a worker process under limits: whatever a hostile file does to it, this server lives.
             report = refresh(config.root, cache_dir=config.cache_dir, model=config.model, trust=config.trust,
-                             spectral=config.spectral, executor=LocalExecutor(1, isolate=True), on_plan=shown.start, progress=shown.advance)
+                             spectral=config.spectral, executor=LocalExecutor(1, isolate=True), on_plan=shown.start, progress=shown.advance,
+                             on_compact=shown.compacting)
         except BaseException:
             shown.fail()
             raise
@@ -321,6 +322,7 @@ class _ReadProgress:
     done: int = 0
     status: Any = None
     bar: Any = None
+    compacted: list[str] = field(default_factory=list)  # runs whose tables were compacted (core.compact)
 
     def start(self, work: Plan) -> None:
         self.total = len(work.tasks)
@@ -336,11 +338,22 @@ class _ReadProgress:
         self.done += 1
         self.bar.progress(self.done / self.total, text=f"{self.done}/{self.total} · {receipt.relpath}")
 
+    def compacting(self, run: str, fragments: int) -> None:
+        """A run's tables are copied into one file each (seconds at hundreds of checkpoints): say so meanwhile."""
+        label = f"Compacting run {run!r}: {fragments} checkpoints' tables into one file each…"
+        if self.status is None:
+            self.status = st.status(label, expanded=False)
+        else:
+            self.status.update(label=label)
+        self.compacted.append(run)
+
     def finish(self, report: SummaryReport) -> None:
         if self.status is not None:
-            label = f"Read {report.computed} new checkpoint(s): {report.line()}"
-            self.status.update(label=label if self.total else "No checkpoints to read", state="complete",
-                               expanded=False)
+            label = f"Read {report.computed} new checkpoint(s): {report.line()}" if self.total else \
+                "No checkpoints to read"
+            if self.compacted:
+                label += f" · compacted {', '.join(repr(r) for r in self.compacted)}"
+            self.status.update(label=label, state="complete", expanded=False)
 
     def fail(self) -> None:
         if self.status is not None:

@@ -141,7 +141,9 @@ def summarize_with_progress(args: argparse.Namespace) -> SummaryReport:
         report = refresh(root, cache_dir=args.cache_dir, device=device, model=args.model, trust=args.trust,
                          spectral=args.spectral, limits=worker_limits(args) if args.executor == "local" else None,
                          executor=lambda work: make_executor(args, work.todo_bytes), on_plan=on_plan,
-                         progress=lambda receipt: bar.update(sizes.get(receipt.relpath, 0)))
+                         progress=lambda receipt: bar.update(sizes.get(receipt.relpath, 0)),
+                         on_compact=lambda run, n: tqdm.write(
+                             f"compacting run {run!r}: {n} checkpoints' tables into one file each", file=sys.stderr))
     for failure in report.failures:
         print(f"FAILED {failure.relpath}: {failure.error}: {failure.message}", file=sys.stderr)
     print(report.line())

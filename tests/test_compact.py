@@ -225,3 +225,28 @@ def test_a_commit_record_newer_than_the_index_is_read_from_its_file(root, tmp_pa
     assert summarize(root).computed == 2  # it, and the next checkpoint (its updates are against it)
     shutil.copy2(stale, root / ".ckptboard" / COMPACT_DIRNAME / INDEX_NAME)  # the copy from before the rewrite
     assert _index_and_entries(StatsDataset(root)) == _index_and_entries(_fragments_only(root, tmp_path))
+
+
+def test_the_cli_says_when_it_compacts_a_run(tmp_path, capsys):
+    from ckptboard.dashboard.cli import main
+
+    root = tmp_path / "runs"
+    write_safetensors_run(root / "long", COMPACT_MIN, seed=4)
+    assert main(["summarize", str(root)]) == 0
+    err = capsys.readouterr().err
+    assert f"compacting run 'long': {COMPACT_MIN} checkpoints' tables into one file each" in err
+    assert main(["summarize", str(root)]) == 0  # nothing new: nothing compacted, nothing said
+    assert "compacting" not in capsys.readouterr().err
+
+
+def test_the_app_says_it_compacted_a_run(tmp_path):
+    from _fixtures_app import app_test
+
+    root = tmp_path / "runs"
+    write_safetensors_run(root / "long", COMPACT_MIN, seed=5)
+    at = app_test(str(root))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    label = at.status[0].label
+    assert label.startswith(f"Read {COMPACT_MIN} new checkpoint(s)") and label.endswith(" · compacted 'long'")
+    assert (TableName.TENSORS, "long") in compacted_files(root / ".ckptboard")
