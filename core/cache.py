@@ -167,7 +167,7 @@ class StatsCache:
 
     def fragments(self) -> list[Path]:
         """Every fragment's commit record (temp files excluded)."""
-        return _parquet_files(self.dir / str(COMMIT_TABLE))
+        return commit_files(self.dir)
 
     def legacy_fragments(self) -> list[Path]:
         """Single-file fragments of format versions 1 and 2 at the top of the cache folder (never read; pruned)."""
@@ -219,6 +219,11 @@ class StatsCache:
                 except OSError:
                     pass
         return removed
+
+
+def commit_files(cache_dir: Path) -> list[Path]:
+    """Every commit record in the cache folder ``cache_dir`` (temp files excluded), sorted."""
+    return _parquet_files(Path(cache_dir) / str(COMMIT_TABLE))
 
 
 def _parquet_files(folder: Path) -> list[Path]:

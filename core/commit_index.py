@@ -21,7 +21,7 @@ from ckptboard.core.atomic import atomic_write
 from ckptboard.core.fragment import COMMIT_TABLE, FragmentReadError, _header
 from ckptboard.core.schema import FORMAT_VERSION, arrow_schema
 
-__all__ = ["CommitRecord", "INDEX_NAME", "read_commits", "write_commit_index"]
+__all__ = ["CommitRecord", "INDEX_NAME", "mtime_ns", "read_commits", "write_commit_index"]
 
 INDEX_NAME = "index.parquet"  # in the ``compact`` folder (core.compact.COMPACT_DIRNAME)
 _KEY = b"ckptboard.commit_index"
@@ -54,7 +54,7 @@ def read_commits(paths: list[Path], index_path: Path | None = None) -> tuple[lis
     todo = []
     for path in paths:
         record = copied.get(path.stem)
-        if record is not None and _mtime_ns(path) == record.written_ns:
+        if record is not None and mtime_ns(path) == record.written_ns:
             records[path] = record
         else:
             todo.append(path)
@@ -124,7 +124,8 @@ def _read_index(path: Path) -> dict[str, CommitRecord]:
         return {}
 
 
-def _mtime_ns(path: Path) -> int | None:
+def mtime_ns(path: Path) -> int | None:
+    """``path``'s mtime in nanoseconds (a commit record's version), None when it is gone."""
     try:
         return path.stat().st_mtime_ns
     except OSError:

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ckptboard.core.atomic import TMP_PREFIX, atomic_write
-from ckptboard.core.commit_index import INDEX_NAME, read_commits, write_commit_index
+from ckptboard.core.cache import StatsCache, commit_files
+from ckptboard.core.commit_index import INDEX_NAME, mtime_ns, read_commits, write_commit_index
 from ckptboard.core.fragment import COMMIT_TABLE, table_path
 from ckptboard.core.schema import FORMAT_VERSION, TableName, arrow_schema
 
@@ -107,7 +108,7 @@ def compact_run(cache_dir: Path, run: str, fragments: list[FragmentVersion],
     for table in COMPACTED_TABLES:
         folder = Path(cache_dir) / COMPACT_DIRNAME / str(table)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{_safe(run)}-{token}.parquet"
+        path = folder / f"{StatsCache.stem(run)}-{token}.parquet"  # a readable, distinct name
         versions = _copy(Path(cache_dir), table, fragments, path, run, made_ns)
         if versions is not None:
             written.append(Compacted(path, table, run, versions))
@@ -158,31 +159,16 @@ def _read_at_version(cache_dir: Path, table: TableName, fragment: FragmentVersio
     """``fragment``'s rows of ``table`` (none: an empty table), or None when its commit record is no longer at the
     version listed (summarised again, or removed) or its file is unreadable."""
     commit = table_path(cache_dir, COMMIT_TABLE, fragment.stem)
-    if not _at(commit, fragment.written_ns):
+    if mtime_ns(commit) != fragment.written_ns:
         return None
     path = table_path(cache_dir, table, fragment.stem)
     try:
         rows = pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
     except (OSError, pa.ArrowException):
         return None
-    if not _at(commit, fragment.written_ns):  # rewritten while it was read: these rows may be of either version
+    if mtime_ns(commit) != fragment.written_ns:  # rewritten while it was read: these rows may be of either version
         return None
     return rows.replace_schema_metadata(None)
-
-
-def _at(commit: Path, written_ns: int) -> bool:
-    try:
-        return commit.stat().st_mtime_ns == written_ns
-    except OSError:
-        return False
-
-
-def _safe(run: str) -> str:
-    import hashlib
-    import re
-
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", run)[-60:].lstrip("._-") or "root"
-    return f"{readable}-{hashlib.sha1(run.encode()).hexdigest()[:12]}"
 
 
 def read_order(step: int | None, relpath: str) -> tuple:
@@ -198,29 +184,27 @@ def compact_if_due(cache_dir: Path, changed: bool, minimum: int = COMPACT_MIN,
     """:func:`compact_cache` when fragments were written (``changed``) or their number differs from the last look
     (a cache summarised before compaction existed, or by another process): an unchanged cache costs one listing.
     ``on_run(run, fragments)`` before each run is compacted (seconds at hundreds of checkpoints)."""
-    folder = Path(cache_dir) / str(COMMIT_TABLE)
-    count = sum(1 for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)) if folder.is_dir() else 0
+    commits = commit_files(cache_dir)
     marker = Path(cache_dir) / COMPACT_DIRNAME / _CHECKED
     if not changed:
         try:
-            if json.loads(marker.read_text()).get("commits") == count:
+            if json.loads(marker.read_text()).get("commits") == len(commits):
                 return []
         except (OSError, ValueError, AttributeError):
             pass
-    done = compact_cache(cache_dir, minimum, on_run)
+    done = compact_cache(cache_dir, minimum, on_run, commits)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(marker, lambda f: f.write(json.dumps({"commits": count}).encode()))
+    atomic_write(marker, lambda f: f.write(json.dumps({"commits": len(commits)}).encode()))
     return done
 
 
-def compact_cache(cache_dir: Path, minimum: int = COMPACT_MIN,
-                  on_run: Callable[[str, int], None] | None = None) -> list[str]:
+def compact_cache(cache_dir: Path, minimum: int = COMPACT_MIN, on_run: Callable[[str, int], None] | None = None,
+                  commits: list[Path] | None = None) -> list[str]:
     """Compact every run of the cache at ``cache_dir`` that is :func:`due`; the runs compacted. Reads the commit
-    records only (and copies them into the commit index, ``core.commit_index``): call it after fragments changed."""
+    records only (``commits``, else those listed now) and copies them into the commit index
+    (``core.commit_index``): call it after fragments changed."""
     by_run: dict[str, list[tuple[tuple, FragmentVersion]]] = {}
-    folder = Path(cache_dir) / str(COMMIT_TABLE)
-    commits = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)) \
-        if folder.is_dir() else []
+    commits = commit_files(cache_dir) if commits is None else commits
     index = Path(cache_dir) / COMPACT_DIRNAME / INDEX_NAME
     records, _ = read_commits(commits, index)  # an unreadable one: the dataset leaves it out, and so does this
     for r in records:

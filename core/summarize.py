@@ -162,8 +162,9 @@ def execute(work: Plan, executor: Executor | None = None,
             progress: Callable[[Receipt], None] | None = None, *, split: bool | None = None,
             on_compact: Callable[[str, int], None] | None = None) -> SummaryReport:
     """Run ``work``'s tasks on ``executor`` (in this process by default); ``progress(receipt)`` as each checkpoint
-    finishes; ``on_compact(run, fragments)`` before a run's tables are compacted (:mod:`ckptboard.core.compact`). ``split``: shard tasks for every checkpoint of several data files (True), for none (False), or for
-    those worth it (None, see :func:`shard_tasks`)."""
+    finishes; ``on_compact(run, fragments)`` before a run's tables are compacted (:mod:`ckptboard.core.compact`).
+    ``split``: shard tasks for every checkpoint of several data files (True), for none (False), or for those worth
+    it (None, see :func:`shard_tasks`)."""
     start = time.perf_counter()
     report = SummaryReport(root=work.root, cache_dir=work.cache.dir, aliases=dict(work.aliases))
     for receipt in work.cached:
